@@ -1,0 +1,210 @@
+"""Embedded SQLite store: users and their argon2id hashes, mailboxes, the event log, send ids.
+
+One connection, used only by the broker's loop thread. WAL mode with synchronous=FULL; writes are
+grouped into one transaction per loop wake-up and `commit()` is called before any reply that
+acknowledges them, so an acknowledged message survives `kill -9`. Schema versioned with
+`PRAGMA user_version` (SCHEMA_VERSION).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+from protocol import messages as m
+from protocol.wire import decode_stored_event, encode_json
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,            -- case-sensitive username
+    hash TEXT NOT NULL,               -- nacl.pwhash.argon2id.str() output, never the password
+    created REAL NOT NULL,            -- seconds since the epoch
+    last_seen REAL,                   -- end of the last session, seconds since the epoch
+    last_seen_hidden INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0  -- event sequence number the user had seen at that end
+);
+CREATE TABLE mailbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    ts REAL NOT NULL,
+    text TEXT NOT NULL,
+    cid TEXT NOT NULL
+);
+CREATE INDEX mailbox_by_recipient ON mailbox (recipient, id);
+CREATE TABLE sends (                  -- send ids already stored, for retried sends
+    sender TEXT NOT NULL,
+    cid TEXT NOT NULL,
+    ts REAL NOT NULL,
+    reply BLOB NOT NULL,              -- JSON of the fields of the first reply
+    PRIMARY KEY (sender, cid)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL                -- JSON of protocol.messages.Event
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('seq', 0);
+"""
+
+
+class UserRow(NamedTuple):
+    """One account: name, argon2id hash string, last_seen (seconds or None), hidden then, last_seq."""
+
+    name: str
+    hash: str
+    last_seen: float | None
+    last_seen_hidden: bool
+    last_seq: int
+
+
+class StoreError(Exception):
+    """The data directory or database cannot be opened or has a newer schema than this program."""
+
+
+class Store:
+    """The broker's persistent state in `<data_dir>/chat.sqlite3`.
+
+    Raises StoreError when the database cannot be opened or was written by a newer schema.
+    """
+
+    def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
+        path = Path(data_dir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store in {path}: {exc}") from exc
+        self.path = path
+        self._in_tx = False
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"schema version {version} is newer than this broker's {SCHEMA_VERSION}")
+        if version == 0:
+            self.db.executescript("BEGIN;" + _SCHEMA_V1 + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        """Commit the open transaction, if any (fsync under synchronous=FULL)."""
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def close(self) -> None:
+        """Commit and close the connection."""
+        self.commit()
+        self.db.close()
+
+    # -- users ------------------------------------------------------------------------------------
+    def get_user(self, name: str) -> UserRow | None:
+        """The account `name` (case-sensitive), or None."""
+        row = self.db.execute(
+            "SELECT name, hash, last_seen, last_seen_hidden, last_seq FROM users WHERE name = ?", (name,)
+        ).fetchone()
+        return UserRow(row[0], row[1], row[2], bool(row[3]), row[4]) if row else None
+
+    def add_user(self, name: str, pwhash: str, now: float, last_seq: int) -> bool:
+        """Insert an account; False when the name is taken."""
+        self._begin()
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO users (name, hash, created, last_seq) VALUES (?, ?, ?, ?)",
+            (name, pwhash, now, last_seq),
+        )
+        return cur.rowcount == 1
+
+    def set_last_seen(self, name: str, when: float, hidden: bool, last_seq: int) -> None:
+        """Record the end of `name`'s session: time (seconds), hidden then, last sequence number seen."""
+        self._begin()
+        self.db.execute(
+            "UPDATE users SET last_seen = ?, last_seen_hidden = ?, last_seq = ? WHERE name = ?",
+            (when, int(hidden), last_seq, name),
+        )
+
+    def seen_since(self, when: float) -> list[str]:
+        """Names whose last session ended at or after `when` (seconds) while visible."""
+        rows = self.db.execute(
+            "SELECT name FROM users WHERE last_seen >= ? AND last_seen_hidden = 0", (when,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def count_users(self) -> int:
+        """Number of accounts."""
+        return self.db.execute("SELECT count(*) FROM users").fetchone()[0]
+
+    # -- mailboxes --------------------------------------------------------------------------------
+    def add_mail(self, recipient: str, sender: str, ts: float, text: str, cid: str) -> int:
+        """Store one private message; returns its id (increasing)."""
+        self._begin()
+        cur = self.db.execute(
+            "INSERT INTO mailbox (recipient, sender, ts, text, cid) VALUES (?, ?, ?, ?, ?)",
+            (recipient, sender, ts, text, cid),
+        )
+        return cur.lastrowid
+
+    def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
+        """Up to `limit` messages of `recipient`'s mailbox with id > after_id, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
+            (recipient, after_id, limit),
+        ).fetchall()
+        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
+
+    def delete_mail(self, recipient: str, ids: Iterable[int]) -> int:
+        """Remove acknowledged messages (only `recipient`'s own); returns how many were removed."""
+        self._begin()
+        cur = self.db.executemany(
+            "DELETE FROM mailbox WHERE id = ? AND recipient = ?", [(i, recipient) for i in ids]
+        )
+        return cur.rowcount
+
+    def count_mail(self) -> int:
+        """Messages waiting in all mailboxes."""
+        return self.db.execute("SELECT count(*) FROM mailbox").fetchone()[0]
+
+    # -- send ids ---------------------------------------------------------------------------------
+    def get_send(self, sender: str, cid: str) -> bytes | None:
+        """The stored reply fields (JSON bytes) of an earlier send with this id, or None."""
+        row = self.db.execute("SELECT reply FROM sends WHERE sender = ? AND cid = ?", (sender, cid)).fetchone()
+        return row[0] if row else None
+
+    def put_send(self, sender: str, cid: str, ts: float, reply: bytes) -> None:
+        """Remember a send id with its reply fields (JSON bytes)."""
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?)", (sender, cid, ts, reply))
+
+    # -- event log --------------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        """The newest sequence number handed out (0 when none)."""
+        return self.db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
+
+    def add_event(self, event: m.Event) -> None:
+        """Append an event to the log and advance the stored sequence counter to event.seq."""
+        self._begin()
+        self.db.execute("INSERT INTO events VALUES (?, ?)", (event.seq, encode_json(event)))
+        self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (event.seq,))
+
+    def events_after(self, after: int, limit: int) -> list[m.Event]:
+        """Up to `limit` logged events with seq > after, oldest first."""
+        rows = self.db.execute(
+            "SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+        return [decode_stored_event(r[0]) for r in rows]
+
+    def prune(self, keep_events: int, sends_before: float) -> None:
+        """Keep the newest `keep_events` events; forget send ids stored before `sends_before` (seconds)."""
+        self._begin()
+        self.db.execute("DELETE FROM events WHERE seq <= (SELECT value FROM meta WHERE key = 'seq') - ?", (keep_events,))
+        self.db.execute("DELETE FROM sends WHERE ts < ?", (sends_before,))
