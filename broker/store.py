@@ -170,6 +170,16 @@ class Store:
         )
         return cur.rowcount
 
+    def count_mail_after(self, recipient: str, after_id: int) -> int:
+        """Messages in `recipient`'s mailbox with id > after_id (not yet sent in this session)."""
+        return self.db.execute(
+            "SELECT count(*) FROM mailbox WHERE recipient = ? AND id > ?", (recipient, after_id)
+        ).fetchone()[0]
+
+    def user_names(self) -> set[str]:
+        """All account names."""
+        return {r[0] for r in self.db.execute("SELECT name FROM users")}
+
     def count_mail(self) -> int:
         """Messages waiting in all mailboxes."""
         return self.db.execute("SELECT count(*) FROM mailbox").fetchone()[0]

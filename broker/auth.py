@@ -1,0 +1,53 @@
+"""Password hashing with libsodium's argon2id (PyNaCl), run on worker threads off the message loop.
+
+`AuthJob` is what the core asks for; `run_job` is what a worker thread executes. PyNaCl releases the
+GIL while hashing, so N workers use N cores. Passwords live only in the job, never in logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nacl.exceptions
+import nacl.pwhash
+
+
+@dataclass
+class AuthJob:
+    """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
+    kind "hash": hash `password` for a new account (result: the argon2id string, str).
+
+    rid (bytes, ROUTER routing id), req (request id) and ip (peer address) say where the answer goes.
+    """
+
+    kind: str
+    rid: bytes
+    req: int
+    user: str
+    password: str = field(repr=False)
+    pwhash: str = field(default="", repr=False)
+    ip: str = ""
+    result: bool | str | None = None
+
+
+def hash_password(password: str) -> str:
+    """argon2id hash string of `password` (nacl.pwhash.argon2id.str, INTERACTIVE limits: ~58 ms)."""
+    return nacl.pwhash.argon2id.str(password.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def verify_password(pwhash: str, password: str) -> bool:
+    """True when `password` matches the argon2id string `pwhash`; False on mismatch or a bad hash."""
+    try:
+        return nacl.pwhash.verify(pwhash.encode("ascii"), password.encode("utf-8", "surrogatepass"))
+    except (nacl.exceptions.InvalidkeyError, nacl.exceptions.CryptoError, ValueError):
+        return False
+
+
+def run_job(job: AuthJob) -> AuthJob:
+    """Execute `job` (on a worker thread); sets `job.result` and drops the password. Returns job."""
+    if job.kind == "verify":
+        job.result = verify_password(job.pwhash, job.password)
+    else:
+        job.result = hash_password(job.password)
+    job.password = ""
+    return job

@@ -1,0 +1,132 @@
+"""`chat-broker`: command-line entry point (flags documented in README.md, "Broker flags")."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import zmq
+
+from broker.auth import hash_password
+from broker.config import Config
+from broker.store import Store, StoreError
+from protocol.errors import ProtocolError
+from protocol.validation import validate_password, validate_username
+
+log = logging.getLogger("broker")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of chat-broker (every flag, with units in its help)."""
+    d = Config()
+    p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB, SQLite store)")
+    p.add_argument("--port", type=int, default=d.port, help="ROUTER port for requests and private delivery (default 4119; 0 = any free port)")
+    p.add_argument("--pub-port", type=int, default=None, help="PUB port for broadcasts and presence (default port+1)")
+    p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
+    p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
+    p.add_argument("--min-password-length", type=_positive(int), default=d.min_password_chars, help="shortest new password, characters (default 8)")
+    p.add_argument("--max-login-attempts", type=_positive(int), default=d.max_login_attempts, help="wrong passwords per account and IP before a block (default 3)")
+    p.add_argument("--block-seconds", type=_positive(float), default=d.block_seconds, help="length of a login block, seconds (default 60)")
+    p.add_argument("--max-message-chars", type=_positive(int), default=d.max_message_chars, help="longest message, characters (default 1000)")
+    p.add_argument("--history", type=_positive(int), default=d.history, help="broadcasts and presence events kept for catch-up (default 1000)")
+    p.add_argument("--heartbeat-timeout", type=_positive(float), default=d.heartbeat_timeout, help="seconds of client silence that end a session (default 15)")
+    p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout / 60, help="minutes without a command that log a user out (default 30)")
+    p.add_argument("--max-clients", type=_positive(int), default=d.max_clients, help="most users logged in at once (default 10000)")
+    p.add_argument("--hash-workers", type=_positive(int), default=d.hash_workers, help="threads hashing passwords with argon2id (default: one per core)")
+    p.add_argument("--max-pending-logins", type=_positive(int), default=d.max_pending_auth, help="logins waiting for hashing before E_OVERLOADED (default 256)")
+    p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build a Config from parsed arguments."""
+    return Config(
+        port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir,
+        min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
+        block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
+        heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
+        max_clients=args.max_clients, hash_workers=args.hash_workers, max_pending_auth=args.max_pending_logins,
+    )
+
+
+def import_users(store: Store, path: Path, min_password_chars: int, workers: int) -> tuple[int, int]:
+    """Add accounts from `path`, one `username password` per line (the seeds' user_pass.txt form).
+
+    Blank lines and lines starting with # are skipped silently; bad lines and taken names are
+    reported on stderr by line number and skipped. Returns (added, skipped).
+    Raises OSError when the file cannot be read.
+    """
+    todo: list[tuple[int, str, str]] = []
+    skipped = 0
+    seen: set[str] = set()
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError("expected 'username password'")
+            validate_username(parts[0])
+            validate_password(parts[1], min_password_chars)
+            if parts[0] in seen or store.get_user(parts[0]) is not None:
+                raise ValueError(f"the name '{parts[0]}' is taken")
+        except (ValueError, ProtocolError) as exc:
+            print(f"{path}:{number}: skipped: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            skipped += 1
+            continue
+        seen.add(parts[0])
+        todo.append((number, parts[0], parts[1]))
+    with ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(lambda t: hash_password(t[2]), todo))
+    seq = store.last_seq()
+    for (_, name, _), pwhash in zip(todo, hashes):
+        store.add_user(name, pwhash, time.time(), seq)
+    store.commit()
+    return len(todo), skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run chat-broker. Returns 0 after a clean shutdown, 2 on a startup error (bad port, store)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    config = config_from_args(args)
+    try:
+        store = Store(config.data_dir)
+    except StoreError as exc:
+        print(f"chat-broker: {exc}", file=sys.stderr)
+        return 2
+    if args.import_users:
+        try:
+            added, skipped = import_users(store, Path(args.import_users), config.min_password_chars, config.hash_workers)
+        except OSError as exc:
+            print(f"chat-broker: cannot read {args.import_users}: {exc.strerror}", file=sys.stderr)
+            return 2
+        finally:
+            store.close()
+        print(f"imported {added} users, skipped {skipped} lines")
+        return 0
+    from broker.loop import BrokerLoop
+
+    try:
+        loop = BrokerLoop(config, store)
+    except zmq.ZMQError as exc:
+        store.close()
+        print(f"chat-broker: cannot bind port {config.port} or {config.effective_pub_port} on {config.bind}: {exc}", file=sys.stderr)
+        return 2
+    log.info("broker started router=%s pub=%s data=%s", loop.router_endpoint, loop.pub_endpoint, Path(config.data_dir).resolve())
+    return loop.run()

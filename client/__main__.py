@@ -1,0 +1,7 @@
+"""`python -m client ...` runs the terminal client (same as the `chat-client` script)."""
+
+import sys
+
+from client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""Shared fixtures: a zmq context, a broker subprocess per test module, fresh user names."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import pytest
+import zmq
+
+from tests.harness import Broker, Peer
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("data"))
+    yield b
+    b.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def names():
+    """A function returning fresh valid usernames (letters and digits)."""
+    tag = uuid.uuid4().hex[:6]
+    return lambda: f"u{tag}{next(_names)}"
+
+
+@pytest.fixture
+def peers(ctx):
+    """A factory of Peers that are closed after the test: peers(broker) -> Peer."""
+    made: list[Peer] = []
+
+    def make(broker, **kw) -> Peer:
+        p = Peer(ctx, broker, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()

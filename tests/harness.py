@@ -1,0 +1,201 @@
+"""Test harness: a real broker subprocess on 127.0.0.1 ephemeral ports, and raw DEALER/SUB peers
+that speak the protocol through protocol.wire (no client UI). Every wait polls with a deadline."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from protocol import messages as m
+from protocol import wire
+from protocol.version import PROTOCOL_VERSION
+
+STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]+:(\d+)")
+PASSWORD = "correct horse"
+
+
+class Broker:
+    """A `python -m broker` subprocess. `port`/`pub_port` are read from its start log line."""
+
+    def __init__(self, data_dir: Path, *flags: str, port: int = 0, pub_port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.flags = flags
+        self.lines: list[str] = []
+        self._start(port, pub_port)
+
+    def _start(self, port: int, pub_port: int) -> None:
+        cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", str(port),
+               "--pub-port", str(pub_port), "--data-dir", str(self.data_dir), *self.flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        started = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                match = STARTED_RE.search(line)
+                if match:
+                    self.port, self.pub_port = int(match.group(1)), int(match.group(2))
+                    started.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not started.wait(15):
+            self.proc.kill()
+            raise RuntimeError("broker did not start:\n" + "".join(self.lines))
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with kill=True) and start again on the same ports and data."""
+        self.stop(kill=kill)
+        self._start(self.port, self.pub_port)
+
+    def stop(self, kill: bool = False, timeout: float = 15) -> int:
+        """Stop the broker; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def log_text(self) -> str:
+        return "".join(self.lines)
+
+
+class Peer:
+    """One chat client made of a DEALER (and, after `subscribe`, a SUB) socket.
+
+    Replies are matched by request id; pushes (`msg`, `end`) and PUB events are kept in lists.
+    """
+
+    _req = itertools.count(1)
+
+    def __init__(self, ctx: zmq.Context, broker: Broker, routing_id: bytes | None = None) -> None:
+        self.ctx = ctx
+        self.broker = broker
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.ROUTING_ID, routing_id or b"t" + uuid.uuid4().bytes)
+        self.dealer.connect(f"tcp://127.0.0.1:{broker.port}")
+        self.sub: zmq.Socket | None = None
+        self.replies: dict[Any, dict] = {}
+        self.msgs: list[m.PrivateMessage] = []
+        self.ends: list[m.End] = []
+        self.events: list[m.Event] = []
+        self.user = ""
+
+    def close(self) -> None:
+        self.dealer.close(0)
+        if self.sub is not None:
+            self.sub.close(0)
+
+    # -- raw I/O ----------------------------------------------------------------------------------
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.dealer.send_multipart(frames)
+
+    def pump(self, timeout: float) -> None:
+        """Receive whatever arrives within `timeout` seconds (stops early once something came)."""
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        if self.sub is not None:
+            poller.register(self.sub, zmq.POLLIN)
+        ready = dict(poller.poll(timeout * 1000))
+        if self.dealer in ready:
+            while True:
+                try:
+                    frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                kind, body = wire.decode_push(frames)
+                if kind == wire.REPLY:
+                    self.replies[body["req"]] = body
+                elif kind == wire.MSG:
+                    self.msgs.append(body)
+                else:
+                    self.ends.append(body)
+        if self.sub is not None and self.sub in ready:
+            while True:
+                try:
+                    self.events.append(wire.decode_event(self.sub.recv_multipart(zmq.NOBLOCK)))
+                except zmq.Again:
+                    break
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            self.pump(min(left, 0.05))
+
+    # -- requests -------------------------------------------------------------------------------
+    def call(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict:
+        """Send request `kind` with `fields` (req added) and return its reply dict."""
+        req = next(self._req)
+        cls = wire.REQUEST_TYPES[kind.encode()]
+        if kind in ("hello", "login", "register"):
+            fields.setdefault("version", PROTOCOL_VERSION)
+        self.send_raw(wire.encode_request(cls(req=req, **fields)))
+        return self.wait_for(lambda: self.replies.pop(req, None), timeout, f"reply to {kind}")
+
+    def register(self, user: str, password: str = PASSWORD) -> dict:
+        return self.call("register", user=user, password=password)
+
+    def login(self, user: str, password: str = PASSWORD, subscribe: bool = True) -> dict:
+        if subscribe and self.sub is None:
+            self.subscribe()
+        reply = self.call("login", user=user, password=password)
+        if reply["status"] == "ok":
+            self.user = user
+        return reply
+
+    def subscribe(self) -> None:
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"tcp://127.0.0.1:{self.broker.pub_port}")
+
+    def send(self, to: list[str] | str, text: str, cid: str | None = None) -> dict:
+        to = [to] if isinstance(to, str) else to
+        return self.call("send", id=cid or uuid.uuid4().hex, to=to, text=text)
+
+    def broadcast(self, text: str, cid: str | None = None) -> dict:
+        return self.call("broadcast", id=cid or uuid.uuid4().hex, text=text)
+
+    def wait_msgs(self, count: int, timeout: float = 5.0) -> list[m.PrivateMessage]:
+        self.wait_for(lambda: len(self.msgs) >= count, timeout, f"{count} private messages")
+        return self.msgs
+
+    def ack_all(self) -> dict:
+        reply = self.call("ack", ids=[x.id for x in self.msgs])
+        return reply
+
+    def wait_event(self, predicate: Callable[[m.Event], bool], timeout: float = 5.0) -> m.Event:
+        return self.wait_for(lambda: next((e for e in self.events if predicate(e)), None), timeout, "a PUB event")
+
+
+def ok(reply: dict) -> dict:
+    """Assert the reply is ok and return it."""
+    assert reply["status"] == "ok", reply
+    return reply
+
+
+def err(reply: dict, code: str) -> dict:
+    """Assert the reply is an error with `code` and return it."""
+    assert reply["status"] == "error" and reply["code"] == code, reply
+    return reply
