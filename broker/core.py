@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from typing import Any, Callable
 
 import msgspec
@@ -30,6 +31,11 @@ log = logging.getLogger("broker")
 
 NO_SESSION_NEEDED = frozenset({b"hello", b"register", b"login", b"ping"})
 NOT_A_COMMAND = frozenset({b"ping", b"ack", b"history"})  # these do not reset the idle timer
+
+
+def content_digest(to: list[str], text: str) -> int:
+    """CRC-32 of a send's recipients and text: tells a retry (same id, same content) from a reused id."""
+    return zlib.crc32("\x00".join([*to, text]).encode("utf-8", "surrogatepass"))
 
 
 class BrokerCore:
@@ -316,12 +322,18 @@ class BrokerCore:
         names.add(s.user)
         self._ok(s.rid, r.req, {"users": sorted(names)})
 
-    def _replay(self, s: Session, req: int, cid: str) -> bool:
-        """Answer a retried send id with its first reply (marked dup); False when the id is new."""
+    def _replay(self, s: Session, req: int, cid: str, digest: int) -> bool:
+        """Answer a retried send id with its first reply (marked dup); False when the id is new.
+
+        Raises ProtocolError(E_DUPLICATE_ID) when the id was used for a different message
+        (`digest` is content_digest() of the request).
+        """
         stored = self.store.get_send(s.user, cid)
         if stored is None:
             return False
         fields = msgspec.json.decode(stored)
+        if fields.pop("digest", digest) != digest:
+            raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
         status = fields.pop("status")
         fields["dup"] = True
         if status == "ok":
@@ -333,22 +345,26 @@ class BrokerCore:
 
     def _broadcast(self, s: Session, r: m.Broadcast) -> None:
         validate_text(r.text, self.cfg.max_message_chars)
-        if self._replay(s, r.req, r.id):
+        digest = content_digest([], r.text)
+        if self._replay(s, r.req, r.id, digest):
             return
         event = m.Event(self.seq + 1, self.clock(), "bcast", s.user, text=r.text, cid=r.id)
         self._publish(event)
         fields = {"seq": event.seq, "ts": event.ts}
-        self.store.put_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", **fields}))
+        self.store.put_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields}))
         self._ok(s.rid, r.req, {**fields, "dup": False})
 
     def _send(self, s: Session, r: m.Send) -> None:
         validate_text(r.text, self.cfg.max_message_chars)
-        if self._replay(s, r.req, r.id):
-            return
         to = list(dict.fromkeys(r.to))
+        digest = content_digest(to, r.text)
+        if self._replay(s, r.req, r.id, digest):
+            return
         unknown = [n for n in to if n not in self.users]
         if len(unknown) == len(to):
-            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(unknown)}")
+            self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(unknown)}",
+                      {"unknown": unknown, "ids": {}, "busy": [], "dup": False})
+            return
         now = self.clock()
         ids: dict[str, int] = {}
         busy: list[dict[str, str]] = []
@@ -370,11 +386,12 @@ class BrokerCore:
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown:
             message = f"no such user: {', '.join(unknown)} (sent to {', '.join(ids)})"
-            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message, "unknown": unknown}
+            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message,
+                      "unknown": unknown, "digest": digest}
             self.store.put_send(s.user, r.id, now, wire.encode_json({**record, **fields}))
             self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, message, {**fields, "unknown": unknown, "dup": False})
         else:
-            self.store.put_send(s.user, r.id, now, wire.encode_json({"status": "ok", **fields}))
+            self.store.put_send(s.user, r.id, now, wire.encode_json({"status": "ok", "digest": digest, **fields}))
             self._ok(s.rid, r.req, {**fields, "dup": False})
 
     def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:
@@ -441,5 +458,7 @@ class BrokerCore:
     def _history(self, s: Session, r: m.History) -> None:
         limit = min(r.limit, self.cfg.history)
         events = self.store.events_after(r.after, limit) if r.after < self.seq else []
-        expected = min(limit, max(0, self.seq - r.after))
-        self._ok(s.rid, r.req, {"events": events, "seq": self.seq, "complete": len(events) == expected})
+        complete = (not events and r.after >= self.seq) or bool(
+            events and events[0].seq == r.after + 1 and events[-1].seq == self.seq
+        )
+        self._ok(s.rid, r.req, {"events": events, "seq": self.seq, "complete": complete})

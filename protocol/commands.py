@@ -171,6 +171,8 @@ def parse_command(line: str, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS)
     if word == "send":
         return _parse_send(rest, max_message_chars)
     if word == "busy":
+        if len(rest) > max_message_chars:
+            raise UsageError(f"an auto-reply has at most {max_message_chars} characters", USAGE[word])
         return Busy(word, rest)
     if word == "reg":
         if not rest or len(rest.split()) != 1:

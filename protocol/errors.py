@@ -22,7 +22,7 @@ class ErrorCode(str, enum.Enum):
     BAD_FIELD = "E_BAD_FIELD"  # a field is missing, of the wrong type or out of range
     VERSION = "E_VERSION"  # protocol version mismatch
     NOT_LOGGED_IN = "E_NOT_LOGGED_IN"  # the request needs a logged-in session
-    ALREADY_LOGGED_IN = "E_ALREADY_LOGGED_IN"  # login/register on a connection that has a session
+    ALREADY_LOGGED_IN = "E_ALREADY_LOGGED_IN"  # login on a connection that has a session
     BAD_USERNAME = "E_BAD_USERNAME"  # username breaks the naming rule
     BAD_PASSWORD = "E_BAD_PASSWORD"  # password too short or too long (registration)
     USER_EXISTS = "E_USER_EXISTS"  # registration of a taken name

@@ -111,14 +111,14 @@ class History(Request):
     Serves both the catch-up after login and the repair of a gap seen in the PUB sequence.
     """
 
-    after: Annotated[int, msgspec.Meta(ge=0)]
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
 
 
 class Ack(Request):
     """`ack`: the client has the private messages `ids` (1 to 1000 ids); they leave the mailbox."""
 
-    ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=1000)]
+    ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**53)]], msgspec.Meta(min_length=1, max_length=1000)]
 
 
 class Ping(Request):

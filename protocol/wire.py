@@ -59,7 +59,7 @@ def _guess_req(body: bytes) -> int | None:
     """Best-effort read of `req` from a body that failed typed decoding (error path only)."""
     try:
         obj = _any_decoder.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     req = obj.get("req") if isinstance(obj, dict) else None
     return req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req <= 2**53 else None
@@ -89,7 +89,7 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, m.Request]:
         return bytes(kind), decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_FIELD, str(exc), _guess_req(body)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object", None) from None
 
 
@@ -163,7 +163,7 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object") from None
 
 

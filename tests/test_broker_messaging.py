@@ -201,3 +201,21 @@ def test_busy_holds_messages_sends_auto_reply_once_and_idle_delivers(broker, pee
     assert [x.text for x in b.wait_msgs(3)] == ["one", "two", "three"]
     ok(b.call("busy"))
     assert ok(a.send(b.user, "four"))["busy"] == [{"user": b.user, "text": ""}]  # a new busy period
+
+
+def test_send_id_reused_for_another_message_is_refused(broker, peers, names):
+    a, b = logged_in(peers, broker, names, 2)
+    ok(a.send(b.user, "first", cid="reuse-1"))
+    err(a.send(b.user, "different text", cid="reuse-1"), "E_DUPLICATE_ID")
+    reply = err(a.send("ghost777", "nobody there"), "E_UNKNOWN_USER")
+    assert reply["unknown"] == ["ghost777"] and reply["ids"] == {}
+
+
+def test_history_complete_flag(broker, peers, names):
+    a, = logged_in(peers, broker, names, 1)
+    for i in range(3):
+        ok(a.broadcast(f"h{i}"))
+    seq = ok(a.call("ping")) and ok(a.call("history", after=0, limit=1))["seq"]
+    assert ok(a.call("history", after=seq - 2))["complete"] is True
+    assert ok(a.call("history", after=seq - 3, limit=1))["complete"] is False
+    assert ok(a.call("history", after=seq))["complete"] is True
