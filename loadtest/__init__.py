@@ -1,0 +1,1 @@
+"""chat-loadtest: many real clients against a broker; throughput, latency, losses."""
