@@ -125,7 +125,7 @@ class BrokerCore:
 
     def _no_session_request(self, rid: bytes, kind: bytes, request: Any, ip: str, session: Session | None) -> None:
         if kind == b"ping":
-            self._ok(rid, request.req, {"ts": self.clock()})
+            self._ok(rid, request.req, {"ts": self.clock(), "session": session is not None})
             return
         if request.version != PROTOCOL_VERSION:
             raise ProtocolError(

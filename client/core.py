@@ -154,7 +154,7 @@ class _Pending:
     type: bytes
     sent_at: float
     purpose: str = ""  # "" for the caller's requests; "ack", "ping", "history" for internal ones
-    after: int = 0  # history: the `after` asked for
+    ids: list[int] = field(default_factory=list)  # ack: the ids sent
 
 
 @dataclass
@@ -219,12 +219,13 @@ class ClientCore:
         """
         return self._queue(msg, "")
 
-    def _queue(self, msg: m.Request, purpose: str, after: int = 0) -> int:
+    def _queue(self, msg: m.Request, purpose: str) -> int:
         req = self._next_req
         self._next_req += 1
         msg.req = req
         frames = encode_request(msg)
-        self._pending[req] = _Pending(TYPE_OF[type(msg)], self._clock(), purpose, after)
+        ids = list(msg.ids) if isinstance(msg, m.Ack) else []
+        self._pending[req] = _Pending(TYPE_OF[type(msg)], self._clock(), purpose, ids)
         self._outbox.append(frames)
         return req
 
@@ -301,8 +302,9 @@ class ClientCore:
         return []
 
     def ping_due(self) -> bool:
-        """True in a session when nothing was sent for heartbeat_interval seconds and no ping waits."""
-        if self.session is None or any(p.purpose == "ping" for p in self._pending.values()):
+        """True in a session when nothing was sent for heartbeat_interval seconds (also when an
+        earlier ping still waits: it may have been lost with a dropped TCP connection)."""
+        if self.session is None or self._outbox:  # something is about to be sent anyway
             return False
         return self._clock() - self._last_sent >= self.session.heartbeat_interval
 
@@ -371,6 +373,8 @@ class ClientCore:
         if pending is None:
             return []  # stray: its waiter gave up, or an error reply without a readable id
         out: list[Output] = []
+        assert isinstance(req, int)
+        self._expire_overtaken(req)
         ok = body.get("status") == "ok"
         if (
             not ok
@@ -390,11 +394,26 @@ class ClientCore:
             out.insert(0, ReplyReceived(req, pending.type, body))
         return out
 
-    def _on_msg(self, msg: m.PrivateMessage) -> list[Output]:
-        if msg.id not in self._ack_queue:
+    def _expire_overtaken(self, req: int) -> None:
+        """The broker answers ack/ping/history at once and in order, so an internal request older
+        than `req` that is still unanswered was lost (e.g. with a dropped TCP connection): forget a
+        ping, queue an ack's ids again, ask a history again."""
+        for old in [r for r, p in self._pending.items() if r < req and p.purpose]:
+            pending = self._pending.pop(old)
+            if pending.purpose == "ack":
+                for mid in pending.ids:
+                    self._enqueue_ack(mid)
+            elif pending.purpose == "history" and self._seq is not None and self._seq.history_req == old:
+                self._request_history()
+
+    def _enqueue_ack(self, mid: int) -> None:
+        if mid not in self._ack_queue:
             if not self._ack_queue:
                 self._ack_since = self._clock()
-            self._ack_queue[msg.id] = None
+            self._ack_queue[mid] = None
+
+    def _on_msg(self, msg: m.PrivateMessage) -> list[Output]:
+        self._enqueue_ack(msg.id)
         if len(self._ack_queue) >= self._ack_batch:
             self._flush_acks()
         if msg.id in self._seen_msgs:
@@ -411,8 +430,7 @@ class ClientCore:
 
     def _request_history(self) -> None:
         assert self._seq is not None
-        after = self._seq.last
-        self._seq.history_req = self._queue(m.History(req=0, after=after, limit=self._history_limit), "history", after)
+        self._seq.history_req = self._queue(m.History(req=0, after=self._seq.last, limit=self._history_limit), "history")
 
     def _deliver(self, event: m.Event) -> EventReceived:
         assert self._seq is not None

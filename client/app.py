@@ -1,0 +1,285 @@
+"""The terminal UI of a logged-in session, and the top-level loop (login -> session -> ...).
+
+Input is read with `PromptSession.prompt_async` while a background task prints what arrives
+(private messages, broadcasts, presence); the caller runs everything under `patch_stdout()` so the
+input line stays intact. Every command line is parsed with protocol.commands.parse_command before
+anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, TypeVar
+
+from client import view
+from client.connection import Connection
+from client.core import BrokerLost, EventReceived, EventsMissed, MessageReceived, SessionEnded
+from client.errors import ConnectionClosed, RequestTimeout
+from client.login import LoginFlow
+from client.prompts import Interrupted, Prompter
+from protocol import messages as m
+from protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
+from protocol.errors import ErrorCode, UsageError
+
+T = TypeVar("T")
+
+LOST = "lost connection to the broker"
+
+
+@dataclass(frozen=True)
+class SwitchUser:
+    """Session result of `reg <user>`: log out, then log in as `user` with `password`."""
+
+    user: str
+    password: str
+
+
+class _Stop(Exception):
+    """Raised inside the session when it must end; `result` is what ChatSession.run returns."""
+
+    def __init__(self, result: int | None) -> None:
+        super().__init__(result)
+        self.result = result
+
+
+class ChatSession:
+    """One logged-in session at the terminal.
+
+    Args:
+        conn: a Connection with an open session (conn.core.session is set).
+        prompter: where command lines and passwords are read.
+    """
+
+    def __init__(self, conn: Connection, prompter: Prompter) -> None:
+        assert conn.core.session is not None
+        self.conn = conn
+        self.prompter = prompter
+        self.session = conn.core.session
+        self.me = self.session.user
+        self.busy = False
+        self._held: list[m.Event] = []  # broadcasts that arrived while busy
+        self._sent_ids: set[str] = set()
+        self._stop: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    async def run(self) -> int | SwitchUser | None:
+        """Run until the session ends.
+
+        Returns:
+            an exit status (0: logout, Ctrl+C/Ctrl+D, `end` push; 1: broker lost), a SwitchUser
+            (`reg <user>`), or None to go back to the login prompt (`dereg`, session forgotten).
+        """
+        print(f"logged in as {self.me}; type help for the commands")
+        printer = asyncio.create_task(self._print_events())
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, self._finish, 0)
+            loop.add_signal_handler(signal.SIGTERM, self._finish, 0)
+        try:
+            with contextlib.suppress(_Stop, RequestTimeout):
+                status = await self._race(self.conn.request(m.Status))
+                self.busy = bool(status.get("busy"))
+            return await self._loop()
+        except _Stop as stop:
+            if stop.result == 0 and self.conn.core.session is not None:
+                await self.conn.logout()
+            return stop.result
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            printer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await printer
+            for item in self.conn.drain_events():  # the session's last words, e.g. presence
+                self._show_item(item)
+
+    def _finish(self, result: int | None) -> None:
+        if not self._stop.done():
+            self._stop.set_result(result)
+
+    async def _race(self, aw: Awaitable[T]) -> T:
+        """Await `aw` unless the session is stopped first (then raise _Stop, cancelling `aw`)."""
+        task = asyncio.ensure_future(aw)
+        await asyncio.wait({task, self._stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise _Stop(self._stop.result())
+
+    async def _loop(self) -> int | SwitchUser | None:
+        while True:
+            try:
+                line = await self._race(self.prompter.line("> "))
+            except (Interrupted, EOFError):
+                await self.conn.logout()
+                print("logged out")
+                return 0
+            if not line.strip():
+                continue
+            try:
+                cmd = parse_command(line, self.session.max_message_chars)
+            except UsageError as exc:
+                print(f"{exc.message}" + (f"\nusage: {exc.usage}" if exc.usage else ""))
+                continue
+            try:
+                result = await self._race(self._command(cmd))
+            except RequestTimeout:
+                print(LOST)
+                return 1
+            except ConnectionClosed:
+                return 1
+            except (Interrupted, EOFError):  # Ctrl+C at a password prompt
+                print()
+                continue
+            if result is not _CONTINUE:
+                return result
+
+    async def _command(self, cmd: Command) -> Any:
+        """Run one parsed command. Returns _CONTINUE, or what run() should return."""
+        word = cmd.word
+        if isinstance(cmd, Broadcast):
+            await self._send(None, cmd.text)
+        elif isinstance(cmd, Send):
+            await self._send(list(cmd.to), cmd.text)
+        elif isinstance(cmd, Last):
+            reply = await self.conn.request(m.Last, minutes=cmd.minutes)
+            self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r['users'], self.me)}")
+        elif isinstance(cmd, Busy):
+            reply = await self.conn.request(m.Busy, text=cmd.text)
+            if reply.get("status") == "ok":
+                self.busy = True
+            auto = f"; auto-reply: {view.safe(cmd.text)}" if cmd.text else ""
+            self._show(reply, lambda r: f"you are busy{auto}; private messages wait until idle")
+        elif isinstance(cmd, Reg):
+            password = await self.prompter.password(f"password for {cmd.user}: ")
+            await self.conn.logout()
+            print(f"logged out {self.me}")
+            return SwitchUser(cmd.user, password)
+        elif isinstance(cmd, Credentials):
+            print(f"you are logged in as {self.me}; use dereg first")
+        elif word == "who":
+            reply = await self.conn.request(m.Who)
+            self._show(reply, lambda r: f"online: {view.users_line(r['users'], self.me)}")
+        elif word == "idle":
+            await self._idle()
+        elif word == "hide":
+            self._show(await self.conn.request(m.Hide), lambda r: "you are hidden")
+        elif word == "appear":
+            self._show(await self.conn.request(m.Appear), lambda r: "you are visible")
+        elif word == "status":
+            reply = await self.conn.request(m.Status)
+            if reply.get("status") == "ok":
+                self.busy = bool(reply.get("busy"))
+            self._show(reply, view.status_line)
+        elif word == "help":
+            print(help_text())
+        elif word in ("logout", "dereg"):
+            await self.conn.logout()
+            print("logged out" if word == "logout" else "logged out; back to the login prompt")
+            return 0 if word == "logout" else None
+        return _CONTINUE
+
+    @staticmethod
+    def _show(reply: dict[str, Any], ok_line: Any) -> None:
+        print(ok_line(reply) if reply.get("status") == "ok" else view.error_line(reply))
+
+    async def _idle(self) -> None:
+        reply = await self.conn.request(m.Idle)
+        if reply.get("status") != "ok":
+            print(view.error_line(reply))
+            return
+        self.busy = False
+        held = int(reply.get("held", 0))
+        print(f"you are available; {held} held private message(s) follow" if held else "you are available")
+        held_events, self._held = self._held, []
+        for event in held_events:
+            print(view.event_line(event))
+
+    async def _send(self, to: list[str] | None, text: str) -> None:
+        """Broadcast (to None) or send privately; one retry with the same id after a timeout."""
+        cid = uuid.uuid4().hex
+        self._sent_ids.add(cid)
+        msg: m.Request = m.Broadcast(req=0, id=cid, text=text) if to is None else m.Send(req=0, id=cid, to=to, text=text)
+        attempt_timeout = max(1.0, self.session.heartbeat_timeout / 2)
+        try:
+            reply = await self.conn.request(msg, attempt_timeout)
+        except RequestTimeout:
+            reply = await self.conn.request(msg, attempt_timeout)  # same id: stored once
+        ts = float(reply.get("ts", 0.0))
+        if reply.get("status") == "ok":
+            print(view.sent_line(ts, to, text))
+        else:
+            print(view.error_line(reply))
+            if reply.get("code") == ErrorCode.UNKNOWN_USER.value:
+                print(f"unknown: {', '.join(map(view.safe, reply.get('unknown', [])))}")
+                got = list(reply.get("ids", {}))
+                print(view.sent_line(ts, got, text) if got else "nobody got it")
+        for entry in reply.get("busy", []) or []:
+            auto = view.safe(str(entry.get("text", "")))
+            print(f"{view.safe(str(entry.get('user', '?')))} is busy" + (f": {auto}" if auto else ""))
+
+    async def _print_events(self) -> None:
+        """Print what arrives; end the session on SessionEnded / BrokerLost."""
+        while True:
+            self._show_item(await self.conn.next_event())
+
+    def _show_item(self, item: Any) -> None:
+        """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
+        if isinstance(item, MessageReceived):
+            prefix = view.CATCHUP_PREFIX if item.message.ts < self.session.since_ts else ""
+            print(prefix + view.private_line(item.message))
+        elif isinstance(item, EventReceived):
+            self._show_event(item)
+        elif isinstance(item, EventsMissed):
+            print(f"(events {item.after + 1} to {item.resumed - 1} are no longer available)")
+        elif isinstance(item, SessionEnded):
+            print(item.message or f"session ended ({item.reason})")
+            self._finish(None if item.reason == "not_logged_in" else 0)
+        elif isinstance(item, BrokerLost):
+            print(LOST)
+            self._finish(1)
+
+    def _show_event(self, item: EventReceived) -> None:
+        event = item.event
+        if event.user == self.me and event.kind == "presence":
+            return  # your own presence
+        if event.kind == "bcast" and event.user == self.me and event.cid in self._sent_ids:
+            return  # your own broadcast echo, already shown
+        if self.busy and event.kind == "bcast" and not item.catchup:
+            self._held.append(event)
+            return
+        print(view.event_line(event, item.catchup))
+
+
+_CONTINUE = object()
+
+
+async def run_app(conn: Connection, preset_user: str | None = None) -> int:
+    """Login dialogue and sessions until the user quits. `conn` must be connected (hello done).
+
+    Returns the exit status: 0 normal end, 1 broker lost. Never raises for broker trouble.
+    """
+    prompter = Prompter()
+    flow = LoginFlow(conn, prompter, preset_user)
+    switch: SwitchUser | None = None
+    while True:
+        try:
+            if switch is not None:
+                logged_in = await flow.login_as(switch.user, switch.password) or await flow.run()
+            else:
+                logged_in = await flow.run()
+        except RequestTimeout:
+            print(LOST)
+            return 1
+        if not logged_in:
+            return 0
+        result = await ChatSession(conn, prompter).run()
+        if isinstance(result, int):
+            return result
+        switch = result

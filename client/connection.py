@@ -1,0 +1,316 @@
+"""The zmq side of one client: a DEALER for requests, replies and private messages, a SUB for
+broadcasts and presence, driven with asyncio (zmq.asyncio). All protocol decisions are made by
+client.core.ClientCore; this module only moves frames and wakes waiters.
+
+    conn = Connection("chat.example.org", 4119)
+    hello = await conn.connect()                      # ConnectError -> exit 2
+    reply = await conn.login("alice", "secret123")    # dict; opens SUB, asks the catch-up history
+    reply = await conn.request(m.Who)                 # dict; RequestTimeout on timeout
+    async for item in conn:                           # MessageReceived | EventReceived | ...
+        ...
+    await conn.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from client import sockets
+from client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
+from client.errors import ConnectError, ConnectionClosed, RequestTimeout
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.version import PROTOCOL_VERSION
+from protocol.wire import TYPE_OF
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 4.0
+"""Seconds to wait for the `hello` reply before declaring the broker unreachable."""
+DEFAULT_TIMEOUT = 5.0
+"""Request timeout in seconds before a session gives the heartbeat timeout."""
+
+
+class Connection:
+    """One client connection: owns a zmq.asyncio Context, the DEALER and (in a session) the SUB.
+
+    Args:
+        host: broker DNS name or IP literal.
+        port: broker ROUTER port (the PUB port comes from the login reply).
+        core: the protocol state (a fresh ClientCore when None).
+        client_name: sent in `hello` as `client`.
+    Attributes:
+        core: the ClientCore.
+        hello: the ok `hello` reply dict after connect(), else None.
+        address: "host:port" as given, for messages.
+    All coroutines must run on one event loop; the object is not thread-safe.
+    """
+
+    def __init__(self, host: str, port: int = sockets.DEFAULT_PORT, *, core: ClientCore | None = None,
+                 client_name: str = "chat-client") -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.core = core or ClientCore()
+        self.hello: dict[str, Any] | None = None
+        self._client_name = client_name
+        self._ctx: zmq.asyncio.Context | None = None
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._ip = ""
+        self._ipv6 = False
+        self._waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[Output] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self, timeout: float = HELLO_TIMEOUT) -> dict[str, Any]:
+        """Resolve the host, connect the DEALER and exchange `hello`.
+
+        Args:
+            timeout: seconds to wait for the hello reply; shortened so that resolving (at most
+                2 s) and hello together stay within about 4.5 s.
+        Returns:
+            the ok hello reply: {"version", "broker", "max_message_chars", "min_password_chars", ...}.
+        Raises:
+            ConnectError: unresolvable host, no answer in time (nothing listening, wrong port,
+                firewall, not a zmq peer), a reply that is not a chat broker's, or E_VERSION.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._ip, self._ipv6 = await loop.run_in_executor(None, sockets.resolve_host, self.host, self.port, 2.0)
+        timeout = max(1.0, min(timeout, started + 4.5 - loop.time()))  # whole connect within ~5 s
+        self._ctx = zmq.asyncio.Context()
+        try:
+            self._dealer = sockets.open_dealer(self._ctx, sockets.endpoint(self._ip, self.port, self._ipv6), self._ipv6)
+        except zmq.ZMQError as exc:
+            raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
+        self._tasks = [asyncio.create_task(self._dealer_loop()), asyncio.create_task(self._timer_loop())]
+        try:
+            reply = await self.request(m.Hello(req=0, version=PROTOCOL_VERSION, client=self._client_name), timeout)
+        except RequestTimeout:
+            raise ConnectError(
+                f"no chat broker answered at {self.address} within {timeout:g} s "
+                "(is it running? right host and port?)"
+            ) from None
+        if reply.get("status") != "ok":
+            if reply.get("code") == ErrorCode.VERSION.value:
+                raise ConnectError(f"protocol version mismatch: {reply.get('message', '')} "
+                                   f"(this client speaks version {PROTOCOL_VERSION})")
+            raise ConnectError(f"the broker refused hello: {reply.get('message', '')} [{reply.get('code', '')}]")
+        if reply.get("broker") != "chat-broker":
+            raise ConnectError(f"{self.address} is not a chat broker")
+        self.hello = reply
+        return reply
+
+    async def close(self, linger: bool = True) -> None:
+        """Stop the receive tasks and close the sockets and the context. Idempotent; waiting
+        requests fail with ConnectionClosed.
+
+        Args:
+            linger: True: queued messages get up to 500 ms to leave; False: drop them at once (use
+                when the broker never answered, so closing cannot block).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks = self._tasks + ([self._sub_task] if self._sub_task else [])
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed("connection closed"))
+        self._waiters.clear()
+        for sock in (self._sub, self._dealer):
+            if sock is not None:
+                sock.close(sockets.LINGER_MS if linger else 0)
+        self._sub = self._dealer = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # ---- requests -------------------------------------------------------------------------
+
+    async def request(self, msg: m.Request | type[m.Request], timeout: float | None = None,
+                      **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply.
+
+        Args:
+            msg: a Request instance (its `req` is replaced) or a Request class built with `fields`
+                (e.g. request(m.Send, id=..., to=[...], text=...)).
+            timeout: seconds to wait; default heartbeat_timeout in a session, else 5 s.
+        Returns:
+            the reply dict ({"req", "status": "ok"|"error", ...}); an error reply is returned, not
+            raised.
+        Raises:
+            RequestTimeout: no reply in time (the late reply, if any, is ignored).
+            ConnectionClosed: the connection is closed.
+        """
+        if self._closed or self._dealer is None:
+            raise ConnectionClosed("connection closed")
+        if isinstance(msg, type):
+            msg = msg(req=0, **fields)
+        if timeout is None:
+            timeout = self.core.session.heartbeat_timeout if self.core.session else DEFAULT_TIMEOUT
+        req = self.core.request(msg)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[req] = fut
+        try:
+            await self._flush()
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(TYPE_OF[type(msg)], timeout) from None
+        finally:
+            self._waiters.pop(req, None)
+            self.core.forget(req)
+            self._wake_timer()
+
+    async def login(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Log in; on success connect and subscribe the SUB socket, then ask the catch-up history.
+
+        Returns the login reply dict (check "status"). Raises RequestTimeout / ConnectionClosed.
+        """
+        reply = await self.request(m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
+        if reply.get("status") == "ok" and self.core.session is not None:
+            self._open_sub(self.core.session.pub_port)
+            self.core.catch_up()
+            await self._flush()
+        return reply
+
+    async def register(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Create an account (does not log in). Returns the reply dict. Raises like request()."""
+        return await self.request(m.Register(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
+
+    async def logout(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """End the session: send `logout`, wait up to `timeout` s, close the SUB. Never raises for a
+        missing reply; returns the reply dict or None."""
+        reply = None
+        if self.core.session is not None and not self._closed:
+            with contextlib.suppress(RequestTimeout, ConnectionClosed):
+                reply = await self.request(m.Logout, timeout)
+        self.core.end_session()
+        self._close_sub()
+        return reply
+
+    # ---- events ---------------------------------------------------------------------------
+
+    async def next_event(self) -> Output:
+        """Wait for the next MessageReceived, EventReceived, EventsMissed, SessionEnded or BrokerLost."""
+        return await self._events.get()
+
+    def drain_events(self) -> list[Output]:
+        """Take the events already queued, without waiting (e.g. the tail of a session that ended)."""
+        out: list[Output] = []
+        while not self._events.empty():
+            out.append(self._events.get_nowait())
+        return out
+
+    def __aiter__(self) -> "Connection":
+        return self
+
+    async def __anext__(self) -> Output:
+        return await self.next_event()
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _open_sub(self, pub_port: int) -> None:
+        self._close_sub()
+        assert self._ctx is not None
+        self._sub = sockets.open_sub(self._ctx, sockets.endpoint(self._ip, pub_port, self._ipv6), self._ipv6)
+        self._sub_task = asyncio.create_task(self._sub_loop(self._sub))
+
+    def _close_sub(self) -> None:
+        if self._sub_task is not None:
+            self._sub_task.cancel()
+            self._sub_task = None
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = None
+
+    async def _flush(self) -> None:
+        for frames in self.core.data_to_send():
+            if self._dealer is None:
+                return
+            try:
+                await self._dealer.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("send queue full; dropped a %s request", frames[0].decode(errors="replace"))
+
+    def _dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, ReplyReceived):
+                fut = self._waiters.get(out.req)
+                if fut is not None and not fut.done():
+                    fut.set_result(out.body)
+                continue
+            if isinstance(out, SessionEnded):
+                self._close_sub()
+            self._events.put_nowait(out)
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _dealer_loop(self) -> None:
+        assert self._dealer is not None
+        while True:
+            frames = await self._dealer.recv_multipart()
+            try:
+                outputs = self.core.receive_dealer(frames)
+            except ProtocolError as exc:
+                log.warning("bad message from the broker: %s", exc)
+                if self.hello is None:
+                    self._fail_waiters(ConnectError(f"{self.address} is not a chat broker ({exc.message})"))
+                continue
+            self._dispatch(outputs)
+            self._wake_timer()  # acks may now be due
+            await self._flush()
+
+    async def _sub_loop(self, sub: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sub.recv_multipart()
+            try:
+                outputs = self.core.receive_event(frames)
+            except ProtocolError as exc:
+                log.warning("bad event from the broker: %s", exc)
+                continue
+            self._dispatch(outputs)
+            await self._flush()
+
+    def _wake_timer(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _timer_loop(self) -> None:
+        # A bare future + call_later instead of wait_for(Event.wait()): on Python 3.11 wait_for can
+        # swallow a cancel that races with the event, which would keep this task alive after close().
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            delay = min(max(self.core.next_timeout(), 0.01), 1.0)
+            self._wake = loop.create_future()
+            handle = loop.call_later(delay, self._wake_timer)
+            try:
+                await self._wake
+            finally:
+                handle.cancel()
+                self._wake = None
+            outputs = self.core.tick()
+            self._dispatch(outputs)
+            await self._flush()
+            for out in outputs:
+                if isinstance(out, BrokerLost):
+                    log.info("broker lost: a request waited %.1f s", out.waited)

@@ -1,0 +1,153 @@
+"""The pre-login dialogue: "new user? [y/N]", registration with a confirmed hidden password, login
+with retries after a wrong password; also the typed commands `login <user> <password>`,
+`newuser <user> <password>` and `reg <user>`.
+"""
+
+from __future__ import annotations
+
+from client import view
+from client.connection import Connection
+from client.prompts import Interrupted, Prompter
+from protocol.commands import Credentials, Reg, Simple, parse_command
+from protocol.errors import ErrorCode, ProtocolError, UsageError
+from protocol.validation import DEFAULT_MIN_PASSWORD_CHARS, validate_password, validate_username
+
+PRE_LOGIN_HELP = """\
+  y                          create a new account, then log in
+  n (or Enter)               log in to an existing account
+  login <user> <password>    log in
+  newuser <user> <password>  create an account and log in
+  reg <user>                 log in as <user> (asks for the password)
+  logout                     quit"""
+
+
+class LoginFlow:
+    """Runs the dialogue until a session exists or the user quits.
+
+    Args:
+        conn: a connected Connection (hello done).
+        prompter: where lines and passwords are read.
+        preset_user: --user: used as the username the first time one is needed.
+    """
+
+    def __init__(self, conn: Connection, prompter: Prompter, preset_user: str | None = None) -> None:
+        self.conn = conn
+        self.prompter = prompter
+        self.preset_user = preset_user
+        hello = conn.hello or {}
+        self.min_password = int(hello.get("min_password_chars", DEFAULT_MIN_PASSWORD_CHARS))
+
+    async def run(self) -> bool:
+        """Ask until logged in. Returns True with a session open, False when the user quits
+        (Ctrl+C, Ctrl+D or `logout`). Raises RequestTimeout when the broker stops answering."""
+        while True:
+            try:
+                answer = (await self.prompter.line("new user? [y/N] ")).strip()
+            except (Interrupted, EOFError):
+                return False
+            try:
+                done = await self._answer(answer)
+            except (Interrupted, EOFError):
+                print()
+                continue
+            if done is not None:
+                return done
+
+    async def login_as(self, user: str, password: str) -> bool:
+        """Log in as `user`; print the outcome. Returns True when the session is open."""
+        reply = await self.conn.login(user, password)
+        if reply.get("status") == "ok":
+            return True
+        self._show_login_error(reply)
+        return False
+
+    async def _answer(self, answer: str) -> bool | None:
+        """Handle one answer to the top question: True logged in, False quit, None ask again."""
+        low = answer.lower()
+        if low in ("y", "yes"):
+            return await self._new_user() or None
+        if low in ("", "n", "no"):
+            return await self._existing_user() or None
+        try:
+            cmd = parse_command(answer)
+        except UsageError as exc:
+            print(f"{exc.message}" + (f" (usage: {exc.usage})" if exc.usage else ""))
+            return None
+        if isinstance(cmd, Credentials) and cmd.word == "login":
+            return await self.login_as(cmd.user, cmd.password) or None
+        if isinstance(cmd, Credentials):
+            return await self._register_and_login(cmd.user, cmd.password) or None
+        if isinstance(cmd, Reg):
+            password = await self.prompter.password(f"password for {cmd.user}: ")
+            return await self.login_as(cmd.user, password) or None
+        if isinstance(cmd, Simple) and cmd.word == "logout":
+            return False
+        if isinstance(cmd, Simple) and cmd.word == "help":
+            print(PRE_LOGIN_HELP)
+            return None
+        print("log in first: answer y or n, or type help")
+        return None
+
+    async def _ask_user(self) -> str | None:
+        if self.preset_user:
+            user, self.preset_user = self.preset_user, None
+        else:
+            user = (await self.prompter.line("username: ")).strip()
+        try:
+            validate_username(user)
+        except ProtocolError as exc:
+            print(f"'{user}': {exc.message}")
+            return None
+        return user
+
+    async def _existing_user(self) -> bool:
+        user = await self._ask_user()
+        if user is None:
+            return False
+        while True:
+            password = await self.prompter.password("password: ")
+            reply = await self.conn.login(user, password)
+            if reply.get("status") == "ok":
+                return True
+            self._show_login_error(reply)
+            if reply.get("code") != ErrorCode.BAD_CREDENTIALS.value:
+                return False
+
+    async def _new_user(self) -> bool:
+        user = await self._ask_user()
+        if user is None:
+            return False
+        while True:
+            password = await self.prompter.password(f"password (at least {self.min_password} characters): ")
+            try:
+                validate_password(password, self.min_password)
+            except ProtocolError as exc:
+                print(exc.message)
+                continue
+            if await self.prompter.password("confirm password: ") == password:
+                break
+            print("the passwords do not match; try again")
+        return await self._register_and_login(user, password)
+
+    async def _register_and_login(self, user: str, password: str) -> bool:
+        try:
+            validate_password(password, self.min_password)
+        except ProtocolError as exc:
+            print(exc.message)
+            return False
+        reply = await self.conn.register(user, password)
+        if reply.get("status") != "ok":
+            print(view.error_line(reply))
+            return False
+        print(f"account {user} created")
+        return await self.login_as(user, password)
+
+    @staticmethod
+    def _show_login_error(reply: dict) -> None:
+        line = view.error_line(reply)
+        retry = reply.get("retry_after")
+        if reply.get("code") == ErrorCode.BLOCKED.value and isinstance(retry, (int, float)):
+            if f"{retry:.0f} s" not in line:  # the broker's message usually says it already
+                line += f" (retry after {retry:.0f} s)"
+        print(line)
+

@@ -1,0 +1,48 @@
+"""Reading a line or a hidden password from the terminal with prompt_toolkit (asyncio).
+
+On a full terminal the input line is redrawn below messages printed under `patch_stdout()`; a
+password shows one "*" per character. On a dumb terminal (TERM=dumb, e.g. an editor shell or a test
+harness) prompt_toolkit would echo each typed character, so passwords are read with no output at
+all instead.
+"""
+
+from __future__ import annotations
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.utils import is_dumb_terminal
+
+
+class Interrupted(Exception):
+    """Ctrl+C at a prompt. (prompt_toolkit raises KeyboardInterrupt, which would stop the asyncio
+    loop when it escapes a task, so the Prompter turns it into this ordinary exception.)"""
+
+
+class Prompter:
+    """Line and password input. Both methods raise Interrupted on Ctrl+C and EOFError on Ctrl+D at
+    an empty line."""
+
+    def __init__(self) -> None:
+        self._lines: PromptSession[str] = PromptSession()
+
+    async def line(self, message: str) -> str:
+        """Show `message` and return the typed line (str, without the newline; kept in history)."""
+        try:
+            return await self._lines.prompt_async(message, handle_sigint=False)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    async def password(self, message: str) -> str:
+        """Show `message` and return the typed password; it is never echoed nor kept in history."""
+        try:
+            if is_dumb_terminal():
+                print(message, end="", flush=True)
+                try:
+                    hidden: PromptSession[str] = PromptSession(output=DummyOutput())
+                    return await hidden.prompt_async("", is_password=True, handle_sigint=False)
+                finally:
+                    print(flush=True)
+            session: PromptSession[str] = PromptSession()
+            return await session.prompt_async(message, is_password=True, handle_sigint=False)
+        except KeyboardInterrupt:
+            raise Interrupted() from None

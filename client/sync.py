@@ -1,0 +1,112 @@
+"""A synchronous, non-blocking driver of one ClientCore for a plain `zmq.Poller` (no asyncio), for
+programs that run many connections in one thread (e.g. a load tester):
+
+    ctx, poller = zmq.Context(), zmq.Poller()
+    conns = [SyncConnection(ctx, poller, "127.0.0.1", 4119) for _ in range(100)]
+    for c in conns:
+        c.send(m.Hello(req=0, version=PROTOCOL_VERSION))
+    while running:
+        ready = dict(poller.poll(timeout_ms))
+        for c in conns:
+            outputs = c.handle(ready) + c.tick()   # ReplyReceived, MessageReceived, EventReceived ...
+
+After an ok `login` reply the SUB socket is opened, registered with the poller and the catch-up
+history is asked, exactly as client.connection.Connection does.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from client import sockets
+from client.core import ClientCore, Output, SessionEnded
+from protocol import messages as m
+from protocol.errors import ProtocolError
+
+
+class SyncConnection:
+    """One DEALER (+ SUB in a session) on a caller-owned plain zmq.Context and zmq.Poller.
+
+    Args:
+        ctx: a plain zmq.Context (shared by many connections).
+        poller: the zmq.Poller the caller polls; this object registers its sockets there.
+        address: numeric broker address (see sockets.resolve_host); port: ROUTER port.
+        core: the protocol state (a fresh ClientCore when None).
+    Attributes:
+        core, dealer, sub (None outside a session), errors (count of undecodable broker messages).
+    Not thread-safe; never blocks (sends use NOBLOCK; a full queue drops the request, which then
+    times out like a lost one).
+    """
+
+    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, address: str, port: int, *,
+                 ipv6: bool = False, core: ClientCore | None = None) -> None:
+        self.core = core or ClientCore()
+        self._ctx, self._poller, self._address, self._ipv6 = ctx, poller, address, ipv6
+        self.dealer = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6)
+        poller.register(self.dealer, zmq.POLLIN)
+        self.sub: zmq.Socket | None = None
+        self.errors = 0
+
+    def send(self, msg: m.Request) -> int:
+        """Queue `msg` (its req is replaced) and send what is queued. Returns the request id."""
+        req = self.core.request(msg)
+        self.flush()
+        return req
+
+    def flush(self) -> None:
+        """Send everything the core has queued (NOBLOCK)."""
+        for frames in self.core.data_to_send():
+            try:
+                self.dealer.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def handle(self, ready: dict) -> list[Output]:
+        """Read every message waiting on this connection's sockets that `ready` (the dict of
+        poller.poll()) marks readable; feed them to the core. Returns the core's outputs in order."""
+        out: list[Output] = []
+        if self.dealer in ready:
+            out += self._drain(self.dealer, self.core.receive_dealer)
+            if self.core.session is not None and self.sub is None:
+                self._open_sub(self.core.session.pub_port)
+            if any(isinstance(o, SessionEnded) for o in out) or (self.core.session is None and self.sub):
+                self._close_sub()
+        if self.sub is not None and self.sub in ready:
+            out += self._drain(self.sub, self.core.receive_event)
+        self.flush()
+        return out
+
+    def tick(self) -> list[Output]:
+        """Run the core's timers (acks, pings, lost detection) and send what they queue."""
+        out = self.core.tick()
+        self.flush()
+        return out
+
+    def close(self) -> None:
+        """Unregister and close the sockets (LINGER 0: a load tester does not wait)."""
+        self._close_sub()
+        self._poller.unregister(self.dealer)
+        self.dealer.close(0)
+
+    def _drain(self, sock: zmq.Socket, feed) -> list[Output]:
+        out: list[Output] = []
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                out += feed(frames)
+            except ProtocolError:
+                self.errors += 1
+
+    def _open_sub(self, pub_port: int) -> None:
+        self.sub = sockets.open_sub(self._ctx, sockets.endpoint(self._address, pub_port, self._ipv6), self._ipv6)
+        self._poller.register(self.sub, zmq.POLLIN)
+        self.core.catch_up()
+
+    def _close_sub(self) -> None:
+        if self.sub is not None:
+            self._poller.unregister(self.sub)
+            self.sub.close(0)
+            self.sub = None

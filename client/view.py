@@ -1,0 +1,81 @@
+"""How the terminal client shows things: pure functions from protocol values to one line of text.
+
+Times are shown as HH:MM:SS in local time from the broker's `ts` (seconds since the epoch). Text
+from other users is made safe for a terminal: control characters (escape sequences, newlines that
+could fake a line from someone else) are replaced by U+FFFD, tabs by a space.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from typing import Any, Iterable
+
+from protocol import messages as m
+
+PRESENCE_WORDS = {
+    "login": "logged in",
+    "logout": "logged out",
+    "timeout": "timed out (idle)",
+    "lost": "lost the connection",
+}
+CATCHUP_PREFIX = "(while you were away) "
+
+
+def clock(ts: float) -> str:
+    """Broker time `ts` (epoch seconds) as local "HH:MM:SS"; "--:--:--" when ts is not usable."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "--:--:--"
+
+
+def safe(text: str) -> str:
+    """`text` with control characters (Unicode category Cc, except tab) replaced by U+FFFD."""
+    if text.isprintable():
+        return text
+    return "".join(
+        " " if ch == "\t" else "\ufffd" if unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
+
+
+def private_line(msg: m.PrivateMessage) -> str:
+    """A received private message: "[HH:MM:SS] alice: text"."""
+    return f"[{clock(msg.ts)}] {safe(msg.sender)}: {safe(msg.text)}"
+
+
+def event_line(event: m.Event, catchup: bool = False) -> str:
+    """A broadcast "[HH:MM:SS] alice to all: text" or presence "[HH:MM:SS] * alice logged in";
+    prefixed with "(while you were away) " when `catchup`."""
+    prefix = CATCHUP_PREFIX if catchup else ""
+    if event.kind == "bcast":
+        return f"{prefix}[{clock(event.ts)}] {safe(event.user)} to all: {safe(event.text)}"
+    what = PRESENCE_WORDS.get(event.event, safe(event.event) or "changed")
+    return f"{prefix}[{clock(event.ts)}] * {safe(event.user)} {what}"
+
+
+def sent_line(ts: float, to: Iterable[str] | None, text: str) -> str:
+    """What you sent: "[HH:MM:SS] you to bob, carol: text"; `to` None means a broadcast ("all")."""
+    names = "all" if to is None else ", ".join(to)
+    return f"[{clock(ts)}] you to {names}: {safe(text)}"
+
+
+def error_line(reply: dict[str, Any]) -> str:
+    """An error reply as "error: <message> [<code>]"."""
+    return f"error: {safe(str(reply.get('message', '')))} [{reply.get('code', '')}]"
+
+
+def users_line(users: Iterable[str], me: str) -> str:
+    """Names separated by ", ", yourself marked with "*" (e.g. "alice*, bob"); "(nobody)" if empty."""
+    names = [f"{u}*" if u == me else u for u in users]
+    return ", ".join(names) if names else "(nobody)"
+
+
+def status_line(reply: dict[str, Any]) -> str:
+    """The `status` reply as one line: "alice: busy (text) | available, visible | hidden, logged in
+    since HH:MM:SS"."""
+    busy = reply.get("busy")
+    busy_text = safe(str(reply.get("busy_text", "")))
+    state = ("busy" + (f" ({busy_text})" if busy_text else "")) if busy else "available"
+    seen = "hidden" if reply.get("hidden") else "visible"
+    return f"{reply.get('user', '?')}: {state}, {seen}, logged in since {clock(reply.get('since_ts', 0))}"

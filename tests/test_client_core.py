@@ -1,0 +1,386 @@
+"""Unit tests of client.core.ClientCore: pure, no sockets (frames are built with protocol.wire)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from client.core import (
+    MAX_ACK_IDS,
+    BrokerLost,
+    ClientCore,
+    EventReceived,
+    EventsMissed,
+    MessageReceived,
+    ReplyReceived,
+    SessionEnded,
+)
+from protocol import messages as m
+from protocol import wire
+from protocol.errors import ErrorCode, ProtocolError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    """A fake monotonic clock: call it for the time, `advance(s)` to move it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sent(core: ClientCore) -> list[tuple[bytes, m.Request]]:
+    """Decode what the core wants to send, as the broker would see it."""
+    return [wire.decode_request(frames) for frames in core.data_to_send()]
+
+
+def event(seq: int, kind: str = "bcast", user: str = "bob", text: str = "hi") -> m.Event:
+    if kind == "bcast":
+        return m.Event(seq=seq, ts=1.0e9 + seq, kind="bcast", user=user, text=text, cid=f"c{seq}")
+    return m.Event(seq=seq, ts=1.0e9 + seq, kind="presence", user=user, event="login")
+
+
+def seqs(outputs) -> list[int]:
+    return [o.event.seq for o in outputs if isinstance(o, EventReceived)]
+
+
+LOGIN = {"user": "alice", "pub_port": 5001, "seq": 10, "since": 7, "since_ts": 1.0e9,
+         "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, "idle_timeout": 1800.0,
+         "max_message_chars": 1000}
+
+
+def logged_in(clock: Clock | None = None, **kw) -> tuple[ClientCore, Clock]:
+    """A core with an open session (login seq 10, since 7) and nothing left to send."""
+    clock = clock or Clock()
+    core = ClientCore(clock=clock, **kw)
+    req = core.request(m.Login(req=0, version=1, user="alice", password="pw123456"))
+    core.data_to_send()
+    out = core.receive_dealer(wire.encode_ok(req, LOGIN))
+    assert out == [ReplyReceived(req, b"login", {"req": req, "status": "ok", **LOGIN})]
+    assert core.session is not None and core.session.user == "alice"
+    return core, clock
+
+
+def answer_history(core: ClientCore, events: list[m.Event], newest: int) -> list:
+    """Answer the one history request the core sent, with `events`."""
+    reqs = [(t, r) for t, r in sent(core) if t == b"history"]
+    assert len(reqs) == 1, reqs
+    body = {"events": events, "seq": newest, "complete": True}
+    return core.receive_dealer(wire.encode_ok(reqs[0][1].req, body))
+
+
+# ---- request ids and reply matching -------------------------------------------------------
+
+
+def test_request_ids_are_fresh_and_replies_match():
+    core = ClientCore(clock=Clock())
+    r1 = core.request(m.Who(req=0))
+    r2 = core.request(m.Status(req=99))
+    assert r1 != r2
+    frames = sent(core)
+    assert [(t, r.req) for t, r in frames] == [(b"who", r1), (b"status", r2)]
+    assert core.pending_count() == 2
+    # replies may come in any order
+    out = core.receive_dealer(wire.encode_ok(r2, {"user": "a"}))
+    assert out == [ReplyReceived(r2, b"status", {"req": r2, "status": "ok", "user": "a"})]
+    out = core.receive_dealer(wire.encode_error(r1, ErrorCode.NOT_LOGGED_IN, "log in first"))
+    assert len(out) == 1 and not out[0].ok and out[0].code == "E_NOT_LOGGED_IN"
+    assert out[0].message == "log in first" and out[0].type == b"who"
+    assert core.pending_count() == 0
+
+
+def test_stray_and_forgotten_replies_are_ignored():
+    core = ClientCore(clock=Clock())
+    req = core.request(m.Who(req=0))
+    core.forget(req)
+    assert core.receive_dealer(wire.encode_ok(req, {"users": []})) == []
+    assert core.receive_dealer(wire.encode_ok(12345, {})) == []
+    assert core.receive_dealer(wire.encode_error(None, ErrorCode.BAD_JSON, "bad")) == []
+
+
+def test_garbage_from_the_peer_raises_protocol_error():
+    core = ClientCore(clock=Clock())
+    with pytest.raises(ProtocolError):
+        core.receive_dealer([b"HTTP/1.1 400 Bad Request"])
+    with pytest.raises(ProtocolError):
+        core.receive_dealer([b"reply", b"not json"])
+    with pytest.raises(ProtocolError):
+        core.receive_event([b"bcast", b"{}"])
+
+
+def test_data_to_send_drains_in_order():
+    core = ClientCore(clock=Clock())
+    for _ in range(3):
+        core.request(m.Ping(req=0))
+    assert len(core.data_to_send()) == 3
+    assert core.data_to_send() == []
+
+
+# ---- sequence numbers ---------------------------------------------------------------------
+
+
+def test_catch_up_asks_history_after_since_and_marks_catchup():
+    core, _ = logged_in()
+    assert core.last_seq == 7
+    core.catch_up()
+    out = answer_history(core, [event(8), event(9, "presence"), event(10), event(11)], newest=11)
+    assert seqs(out) == [8, 9, 10, 11]
+    assert [o.catchup for o in out] == [True, True, True, False]  # login seq was 10
+    assert core.last_seq == 11
+
+
+def test_in_order_events_and_duplicates_dropped():
+    core, _ = logged_in()
+    assert seqs(core.receive_event(wire.encode_event(event(8)))) == [8]
+    assert seqs(core.receive_event(wire.encode_event(event(9)))) == [9]
+    assert core.receive_event(wire.encode_event(event(9))) == []  # duplicate
+    assert core.receive_event(wire.encode_event(event(3))) == []  # old
+    assert sent(core) == []  # no gap, no history request
+    assert core.last_seq == 9
+
+
+def test_gap_holds_event_and_repairs_with_history():
+    core, _ = logged_in()
+    core.receive_event(wire.encode_event(event(8)))
+    assert core.receive_event(wire.encode_event(event(11))) == []  # gap: 9, 10 missing
+    assert core.receive_event(wire.encode_event(event(12))) == []  # still held
+    assert core.receive_event(wire.encode_event(event(11))) == []  # duplicate of a held one
+    reqs = sent(core)
+    assert [(t, r.after) for t, r in reqs] == [(b"history", 8)]  # one request, after = last
+    body = {"events": [event(9), event(10), event(11)], "seq": 12, "complete": True}
+    out = core.receive_dealer(wire.encode_ok(reqs[0][1].req, body))
+    assert seqs(out) == [9, 10, 11, 12]
+    assert core.last_seq == 12
+    assert sent(core) == []
+
+
+def test_gap_filled_by_late_live_event_still_consumes_history_reply():
+    core, _ = logged_in()
+    core.receive_event(wire.encode_event(event(9)))  # gap at 8
+    (req,) = [r.req for _, r in sent(core)]
+    assert seqs(core.receive_event(wire.encode_event(event(8)))) == [8, 9]
+    out = core.receive_dealer(wire.encode_ok(req, {"events": [event(8), event(9)], "seq": 9, "complete": True}))
+    assert seqs(out) == []  # all duplicates by now
+
+
+def test_pruned_history_reports_missed_events():
+    core, _ = logged_in()
+    core.receive_event(wire.encode_event(event(20)))  # gap 8..19
+    body_events = [event(15), event(16), event(17), event(18), event(19)]  # 8..14 pruned
+    out = answer_history(core, body_events, newest=20)
+    assert out[0] == EventsMissed(after=7, resumed=15)
+    assert seqs(out) == [15, 16, 17, 18, 19, 20]
+
+
+def test_history_page_cut_by_limit_asks_for_the_next_page():
+    core, _ = logged_in(history_limit=2)
+    core.catch_up()
+    out = answer_history(core, [event(8), event(9)], newest=12)
+    assert seqs(out) == [8, 9]
+    out = answer_history(core, [event(10), event(11)], newest=12)  # the core asked after=9
+    assert seqs(out) == [10, 11]
+    out = answer_history(core, [event(12)], newest=12)
+    assert seqs(out) == [12]
+    assert sent(core) == []
+
+
+def test_history_error_skips_to_held_events():
+    core, _ = logged_in()
+    core.receive_event(wire.encode_event(event(10)))
+    (req,) = [r.req for _, r in sent(core)]
+    out = core.receive_dealer(wire.encode_error(req, ErrorCode.INTERNAL, "boom"))
+    assert out[0] == EventsMissed(after=7, resumed=10)
+    assert seqs(out) == [10]
+
+
+def test_events_before_login_are_ignored():
+    core = ClientCore(clock=Clock())
+    assert core.receive_event(wire.encode_event(event(1))) == []
+
+
+# ---- private messages and acks ------------------------------------------------------------
+
+
+def msg(mid: int, text: str = "hi") -> list[bytes]:
+    return wire.encode_msg(m.PrivateMessage(id=mid, sender="bob", to="alice", ts=1.0e9, text=text, cid=f"x{mid}"))
+
+
+def acks(core: ClientCore) -> list[list[int]]:
+    return [r.ids for t, r in sent(core) if t == b"ack"]
+
+
+def test_acks_are_batched_after_a_delay():
+    core, clock = logged_in(ack_delay=0.1)
+    for mid in (1, 2, 3):
+        (out,) = core.receive_dealer(msg(mid))
+        assert isinstance(out, MessageReceived) and out.message.id == mid and out.message.sender == "bob"
+    assert acks(core) == []  # not yet
+    assert core.queued_acks() == [1, 2, 3]
+    assert core.next_timeout() == pytest.approx(0.1)
+    clock.advance(0.1)
+    core.tick()
+    assert acks(core) == [[1, 2, 3]]
+    assert core.queued_acks() == []
+
+
+def test_duplicate_message_is_shown_once_but_acked_again():
+    core, clock = logged_in()
+    assert len(core.receive_dealer(msg(5))) == 1
+    clock.advance(1)
+    core.tick()
+    assert acks(core) == [[5]]
+    assert core.receive_dealer(msg(5)) == []  # pushed again: not shown ...
+    clock.advance(1)
+    core.tick()
+    assert acks(core) == [[5]]  # ... but acked again
+    core.receive_dealer(msg(6))
+    core.receive_dealer(msg(6))
+    clock.advance(1)
+    core.tick()
+    assert acks(core) == [[6]]  # one id once per ack
+
+
+def test_full_batch_is_acked_at_once_and_split_at_1000():
+    core, _ = logged_in(ack_batch=3)
+    for mid in (1, 2):
+        core.receive_dealer(msg(mid))
+    assert acks(core) == []
+    core.receive_dealer(msg(3))
+    assert acks(core) == [[1, 2, 3]]
+    big, clock = logged_in(ack_batch=5000)  # clamped to 1000 per ack
+    for mid in range(1, 1001):
+        big.receive_dealer(msg(mid))
+    assert [len(ids) for ids in acks(big)] == [MAX_ACK_IDS]
+
+
+def test_new_session_resets_message_dedup():
+    core, _ = logged_in()
+    core.receive_dealer(msg(5))
+    req = core.request(m.Logout(req=0))
+    core.data_to_send()
+    core.receive_dealer(wire.encode_ok(req))
+    assert core.session is None
+    req = core.request(m.Login(req=0, version=1, user="alice", password="pw123456"))
+    core.receive_dealer(wire.encode_ok(req, LOGIN))
+    assert len(core.receive_dealer(msg(5))) == 1  # unacked mail comes again at the next login
+
+
+# ---- heartbeat, lost broker, session end --------------------------------------------------
+
+
+def test_ping_due_after_heartbeat_interval_of_silence():
+    core, clock = logged_in()
+    clock.advance(4.9)
+    assert not core.ping_due()
+    assert core.tick() == [] and sent(core) == []
+    clock.advance(0.1)
+    assert core.ping_due()
+    core.tick()
+    assert [t for t, _ in sent(core)] == [b"ping"]
+    clock.advance(2)
+    core.tick()
+    assert sent(core) == []  # the ping counts as sent: next one an interval later
+    clock.advance(3)
+    core.tick()
+    assert [t for t, _ in sent(core)] == [b"ping"]  # again, though the first still waits
+
+
+def test_lost_internal_requests_are_expired_by_a_later_reply():
+    core, clock = logged_in()
+    core.receive_dealer(msg(7))
+    clock.advance(1)
+    core.tick()
+    assert [t for t, _ in sent(core)] == [b"ack"]  # lost with a dropped connection ...
+    clock.advance(5)
+    core.tick()
+    assert [t for t, _ in sent(core)] == [b"ping"]  # ... and so is this ping
+    clock.advance(5)
+    core.tick()
+    ((_, ping2),) = sent(core)
+    assert core.receive_dealer(wire.encode_ok(ping2.req, {"ts": 1.0})) == []
+    assert core.pending_count() == 0
+    assert core.queued_acks() == [7]  # the lost ack's ids are acked again
+    clock.advance(1)
+    core.tick()
+    assert acks(core) == [[7]]
+    clock.advance(14)
+    assert core.tick() == []  # nothing stale left to report as lost
+
+
+def test_lost_history_request_is_asked_again():
+    core, _ = logged_in()
+    core.catch_up()
+    ((_, hist),) = sent(core)
+    req = core.request(m.Who(req=0))
+    sent(core)
+    core.receive_dealer(wire.encode_ok(req, {"users": []}))
+    ((kind, again),) = sent(core)
+    assert kind == b"history" and again.after == hist.after and again.req != hist.req
+
+
+def test_any_request_postpones_the_ping():
+    core, clock = logged_in()
+    clock.advance(4)
+    req = core.request(m.Who(req=0))
+    core.data_to_send()
+    core.receive_dealer(wire.encode_ok(req, {"users": []}))
+    clock.advance(4)
+    assert not core.ping_due()
+    clock.advance(1)
+    assert core.ping_due()
+
+
+def test_unanswered_ping_reports_broker_lost_once():
+    core, clock = logged_in()
+    clock.advance(5)
+    core.tick()
+    sent(core)
+    clock.advance(15.5)
+    out = core.tick()
+    assert len(out) == 1 and isinstance(out[0], BrokerLost) and out[0].waited == pytest.approx(15.5)
+    assert core.tick() == []
+
+
+def test_answered_ping_is_not_lost():
+    core, clock = logged_in()
+    clock.advance(5)
+    core.tick()
+    ((_, ping),) = sent(core)
+    assert core.receive_dealer(wire.encode_ok(ping.req, {"ts": 1.0})) == []  # internal: consumed
+    clock.advance(14)
+    assert core.tick() == []
+
+
+def test_no_ping_without_session():
+    core = ClientCore(clock=Clock())
+    core._clock.advance(100)  # type: ignore[attr-defined]
+    assert not core.ping_due() and core.tick() == []
+
+
+def test_end_push_ends_session():
+    core, _ = logged_in()
+    out = core.receive_dealer(wire.encode_end("replaced", "you logged in elsewhere"))
+    assert out == [SessionEnded("replaced", "you logged in elsewhere")]
+    assert core.session is None and core.last_seq is None
+
+
+def test_not_logged_in_reply_in_session_ends_it():
+    core, _ = logged_in()
+    req = core.request(m.Who(req=0))
+    out = core.receive_dealer(wire.encode_error(req, ErrorCode.NOT_LOGGED_IN, "log in first"))
+    assert isinstance(out[0], ReplyReceived) and out[1].reason == "not_logged_in"
+    assert core.session is None
+
+
+def test_request_frames_use_the_wire_format():
+    core = ClientCore(clock=Clock())
+    req = core.request(m.Send(req=0, id="abc", to=["bob", "carol"], text="héllo ✓"))
+    ((kind, body),) = core.data_to_send()
+    assert kind == b"send"
+    assert msgspec.json.decode(body) == {"req": req, "id": "abc", "to": ["bob", "carol"], "text": "héllo ✓"}

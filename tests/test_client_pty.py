@@ -1,0 +1,362 @@
+"""End-to-end tests of the terminal client: a real broker subprocess and real `python -m client`
+programs in pseudo-terminals (pexpect). Every wait has a deadline; subprocesses are killed in finally.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pexpect
+import pytest
+import zmq
+
+from protocol import wire
+from protocol.errors import ErrorCode
+
+pytestmark = pytest.mark.timeout(60)
+
+STARTED_RE = re.compile(r"broker started router=tcp://[^:\s]+:(\d+) pub=")
+TIME = r"\[\d\d:\d\d:\d\d\]"
+
+
+class BrokerProcess:
+    """`python -m broker` on 127.0.0.1 ephemeral ports; `port` is read from its first log line."""
+
+    def __init__(self, data_dir: Path, *flags: str) -> None:
+        cmd = [sys.executable, "-m", "broker", "--port", "0", "--pub-port", "0", "--bind", "127.0.0.1",
+               "--data-dir", str(data_dir), *flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self.port = 0
+        started = threading.Event()
+
+        def pump() -> None:  # keep reading stderr so the broker never blocks on a full pipe
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                match = STARTED_RE.search(line)
+                if match and not started.is_set():
+                    self.port = int(match.group(1))
+                    started.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not started.wait(15):
+            self.kill()
+            raise RuntimeError("broker did not start:\n" + "".join(self.lines))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = BrokerProcess(tmp_path)
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+@pytest.fixture
+def clients():
+    """A factory of client programs in pseudo-terminals: clients(port, term="dumb") -> spawn."""
+    made: list[pexpect.spawn] = []
+
+    def make(port: int, term: str = "dumb", host: str = "127.0.0.1") -> pexpect.spawn:
+        env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1"}
+        child = pexpect.spawn(sys.executable, ["-m", "client", "--host", host, "--port", str(port)],
+                              encoding="utf-8", env=env, timeout=15, dimensions=(50, 200))
+        child.transcript = []  # type: ignore[attr-defined]
+        child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
+        made.append(child)
+        return child
+
+    try:
+        yield make
+    finally:
+        for child in made:
+            if child.isalive():
+                child.kill(signal.SIGKILL)
+            child.close(force=True)
+
+
+class _Transcript:
+    """pexpect logfile that keeps everything the client printed (for 'never echoed' checks)."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def transcript(child: pexpect.spawn) -> str:
+    return "".join(child.transcript)  # type: ignore[attr-defined]
+
+
+def wait_exit(child: pexpect.spawn, timeout: float = 10) -> int:
+    """Wait for the program to end; returns its exit status."""
+    child.expect(pexpect.EOF, timeout=timeout)
+    child.close()
+    assert child.exitstatus is not None, f"killed by signal {child.signalstatus}"
+    return child.exitstatus
+
+
+def fresh_name(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def register_interactively(child: pexpect.spawn, user: str, password: str) -> None:
+    """The new-user dialogue: y, username, hidden password twice; ends logged in."""
+    child.expect_exact("new user? [y/N]")
+    child.sendline("y")
+    child.expect_exact("username:")
+    child.sendline(user)
+    child.expect_exact("password (at least")
+    child.sendline(password)
+    child.expect_exact("confirm password:")
+    child.sendline(password)
+    child.expect_exact(f"account {user} created")
+    child.expect_exact(f"logged in as {user}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("term", ["dumb", "xterm"])
+def test_two_clients_register_chat_and_logout(broker, clients, term):
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    pw_a, pw_b = "Secret-" + uuid.uuid4().hex[:10], "Hidden-" + uuid.uuid4().hex[:10]
+
+    a = clients(broker.port, term)
+    register_interactively(a, alice, pw_a)
+    b = clients(broker.port, term)
+    register_interactively(b, bob, pw_b)
+    for child, pw in ((a, pw_a), (b, pw_b)):
+        assert pw not in transcript(child), "the password was echoed"
+
+    a.expect_exact(f"* {bob} logged in")  # presence on alice's SUB
+
+    # a private message arrives with time and sender; UTF-8 survives the trip
+    b.sendline(f"send {alice} héllo wörld ✓ 你好")
+    b.expect(f"{TIME} you to {alice}: héllo wörld ✓ 你好")
+    a.expect(f"{TIME} {bob}: héllo wörld ✓ 你好")
+
+    # a broadcast reaches the other user; the sender sees it once (own echo skipped)
+    a.sendline("broadcast hello everyone")
+    a.expect(f"{TIME} you to all: hello everyone")
+    b.expect(f"{TIME} {alice} to all: hello everyone")
+    a.sendline("who")
+    a.expect_exact(f"online: {alice}*, {bob}" if alice < bob else f"online: {bob}, {alice}*")
+    assert f"{alice} to all: hello everyone" not in transcript(a)  # own echo from SUB not shown
+
+    # a typo is caught before sending, with the usage
+    a.sendline(f"send {bob}")
+    a.expect_exact("usage: send <user> <message>")
+
+    # logout ends the program with status 0; the other side sees the presence event
+    a.sendline("logout")
+    assert wait_exit(a) == 0
+    b.expect_exact(f"* {alice} logged out")
+
+    # Ctrl+D at the prompt logs out cleanly too
+    b.sendcontrol("d")
+    assert wait_exit(b) == 0
+
+
+@pytest.mark.timeout(60)
+def test_login_catch_up_wrong_password_and_ctrl_c(broker, clients):
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    a = clients(broker.port)
+    a.expect_exact("new user? [y/N]")
+    a.sendline(f"newuser {alice} secret123")
+    a.expect_exact(f"logged in as {alice}")
+    a.sendline("dereg")
+    a.expect_exact("back to the login prompt")
+    a.expect_exact("new user? [y/N]")
+
+    b = clients(broker.port)
+    b.expect_exact("new user? [y/N]")
+    b.sendline(f"newuser {bob} secret456")
+    b.expect_exact(f"logged in as {bob}")
+    b.sendline("broadcast news while you were out")
+    b.expect_exact("you to all: news while you were out")
+    b.sendline(f"send {alice} a letter for later")
+    b.expect_exact(f"you to {alice}: a letter for later")
+
+    # wrong password: the broker's message, then the password is asked again
+    a.sendline("")
+    a.expect_exact("username:")
+    a.sendline(alice)
+    a.expect_exact("password:")
+    a.sendline("not-the-password")
+    a.expect(r"error: .+ \[E_BAD_CREDENTIALS\]")
+    a.expect_exact("password:")
+    a.sendline("secret123")
+    a.expect_exact(f"logged in as {alice}")
+    seen = set()
+    for _ in range(2):  # mailbox and history catch-up, in either order
+        i = a.expect([f"\\(while you were away\\) {TIME} {bob} to all: news while you were out",
+                      f"\\(while you were away\\) {TIME} {bob}: a letter for later"])
+        seen.add(i)
+    assert seen == {0, 1}
+
+    b.expect_exact(f"* {alice} logged in")
+    a.sendcontrol("c")  # Ctrl+C logs out and exits 0
+    assert wait_exit(a) == 0
+    b.expect_exact(f"* {alice} logged out")
+    b.sendline("logout")
+    assert wait_exit(b) == 0
+
+
+@pytest.mark.timeout(60)
+def test_replaced_session_ends_with_its_message(broker, clients):
+    user = fresh_name("carol")
+    first = clients(broker.port)
+    first.expect_exact("new user? [y/N]")
+    first.sendline(f"newuser {user} secret123")
+    first.expect_exact(f"logged in as {user}")
+    second = clients(broker.port)
+    second.expect_exact("new user? [y/N]")
+    second.sendline(f"login {user} secret123")
+    second.expect_exact(f"logged in as {user}")
+    first.expect_exact("this session ends")
+    assert wait_exit(first) == 0
+    second.sendline("logout")
+    assert wait_exit(second) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_wrong_port_fails_fast_with_exit_2(clients):
+    port = _free_port()  # nothing listens there
+    start = time.monotonic()
+    child = clients(port)
+    child.expect_exact(f"no chat broker answered at 127.0.0.1:{port}", timeout=6)
+    assert wait_exit(child, timeout=6) == 2
+    assert time.monotonic() - start < 5.5
+    assert "Traceback" not in transcript(child)
+
+
+@pytest.mark.timeout(60)
+def test_unresolvable_host_exits_2(clients):
+    child = clients(4119, host="no-such-host.invalid")
+    child.expect_exact("cannot resolve host 'no-such-host.invalid'", timeout=6)
+    assert wait_exit(child, timeout=6) == 2
+
+
+class FakeRouter:
+    """A zmq ROUTER on 127.0.0.1 that answers every request with `answer(frames) -> frames`."""
+
+    def __init__(self, answer) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.answer = answer
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                rid, *frames = self.sock.recv_multipart()
+                self.sock.send_multipart([rid, *self.answer(frames)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+        self.ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_version_mismatch_and_non_chat_peer_exit_2(clients):
+    def version_error(frames):
+        req = wire.decode_request(frames)[1].req
+        return wire.encode_error(req, ErrorCode.VERSION, "this broker speaks protocol version 2")
+
+    for answer, expected in (
+        (version_error, "protocol version mismatch: this broker speaks protocol version 2"),
+        (lambda frames: [b"HTTP/1.0 200 OK"], "is not a chat broker"),
+    ):
+        fake = FakeRouter(answer)
+        try:
+            child = clients(fake.port)
+            child.expect_exact(expected, timeout=6)
+            assert wait_exit(child, timeout=6) == 2
+            assert "Traceback" not in transcript(child)
+        finally:
+            fake.close()
+
+
+@pytest.mark.timeout(60)
+def test_sync_connections_on_one_poller(broker):
+    """The core + sync adapter (no terminal, no asyncio) can chat: what a load tester builds on."""
+    from client.core import EventReceived, MessageReceived, ReplyReceived
+    from client.sync import SyncConnection
+    from protocol import messages as m
+    from protocol.version import PROTOCOL_VERSION
+
+    ctx, poller = zmq.Context(), zmq.Poller()
+    conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port) for _ in range(2)]
+    outputs: list[list] = [[], []]
+
+    def pump_until(pred, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, outputs
+            ready = dict(poller.poll(50))
+            for i, c in enumerate(conns):
+                outputs[i] += c.handle(ready) + c.tick()
+
+    def reply_to(i: int, req: int) -> dict:
+        def found():
+            return any(isinstance(o, ReplyReceived) and o.req == req for o in outputs[i])
+        pump_until(found)
+        return next(o.body for o in outputs[i] if isinstance(o, ReplyReceived) and o.req == req)
+
+    try:
+        names = [fresh_name("sa"), fresh_name("sb")]
+        for i, c in enumerate(conns):
+            assert reply_to(i, c.send(m.Hello(req=0, version=PROTOCOL_VERSION)))["status"] == "ok"
+            assert reply_to(i, c.send(m.Register(req=0, version=1, user=names[i], password="secret123")))["status"] == "ok"
+            assert reply_to(i, c.send(m.Login(req=0, version=1, user=names[i], password="secret123")))["status"] == "ok"
+            assert c.sub is not None and c.core.session is not None
+        sent = reply_to(0, conns[0].send(m.Send(req=0, id=uuid.uuid4().hex, to=[names[1]], text="über sync")))
+        assert sent["status"] == "ok" and names[1] in sent["ids"]
+        pump_until(lambda: any(isinstance(o, MessageReceived) for o in outputs[1]))
+        got = next(o.message for o in outputs[1] if isinstance(o, MessageReceived))
+        assert (got.sender, got.text) == (names[0], "über sync")
+        pump_until(lambda: conns[1].core.queued_acks() == [] and conns[1].core.pending_count() == 0)
+        assert reply_to(0, conns[0].send(m.Broadcast(req=0, id=uuid.uuid4().hex, text="to all")))["status"] == "ok"
+        pump_until(lambda: any(isinstance(o, EventReceived) and o.event.text == "to all" for o in outputs[1]))
+        assert reply_to(1, conns[1].send(m.Logout(req=0)))["status"] == "ok"
+        assert conns[1].sub is None and conns[1].core.session is None
+    finally:
+        for c in conns:
+            c.close()
+        ctx.term()
