@@ -376,12 +376,11 @@ class ClientCore:
         assert isinstance(req, int)
         self._expire_overtaken(req)
         ok = body.get("status") == "ok"
-        if (
-            not ok
-            and body.get("code") == ErrorCode.NOT_LOGGED_IN.value
-            and self.session is not None
-            and pending.type not in (b"login", b"register", b"hello")
-        ):
+        session_gone = (
+            not ok and body.get("code") == ErrorCode.NOT_LOGGED_IN.value
+            or ok and pending.type == b"ping" and body.get("session") is False
+        )
+        if session_gone and self.session is not None and pending.type not in (b"login", b"register", b"hello"):
             self._end_session()
             out.append(SessionEnded("not_logged_in", "the broker no longer knows this session"))
         if pending.purpose == "history":

@@ -384,3 +384,20 @@ def test_request_frames_use_the_wire_format():
     ((kind, body),) = core.data_to_send()
     assert kind == b"send"
     assert msgspec.json.decode(body) == {"req": req, "id": "abc", "to": ["bob", "carol"], "text": "héllo ✓"}
+
+
+def test_ping_reply_without_session_ends_the_session():
+    from client.core import ClientCore, SessionEnded
+    from protocol import messages as m
+    from protocol import wire
+
+    core = ClientCore()
+    req = core.request(m.Login(req=0, version=1, user="alice", password="password1"))
+    core.data_to_send()
+    core.receive_dealer(wire.encode_ok(req, {"user": "alice", "pub_port": 1, "seq": 0, "since": 0, "since_ts": 1.0,
+                                             "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0,
+                                             "idle_timeout": 1800.0, "max_message_chars": 1000}))
+    assert core.session is not None
+    ping = core.request(m.Ping(req=0))
+    out = core.receive_dealer(wire.encode_ok(ping, {"ts": 2.0, "session": False}))
+    assert any(isinstance(o, SessionEnded) for o in out) and core.session is None
