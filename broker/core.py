@@ -61,6 +61,7 @@ class BrokerCore:
         self.pending_names: set[str] = set()  # names being registered
         self.users: set[str] = store.user_names()
         self.seq = store.last_seq()
+        self.last_mail_id = store.last_mail_id()
         self.stopping = False
         self._router: list[tuple[bytes, list[bytes]]] = []
         self._pub: list[list[bytes]] = []
@@ -322,16 +323,14 @@ class BrokerCore:
         names.add(s.user)
         self._ok(s.rid, r.req, {"users": sorted(names)})
 
-    def _replay(self, s: Session, req: int, cid: str, digest: int) -> bool:
-        """Answer a retried send id with its first reply (marked dup); False when the id is new.
+    def _replay(self, s: Session, req: int, cid: str, digest: int) -> None:
+        """Answer a retried send id with its first reply, marked dup.
 
         Raises ProtocolError(E_DUPLICATE_ID) when the id was used for a different message
         (`digest` is content_digest() of the request).
         """
         stored = self.store.get_send(s.user, cid)
-        if stored is None:
-            return False
-        fields = msgspec.json.decode(stored)
+        fields = msgspec.json.decode(stored) if stored else {"status": "ok"}
         if fields.pop("digest", digest) != digest:
             raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
         status = fields.pop("status")
@@ -341,57 +340,66 @@ class BrokerCore:
         else:
             code = ErrorCode(fields.pop("code"))
             self._err(s.rid, req, code, fields.pop("message"), fields)
-        return True
 
     def _broadcast(self, s: Session, r: m.Broadcast) -> None:
         validate_text(r.text, self.cfg.max_message_chars)
         digest = content_digest([], r.text)
-        if self._replay(s, r.req, r.id, digest):
-            return
         event = m.Event(self.seq + 1, self.clock(), "bcast", s.user, text=r.text, cid=r.id)
-        self._publish(event)
         fields = {"seq": event.seq, "ts": event.ts}
-        self.store.put_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields}))
+        if not self.store.claim_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields})):
+            self._replay(s, r.req, r.id, digest)
+            return
+        self._publish(event)
         self._ok(s.rid, r.req, {**fields, "dup": False})
 
     def _send(self, s: Session, r: m.Send) -> None:
+        """Store a private message in each known recipient's mailbox; push it to those online.
+
+        The send id is claimed first (one INSERT OR IGNORE): a retry changes nothing and gets the
+        first reply. Mail ids are assigned here, increasing, so the reply is known before writing.
+        """
         validate_text(r.text, self.cfg.max_message_chars)
         to = list(dict.fromkeys(r.to))
         digest = content_digest(to, r.text)
-        if self._replay(s, r.req, r.id, digest):
-            return
         unknown = [n for n in to if n not in self.users]
-        if len(unknown) == len(to):
+        known = [n for n in to if n in self.users]
+        if not known:
+            if self.store.get_send(s.user, r.id) is not None:
+                self._replay(s, r.req, r.id, digest)
+                return
             self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(unknown)}",
                       {"unknown": unknown, "ids": {}, "busy": [], "dup": False})
             return
         now = self.clock()
-        ids: dict[str, int] = {}
-        busy: list[dict[str, str]] = []
-        for name in to:
-            if name in unknown:
-                continue
-            mid = self.store.add_mail(name, s.user, now, r.text, r.id)
-            ids[name] = mid
+        ids = {name: self.last_mail_id + k for k, name in enumerate(known, 1)}
+        busy_now = [rs for rs in (self.by_user.get(n) for n in known)
+                    if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
+        busy = [{"user": rs.user, "text": rs.busy_text} for rs in busy_now]
+        fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
+        if unknown:
+            message = f"no such user: {', '.join(unknown)} (sent to {', '.join(known)})"
+            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message,
+                      "unknown": unknown, "digest": digest, **fields}
+        else:
+            record = {"status": "ok", "digest": digest, **fields}
+        if not self.store.claim_send(s.user, r.id, now, wire.encode_json(record)):
+            self._replay(s, r.req, r.id, digest)
+            return
+        self.last_mail_id += len(known)
+        for rs in busy_now:
+            rs.auto_replied.add(s.user)
+        for name, mid in ids.items():
+            self.store.add_mail(mid, name, s.user, now, r.text, r.id)
             rs = self.by_user.get(name)
             if rs is None:
                 continue
             if rs.busy:
                 rs.backlog = True
-                if s.user not in rs.auto_replied and rs is not s:
-                    rs.auto_replied.add(s.user)
-                    busy.append({"user": name, "text": rs.busy_text})
             else:
                 self._deliver_new(rs, m.PrivateMessage(mid, s.user, name, now, r.text, r.id))
-        fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown:
-            message = f"no such user: {', '.join(unknown)} (sent to {', '.join(ids)})"
-            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message,
-                      "unknown": unknown, "digest": digest}
-            self.store.put_send(s.user, r.id, now, wire.encode_json({**record, **fields}))
             self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, message, {**fields, "unknown": unknown, "dup": False})
         else:
-            self.store.put_send(s.user, r.id, now, wire.encode_json({"status": "ok", "digest": digest, **fields}))
             self._ok(s.rid, r.req, {**fields, "dup": False})
 
     def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:

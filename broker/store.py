@@ -78,11 +78,13 @@ class Store:
             self.db = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the send-id index hot
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
         self.path = path
         self._in_tx = False
+        self._mail_buffer: list[tuple[int, str, str, float, str, str]] = []
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -97,14 +99,22 @@ class Store:
             self.db.execute("BEGIN")
             self._in_tx = True
 
+    def _flush_mail(self) -> None:
+        """Write buffered mailbox inserts (one executemany) before anything reads the mailbox."""
+        if self._mail_buffer:
+            self._begin()
+            self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer)
+            self._mail_buffer = []
+
     def commit(self) -> None:
         """Commit the open transaction, if any (fsync under synchronous=FULL)."""
+        self._flush_mail()
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
 
     def close(self) -> None:
-        """Commit and close the connection."""
+        """Commit and close the connection (buffered writes included)."""
         self.commit()
         self.db.close()
 
@@ -145,17 +155,21 @@ class Store:
         return self.db.execute("SELECT count(*) FROM users").fetchone()[0]
 
     # -- mailboxes --------------------------------------------------------------------------------
-    def add_mail(self, recipient: str, sender: str, ts: float, text: str, cid: str) -> int:
-        """Store one private message; returns its id (increasing)."""
-        self._begin()
-        cur = self.db.execute(
-            "INSERT INTO mailbox (recipient, sender, ts, text, cid) VALUES (?, ?, ?, ?, ?)",
-            (recipient, sender, ts, text, cid),
-        )
-        return cur.lastrowid
+    def last_mail_id(self) -> int:
+        """The highest mailbox id ever handed out (AUTOINCREMENT never reuses ids), 0 when none."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'").fetchone()
+        return row[0] if row else 0
+
+    def add_mail(self, mail_id: int, recipient: str, sender: str, ts: float, text: str, cid: str) -> None:
+        """Store one private message under `mail_id` (chosen by the caller, above last_mail_id()).
+
+        Buffered: written with the next read of the mailbox or at commit().
+        """
+        self._mail_buffer.append((mail_id, recipient, sender, ts, text, cid))
 
     def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
         """Up to `limit` messages of `recipient`'s mailbox with id > after_id, oldest first."""
+        self._flush_mail()
         rows = self.db.execute(
             "SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
             (recipient, after_id, limit),
@@ -164,6 +178,7 @@ class Store:
 
     def delete_mail(self, recipient: str, ids: Iterable[int]) -> int:
         """Remove acknowledged messages (only `recipient`'s own); returns how many were removed."""
+        self._flush_mail()
         self._begin()
         cur = self.db.executemany(
             "DELETE FROM mailbox WHERE id = ? AND recipient = ?", [(i, recipient) for i in ids]
@@ -172,6 +187,7 @@ class Store:
 
     def count_mail_after(self, recipient: str, after_id: int) -> int:
         """Messages in `recipient`'s mailbox with id > after_id (not yet sent in this session)."""
+        self._flush_mail()
         return self.db.execute(
             "SELECT count(*) FROM mailbox WHERE recipient = ? AND id > ?", (recipient, after_id)
         ).fetchone()[0]
@@ -182,6 +198,7 @@ class Store:
 
     def count_mail(self) -> int:
         """Messages waiting in all mailboxes."""
+        self._flush_mail()
         return self.db.execute("SELECT count(*) FROM mailbox").fetchone()[0]
 
     # -- send ids ---------------------------------------------------------------------------------
@@ -190,10 +207,14 @@ class Store:
         row = self.db.execute("SELECT reply FROM sends WHERE sender = ? AND cid = ?", (sender, cid)).fetchone()
         return row[0] if row else None
 
-    def put_send(self, sender: str, cid: str, ts: float, reply: bytes) -> None:
-        """Remember a send id with its reply fields (JSON bytes)."""
+    def claim_send(self, sender: str, cid: str, ts: float, reply: bytes) -> bool:
+        """Remember a new send id with its reply fields (JSON bytes), in one statement.
+
+        Returns False (and stores nothing) when the sender already used this id: a retry.
+        """
         self._begin()
-        self.db.execute("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?)", (sender, cid, ts, reply))
+        cur = self.db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, ?)", (sender, cid, ts, reply))
+        return cur.rowcount == 1
 
     # -- event log --------------------------------------------------------------------------------
     def last_seq(self) -> int:
