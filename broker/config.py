@@ -31,7 +31,7 @@ class Config:
     max_msg_bytes: int = 256 * 1024  # ZMQ_MAXMSGSIZE on the ROUTER
     hwm: int = 100_000  # send/receive high-water marks, messages
     linger_ms: int = 2000  # how long close() may flush on shutdown
-    sends_keep_seconds: float = 86400.0  # how long a send id is remembered for retries
+    sends_keep_seconds: float = 3600.0  # how long a send id is remembered for retries
 
     @property
     def effective_pub_port(self) -> int:
