@@ -1,1 +1,48 @@
-"""chat-loadtest: many real clients against a broker; throughput, latency, losses."""
+"""chat-loadtest: many real clients against a broker; throughput, latency, losses.
+
+Python API (imported lazily, so `import loadtest` stays cheap):
+
+    from loadtest import LoadOptions, SpawnedBroker, check_broker, prepare_accounts, run_load
+
+    with SpawnedBroker() as broker:                       # or any running broker
+        check_broker("127.0.0.1", broker.port)            # hello within 4 s, else BrokerUnreachable
+        prepare_accounts("127.0.0.1", broker.port, 100)   # resumable; argon2id cost stays out of the run
+        results = run_load(LoadOptions(port=broker.port, clients=100, duration=10))
+    results.private.throughput, results.broadcast.latency.p99, results.lost, results.to_dict()
+
+Modules: options (settings), accounting (pure bookkeeping), worker (per-process poller loop),
+runner (orchestration), accounts (preparation), connect (hello check), spawn (--spawn-broker),
+report (live display, tables, JSON, plot), cli (the command).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "LoadOptions": "loadtest.options",
+    "OptionsError": "loadtest.options",
+    "user_name": "loadtest.options",
+    "run_load": "loadtest.runner",
+    "Progress": "loadtest.runner",
+    "LoadTestError": "loadtest.runner",
+    "Results": "loadtest.accounting",
+    "prepare_accounts": "loadtest.accounts",
+    "PrepareResult": "loadtest.accounts",
+    "check_broker": "loadtest.connect",
+    "BrokerUnreachable": "loadtest.connect",
+    "SpawnedBroker": "loadtest.spawn",
+    "BrokerStartError": "loadtest.spawn",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names on first use (see _EXPORTS)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loadtest' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,165 @@
+"""The preparation step: create the load-test accounts before the measured run.
+
+Registration costs the broker one argon2id hash (~58 ms of CPU) per account, so it is kept out of
+the measured window, and it is resumable: an account that exists (E_USER_EXISTS, answered without
+hashing) counts as done, so a second call only creates what is missing. The broker accepts one
+login/registration in flight per connection, so the work is spread over `concurrency` DEALER
+connections in one zmq.Poller loop; E_OVERLOADED answers are retried after a short pause.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from client.core import ReplyReceived
+from loadtest.connect import SyncConn, resolve
+from loadtest.options import DEFAULT_PASSWORD, user_names
+from protocol import messages as m
+from protocol.errors import ErrorCode
+from protocol.version import PROTOCOL_VERSION
+
+RETRY_DELAY = 0.05
+"""Seconds before a registration answered E_OVERLOADED is sent again."""
+REQUEST_TIMEOUT = 30.0
+"""Seconds one registration may wait for its reply before it counts as failed ("timeout")."""
+
+
+@dataclass
+class PrepareResult:
+    """Outcome of `prepare_accounts`.
+
+    Fields: requested (accounts asked for), created (new), existed (E_USER_EXISTS: already there),
+    failed {code or "timeout": count}, retries (E_OVERLOADED answers retried), elapsed_s (seconds),
+    rate (created accounts per second).
+    """
+
+    requested: int = 0
+    created: int = 0
+    existed: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+
+    @property
+    def ready(self) -> int:
+        """Accounts that exist now (created + existed)."""
+        return self.created + self.existed
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested account exists."""
+        return self.ready == self.requested
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {**asdict(self), "ready": self.ready}
+
+
+def prepare_accounts(
+    host: str,
+    port: int,
+    count: int,
+    prefix: str = "",
+    password: str = DEFAULT_PASSWORD,
+    *,
+    start: int = 0,
+    concurrency: int = 64,
+    timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrepareResult:
+    """Register accounts "lt<prefix><i>" for i in start .. start+count-1, all with `password`.
+
+    Args:
+        host, port: broker ROUTER address.
+        count: accounts wanted (>= 0).
+        prefix: name prefix after "lt" (letters/digits).
+        password: their password (must satisfy the broker's minimum length).
+        start: first index.
+        concurrency: connections registering in parallel (one request in flight each).
+        timeout: most seconds for the whole step (None: 60 + 0.2 per account); what is left then
+            counts as failed "timeout".
+        progress: called as progress(done, count) at most ~10 times a second.
+    Returns:
+        PrepareResult. An E_USER_EXISTS answer counts as `existed` (the account may have another
+        password: the login phase would then fail with E_BAD_CREDENTIALS).
+    Raises:
+        BrokerUnreachable: the host does not resolve.
+    """
+    result = PrepareResult(requested=count)
+    if count <= 0:
+        return result
+    address, ipv6 = resolve(host, port)
+    todo: deque[str] = deque(user_names(prefix, count, start))
+    deadline = time.monotonic() + (timeout if timeout is not None else 60.0 + 0.2 * count)
+    ctx = zmq.Context()
+    ctx.max_sockets = max(1024, concurrency + 16)
+    conns = [SyncConn(ctx, address, port, ipv6) for _ in range(max(1, min(concurrency, count)))]
+    busy: dict[SyncConn, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
+    retry: deque[tuple[float, str]] = deque()
+    poller = zmq.Poller()
+    owner = {}
+    for c in conns:
+        poller.register(c.dealer, zmq.POLLIN)
+        owner[c.dealer] = c
+    began = time.monotonic()
+    last_progress = 0.0
+
+    def fail(code: str) -> None:
+        result.failed[code] = result.failed.get(code, 0) + 1
+
+    try:
+        while todo or busy or retry:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            while retry and retry[0][0] <= now:
+                todo.appendleft(retry.popleft()[1])
+            for c in conns:
+                if not todo:
+                    break
+                if c not in busy:
+                    name = todo.popleft()
+                    req = c.request(m.Register(req=0, version=PROTOCOL_VERSION, user=name, password=password))
+                    busy[c] = (req, name, now)
+            for sock, _ in poller.poll(50):
+                c = owner[sock]
+                for out in c.receive():
+                    if not isinstance(out, ReplyReceived) or c not in busy or out.req != busy[c][0]:
+                        continue
+                    _, name, _ = busy.pop(c)
+                    if out.ok:
+                        result.created += 1
+                    elif out.code == ErrorCode.USER_EXISTS.value:
+                        result.existed += 1
+                    elif out.code == ErrorCode.OVERLOADED.value:
+                        result.retries += 1
+                        retry.append((time.monotonic() + RETRY_DELAY, name))
+                    else:
+                        fail(out.code or "error")
+            now = time.monotonic()
+            for c, (req, name, sent) in list(busy.items()):
+                if now - sent > REQUEST_TIMEOUT:
+                    c.core.forget(req)
+                    del busy[c]
+                    fail("timeout")
+            if progress is not None and now - last_progress >= 0.1:
+                last_progress = now
+                progress(result.ready + sum(result.failed.values()), count)
+        left = len(todo) + len(busy) + len(retry)
+        if left:
+            result.failed["timeout"] = result.failed.get("timeout", 0) + left
+    finally:
+        for c in conns:
+            c.close()
+        ctx.term()
+    result.elapsed_s = time.monotonic() - began
+    result.rate = result.created / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    if progress is not None:
+        progress(result.ready + sum(result.failed.values()), count)
+    return result

@@ -1,0 +1,176 @@
+"""`chat-loadtest`: argument parsing and orchestration (check the broker, prepare the accounts, run,
+report). Exit status: 0 = no acknowledged message lost, 1 = some were lost, 2 = bad arguments, an
+unreachable broker or a run that could not be carried out (one line on stderr, no traceback),
+130 = interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+
+from loadtest.accounts import prepare_accounts
+from loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
+from loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
+from loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
+
+PROG = "chat-loadtest"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print "chat-loadtest: error: MESSAGE (see --help)" and exit 2."""
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The chat-loadtest argument parser (units in every help text)."""
+    d = LoadOptions()
+    p = _Parser(prog=PROG, description="Load test of a chat broker with many real clients: throughput, "
+                "end-to-end latency, losses. Creates the accounts lt<prefix><i> first (resumable).")
+    p.add_argument("--host", default=d.host, help="broker host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=d.port, help="broker ROUTER port (default 4119)")
+    p.add_argument("--spawn-broker", action="store_true",
+                   help="start a private broker on free 127.0.0.1 ports with a temporary data directory "
+                        "(ignores --host/--port); stopped at the end")
+    p.add_argument("--clients", type=int, default=d.clients, help="simulated users, each with a DEALER and a SUB (default 10)")
+    p.add_argument("--duration", type=float, default=d.duration, help="seconds of sending (default 10)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="messages per second per client (default: unbounded, as fast as --window allows)")
+    p.add_argument("--window", type=int, default=d.window, help="most unanswered messages per client (default 8)")
+    p.add_argument("--broadcast-ratio", type=float, default=d.broadcast_ratio,
+                   help="share of broadcasts among messages, 0..1 (default 0.1); each broadcast reaches every client")
+    p.add_argument("--size", type=int, default=d.size, help="message length in characters (default 100)")
+    p.add_argument("--processes", type=int, default=d.processes,
+                   help=f"load processes (default: one per core = {d.processes})")
+    p.add_argument("--user-prefix", default=d.user_prefix, help="accounts are lt<prefix><i> (letters/digits; default none)")
+    p.add_argument("--password", default=DEFAULT_PASSWORD, help="password of the load-test accounts")
+    p.add_argument("--drain", type=float, default=d.drain,
+                   help="most seconds to wait after sending for replies and deliveries (default 5)")
+    p.add_argument("--login-parallel", type=int, default=d.login_parallel,
+                   help="logins and registrations in flight at once (default 64)")
+    p.add_argument("--login-timeout", type=float, default=None,
+                   help="most seconds for the login phase (default 60 + 0.1 per client)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the message mix (default random)")
+    p.add_argument("--prepare-only", action="store_true", help="create the accounts, then exit")
+    p.add_argument("--skip-prepare", action="store_true", help="assume the accounts exist")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot throughput and latency percentiles per second (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    """LoadOptions from parsed arguments (validated). Raises OptionsError."""
+    return LoadOptions(
+        host=args.host, port=args.port, clients=args.clients, duration=args.duration, rate=args.rate,
+        window=args.window, broadcast_ratio=args.broadcast_ratio, size=args.size, processes=args.processes,
+        user_prefix=args.user_prefix, password=args.password, drain=args.drain,
+        login_parallel=args.login_parallel, login_timeout=args.login_timeout, seed=args.seed,
+    ).validate()
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run chat-loadtest; returns the exit status (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+    except OptionsError as exc:
+        return _fail(f"error: {exc}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("error: --plot needs matplotlib: pip install matplotlib")
+    raise_fd_limit()
+    broker = None
+    try:
+        if args.spawn_broker:
+            extra = ["--max-clients", str(max(10000, options.clients + 100))]
+            broker = SpawnedBroker(extra).start()
+            options.host, options.port = broker.host, broker.port
+        return _run(args, options, broker)
+    except BrokerStartError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None) -> int:
+    from loadtest.report import LiveDisplay, PlotUnavailable, plot, print_summary, write_json
+    from loadtest.runner import LoadTestError, run_load
+
+    err = Console(stderr=True)
+    try:
+        hello = check_broker(options.host, options.port, HELLO_TIMEOUT)
+    except BrokerUnreachable as exc:
+        return _fail(str(exc))
+    if options.size > int(hello.get("max_message_chars", options.size)):
+        return _fail(f"error: --size {options.size} exceeds the broker's max_message_chars {hello['max_message_chars']}")
+    if len(options.password) < int(hello.get("min_password_chars", 0)):
+        return _fail(f"error: --password is shorter than the broker's minimum of {hello['min_password_chars']} characters")
+    where = f"{options.host}:{options.port}" + (" (spawned)" if broker else "")
+    if not args.quiet:
+        err.print(f"broker {where}: {options.clients} clients, {options.effective_processes} processes")
+    display = LiveDisplay(err) if not args.quiet else None
+    prepare = None
+    try:
+        if display:
+            display.__enter__()
+        if not args.skip_prepare:
+            prepare = prepare_accounts(options.host, options.port, options.clients, options.user_prefix,
+                                       options.password, concurrency=options.login_parallel,
+                                       progress=display.prepared if display else None)
+            if not prepare.ok:
+                codes = ", ".join(f"{k} x{v}" for k, v in sorted(prepare.failed.items()))
+                return _fail(f"could not create {prepare.requested - prepare.ready} of {prepare.requested} accounts: {codes}")
+            if args.prepare_only:
+                if display:
+                    display.__exit__(None, None, None)
+                    display = None
+                print(f"accounts ready: {prepare.created} created, {prepare.existed} existed "
+                      f"({prepare.elapsed_s:.2f} s, {prepare.rate:.1f} created/s)")
+                return 0
+        try:
+            results = run_load(options, progress=display)
+        except LoadTestError as exc:
+            return _fail(str(exc))
+        except BrokerUnreachable as exc:
+            return _fail(str(exc))
+    finally:
+        if display:
+            display.__exit__(None, None, None)
+    if prepare is not None:
+        results.prepare = prepare.to_dict()
+    print_summary(results)
+    if args.json:
+        try:
+            write_json(results, args.json)
+        except OSError as exc:
+            return _fail(f"cannot write {args.json}: {exc.strerror or exc}")
+    if args.plot:
+        try:
+            plot(results, args.plot)
+        except PlotUnavailable as exc:
+            return _fail(str(exc))
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot write the plot {args.plot}: {exc}")
+    return 0 if results.ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""`--spawn-broker`: run a private broker subprocess on free 127.0.0.1 ports with a temporary
+data directory, for the length of a load run.
+
+    with SpawnedBroker() as broker:        # BrokerStartError if it does not come up
+        run_load(LoadOptions(host="127.0.0.1", port=broker.port, ...))
+    # stopped with SIGTERM (SIGKILL after a grace period); the data directory is removed
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+
+STARTED_RE = re.compile(r"broker started router=tcp://(\S+):(\d+) pub=tcp://(\S+):(\d+)")
+"""The broker's first INFO line on stderr names the bound endpoints."""
+
+
+class BrokerStartError(RuntimeError):
+    """The broker subprocess exited or did not print its start line in time (message: one line)."""
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard limit (each client needs ~4 descriptors; a
+    spawned broker inherits the limit). Silently does nothing where not allowed."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+class SpawnedBroker:
+    """A `python -m broker` subprocess bound to 127.0.0.1 on ephemeral ports.
+
+    Args:
+        extra_args: further chat-broker flags (e.g. ["--max-clients", "20000"]).
+        start_timeout: seconds to wait for the start line.
+        data_dir: where the store lives; None = a new temporary directory, removed by stop().
+    Attributes (after start()):
+        port, pub_port (int): the bound ROUTER and PUB ports; host "127.0.0.1".
+        tail: the last 50 stderr lines (kept by a thread that drains stderr so the broker never
+            blocks on a full pipe).
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, extra_args: list[str] | None = None, start_timeout: float = 20.0,
+                 data_dir: str | None = None) -> None:
+        self.extra_args = list(extra_args or [])
+        self.start_timeout = start_timeout
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir
+        self.port = 0
+        self.pub_port = 0
+        self.tail: deque[str] = deque(maxlen=50)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> "SpawnedBroker":
+        """Start the broker and wait for its start line. Returns self.
+
+        Raises:
+            BrokerStartError: it exited first or stayed silent for `start_timeout` seconds.
+        """
+        raise_fd_limit()
+        if self.data_dir is None:
+            self.data_dir = tempfile.mkdtemp(prefix="chat-loadtest-")
+        cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", "0", "--pub-port", "0",
+               "--data-dir", self.data_dir, *self.extra_args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, errors="replace",
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        started = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.tail.append(line.rstrip("\n"))
+                if not started.is_set():
+                    match = STARTED_RE.search(line)
+                    if match:
+                        self.port, self.pub_port = int(match.group(2)), int(match.group(4))
+                        started.set()
+            started.set()  # EOF: the broker exited
+
+        threading.Thread(target=pump, name="broker-stderr", daemon=True).start()
+        started.wait(self.start_timeout)
+        if not self.port:
+            self.stop()
+            last = self.tail[-1] if self.tail else "no output"
+            raise BrokerStartError(f"the spawned broker did not start: {last}")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the broker and wait (SIGKILL after `timeout` s); remove a temporary data dir.
+        Returns the exit status (None if it never started). Idempotent."""
+        status = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                status = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                status = self.proc.wait(5)
+        if self._own_dir and self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+        return status
+
+    def __enter__(self) -> "SpawnedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

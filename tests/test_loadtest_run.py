@@ -1,0 +1,124 @@
+"""Integration tests of chat-loadtest against a real broker subprocess: the CLI with --spawn-broker,
+the Python API (prepare_accounts + run_load) against tests.harness.Broker, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from loadtest.accounts import prepare_accounts
+from loadtest.options import LoadOptions
+from loadtest.runner import run_load
+from tests.harness import Broker
+
+CLI = [sys.executable, "-c", "import sys; from loadtest.cli import main; sys.exit(main())"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+
+
+def _check_counts(kind: dict, private: bool) -> None:
+    assert kind["sent"] > 0
+    assert kind["sent"] == kind["acked"] + kind["failed"] + kind["unanswered"]
+    assert kind["failed"] == sum(kind["errors"].values())
+    assert kind["lost"] == 0
+    assert kind["duplicated"] == 0
+    assert kind["delivered"] == kind["expected"]
+    if private:
+        assert kind["expected"] == kind["acked"]
+    lat = kind["latency"]
+    assert lat["count"] == kind["delivered"] + kind["delivered_unacked"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+
+
+@pytest.mark.timeout(45)
+def test_cli_spawn_broker_short_run(tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [*CLI, "--spawn-broker", "--clients", "6", "--duration", "2", "--processes", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=40, env=_env(), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(out.read_text())
+    assert data["ok"] is True and data["lost"] == 0
+    assert data["clients"] == 6 and data["logged_in"] == 6 and data["processes"] == 2
+    assert data["subscribers"] == 6
+    assert data["prepare"]["ready"] == 6
+    assert data["login"]["ok"] == 6 and data["login"]["rate"] > 0 and data["login"]["latency"]["count"] == 6
+    _check_counts(data["private"], private=True)
+    _check_counts(data["broadcast"], private=False)
+    # every acked broadcast reaches all 6 subscribers (all logged in before sending began)
+    assert data["broadcast"]["expected"] == 6 * data["broadcast"]["acked"]
+    assert data["private"]["throughput"] > 0 and data["broadcast"]["throughput"] > 0
+    assert data["timeline"] and sum(s["private"] for s in data["timeline"]) == (
+        data["private"]["delivered"] + data["private"]["delivered_unacked"])
+    assert data["drained"] is True
+    assert "messages" in proc.stdout and "lost" in proc.stdout
+
+
+@pytest.mark.timeout(45)
+def test_api_prepare_and_run_against_harness_broker(tmp_path):
+    broker = Broker(tmp_path / "data")
+    try:
+        prep = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api", concurrency=4)
+        assert prep.ok and prep.created == 4
+        again = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api")  # resumable: all exist
+        assert again.ok and again.created == 0 and again.existed == 4
+        snapshots = []
+        res = run_load(
+            LoadOptions(port=broker.port, clients=4, duration=1.5, processes=1, user_prefix="api",
+                        rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1),
+            progress=snapshots.append,
+        )
+    finally:
+        broker.stop()
+    assert res.ok and res.logged_in == 4 and res.drained
+    for kind in (res.private, res.broadcast):
+        assert kind.sent > 0 and kind.sent == kind.acked + kind.failed + kind.unanswered
+        assert kind.lost == 0 and kind.delivered == kind.expected
+    assert res.broadcast.expected == 4 * res.broadcast.acked
+    # rate mode: about 4 clients x 40 msg/s x 1.5 s = 240 messages
+    sent = res.private.sent + res.broadcast.sent
+    assert 150 <= sent <= 260, sent
+    assert {s.phase for s in snapshots} >= {"login", "run", "done"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(20)
+def test_unreachable_broker_is_one_line_exit_2(tmp_path):
+    began = time.monotonic()
+    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2", "--duration", "1"],
+                          capture_output=True, text=True, timeout=15, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no chat broker answered" in lines[0], proc.stderr
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("args, words", [
+    (["--clients", "0"], "--clients"),
+    (["--broadcast-ratio", "2"], "--broadcast-ratio"),
+    (["--duration", "abc"], "--duration"),
+    (["--window", "0"], "--window"),
+    (["--user-prefix", "no-dash"], "--user-prefix"),
+    (["--bogus"], "unrecognized"),
+])
+def test_bad_arguments_are_one_line_exit_2(tmp_path, args, words):
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=15, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr, proc.stderr
