@@ -1,0 +1,251 @@
+"""The benchmark (issue #3): the broker and its pyzmq baselines under the same load, in one run.
+
+    python bench/run.py [--quick] [--held 1000,5000] [--json FILE]
+
+Scenarios: 1 private messages at N = 10, 100, 1000 (vs the minimal relay); 2 latency at half the
+broker's maximum rate; 3 broadcast to 100 and 1000 subscribers (vs a bare PUB); 4 a login storm
+(vs argon2id capacity; others' p99 during it); 5 logged-in idle clients held (broker memory per
+client); 6 broker start time with 100,000 stored mailbox messages. Each figure is printed with its
+ratio to the baseline and its target; a missed target says MISSED.
+
+Accounts for scenarios 1, 2, 3 and 5 are written into the store beforehand with argon2id hashes at
+the *minimum* limits (preparation is not what they measure); scenario 4 uses real INTERACTIVE
+hashes made by the broker. Traffic goes to 127.0.0.1 only; every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nacl.pwhash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baselines import argon2_capacity, pub_load, relay_load  # noqa: E402
+from broker.store import Store  # noqa: E402
+from loadtest import LoadOptions, SpawnedBroker, prepare_accounts, run_load  # noqa: E402
+from loadtest.options import DEFAULT_PASSWORD, user_name  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def row(scenario: str, figure: str, value: float, unit: str, baseline: float | None = None,
+        target: str = "", met: bool | None = None) -> None:
+    """Print and keep one figure, with its ratio to `baseline` and whether `target` was met."""
+    ratio = f"{value / baseline:.2f}x" if baseline else ""
+    verdict = "" if met is None else ("met" if met else "MISSED")
+    ROWS.append({"scenario": scenario, "figure": figure, "value": value, "unit": unit,
+                 "baseline": baseline, "ratio": ratio, "target": target, "verdict": verdict})
+    base = f"{baseline:,.1f}" if baseline is not None else ""
+    print(f"{scenario:<4} {figure:<44} {value:>12,.2f} {unit:<10} {base:>12} {ratio:>7} {target:<18} {verdict}",
+          flush=True)
+
+
+def cheap_accounts(data_dir: str, prefix: str, count: int) -> None:
+    """Write `count` accounts user_name(prefix, i) with one minimum-cost argon2id hash."""
+    pwhash = nacl.pwhash.argon2id.str(DEFAULT_PASSWORD.encode(), opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
+                                      memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN).decode()
+    store = Store(data_dir)
+    for i in range(count):
+        store.add_user(user_name(prefix, i), pwhash, time.time(), 0)
+    store.commit()
+    store.close()
+
+
+def broker_with_accounts(prefix: str, count: int, extra: list[str] | None = None) -> SpawnedBroker:
+    data_dir = tempfile.mkdtemp(prefix="chat-bench-")
+    cheap_accounts(data_dir, prefix, count)
+    broker = SpawnedBroker(["--max-clients", "20000", *(extra or [])], data_dir=data_dir)
+    return broker.start()
+
+
+def load(broker: SpawnedBroker, prefix: str, clients: int, duration: float, **kw) -> object:
+    options = LoadOptions(host="127.0.0.1", port=broker.port, clients=clients, duration=duration,
+                          user_prefix=prefix, **kw).validate()
+    return run_load(options)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid`, KiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def scenario_private(args) -> float:
+    """1: private messages, unbounded, N = 10, 100, 1000; ratio to the relay. Returns the N=100 rate."""
+    best100 = 0.0
+    for n in args.private_ns:
+        window = 20 if n <= 100 else 4
+        relay = relay_load(n, duration=args.duration, window=window)
+        broker = broker_with_accounts(f"p{n}", n)
+        try:
+            res = load(broker, f"p{n}", n, args.duration, window=window, broadcast_ratio=0.0)
+        finally:
+            broker.stop()
+        rate = res.private.throughput
+        if n == 100:
+            best100 = rate
+        target = ">=0.5x relay, 0 lost" if n == 100 else ""
+        met = (rate >= 0.5 * relay["msgs_per_s"] and res.private.lost == 0) if n == 100 else None
+        row("1", f"private N={n} window={window}: msgs/s", rate, "msg/s", relay["msgs_per_s"], target, met)
+        row("1", f"private N={n}: p50 latency", res.private.latency.p50, "ms", relay["p50_ms"])
+        row("1", f"private N={n}: p99 latency", res.private.latency.p99, "ms", relay["p99_ms"])
+        row("1", f"private N={n}: acknowledged but lost", res.private.lost, "msgs", None, "0", res.private.lost == 0)
+    return best100
+
+
+def scenario_half_rate(args, max_rate: float) -> None:
+    """2: latency at half the broker's maximum rate (N = 100, paced)."""
+    n = 100
+    per_client = max(0.1, max_rate / 2 / n)
+    broker = broker_with_accounts("h", n)
+    try:
+        res = load(broker, "h", n, args.duration, rate=per_client, window=100, broadcast_ratio=0.0)
+    finally:
+        broker.stop()
+    row("2", f"half max rate ({per_client * n:,.0f}/s): p50", res.private.latency.p50, "ms")
+    row("2", f"half max rate ({per_client * n:,.0f}/s): p99", res.private.latency.p99, "ms", None, "<5 ms",
+        res.private.latency.p99 < 5)
+
+
+def scenario_broadcast(args) -> None:
+    """3: broadcast to S subscribers at a fixed publish rate; vs a bare PUB at the same rate."""
+    for subs in args.broadcast_subs:
+        publish_rate = args.publish_rate
+        bare = pub_load(subs, rate=publish_rate, duration=args.duration)
+        broker = broker_with_accounts(f"b{subs}", subs)
+        try:
+            res = load(broker, f"b{subs}", subs, args.duration, rate=publish_rate / subs, window=50,
+                       broadcast_ratio=1.0, login_parallel=200)
+        finally:
+            broker.stop()
+        b = res.broadcast
+        target = ">=1M/s, 0 lost" if subs == 1000 else ""
+        met = (b.throughput >= 1_000_000 and b.lost == 0) if subs == 1000 else None
+        row("3", f"broadcast S={subs} @{publish_rate:.0f}/s: deliveries/s", b.throughput, "deliv/s",
+            bare["deliveries_per_s"], target, met)
+        row("3", f"broadcast S={subs}: lost after repair (repaired)", b.lost, f"({b.repaired})", bare["lost"])
+        row("3", f"broadcast S={subs}: p99 latency", b.latency.p99, "ms", bare["p99_ms"])
+
+
+def scenario_logins(args) -> None:
+    """4: N clients log in at once (real argon2id); others' private p99 during the storm vs without."""
+    capacity = argon2_capacity(3.0)
+    broker = SpawnedBroker(["--max-clients", "20000"]).start()
+    try:
+        n = args.storm
+        prepare_accounts("127.0.0.1", broker.port, n, prefix="s")
+        prepare_accounts("127.0.0.1", broker.port, 20, prefix="q")
+        quiet = load(broker, "q", 20, args.duration, rate=50, window=20, broadcast_ratio=0.0)
+        box: dict = {}
+        steady = threading.Thread(target=lambda: box.update(
+            r=load(broker, "q", 20, args.duration + 10, rate=50, window=20, broadcast_ratio=0.0)))
+        steady.start()
+        time.sleep(5.0)  # the steady clients are logged in and sending
+        storm = load(broker, "s", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
+        steady.join(args.duration + 120)
+    finally:
+        broker.stop()
+    row("4", f"login storm N={n}: logins/s", storm.login.rate, "logins/s", capacity, ">=0.8x argon2id",
+        storm.login.rate >= 0.8 * capacity)
+    during = box["r"].private.latency.p99 if "r" in box else float("nan")
+    row("4", "others' private p99 during storm", during, "ms", quiet.private.latency.p99, "<=2x without",
+        during <= 2 * quiet.private.latency.p99)
+
+
+def scenario_held(args) -> None:
+    """5: logged-in idle clients with heartbeats; broker resident memory per client."""
+    for n in args.held:
+        broker = broker_with_accounts(f"i{n}", n)
+        try:
+            before = rss_kib(broker.proc.pid)
+            box: dict = {}
+            t = threading.Thread(target=lambda: box.update(r=load(
+                broker, f"i{n}", n, 20.0, rate=0.01, window=1, broadcast_ratio=0.0,
+                login_parallel=500, login_timeout=600)))
+            t.start()
+            peak = before
+            while t.is_alive():
+                peak = max(peak, rss_kib(broker.proc.pid))
+                t.join(1.0)
+        finally:
+            broker.stop()
+        res = box.get("r")
+        held = res.logged_in if res else 0
+        per = (peak - before) / max(1, held)
+        row("5", f"held {n}: logged in", held, "clients", None, f"{n}", held == n)
+        row("5", f"held {n}: broker memory per client", per, "KiB", None, "<=50 KiB", per <= 50)
+
+
+def scenario_restart(args) -> None:
+    """6: broker start time (to the first hello reply) with 100,000 stored mailbox messages."""
+    from loadtest.connect import check_broker
+
+    data_dir = tempfile.mkdtemp(prefix="chat-bench-")
+    cheap_accounts(data_dir, "r", 100)
+    store = Store(data_dir)
+    now = time.time()
+    for i in range(args.mailbox):
+        store.add_mail(i + 1, user_name("r", i % 100), user_name("r", (i + 1) % 100), now, "stored message " * 4, f"c{i}")
+    store.commit()
+    store.close()
+    started = time.monotonic()
+    broker = SpawnedBroker([], data_dir=data_dir).start()
+    try:
+        check_broker("127.0.0.1", broker.port)
+        elapsed = time.monotonic() - started
+    finally:
+        broker.stop()
+    row("6", f"start to first reply, {args.mailbox:,} mailbox msgs", elapsed * 1000, "ms")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, short phases (a smoke run)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
+    p.add_argument("--held", default="1000,5000", help="client counts for scenario 5 (add 10000 if the machine allows)")
+    p.add_argument("--only", default="123456", help="scenarios to run, e.g. 16")
+    p.add_argument("--json", help="write the figures to this file")
+    args = p.parse_args()
+    args.private_ns = [10, 100] if args.quick else [10, 100, 1000]
+    args.broadcast_subs = [100] if args.quick else [100, 1000]
+    args.publish_rate = 1000.0
+    args.storm = 100 if args.quick else 200
+    args.held = [200] if args.quick else [int(x) for x in args.held.split(",")]
+    args.mailbox = 10_000 if args.quick else 100_000
+    if args.quick:
+        args.duration = min(args.duration, 3.0)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}; command: python bench/run.py {' '.join(sys.argv[1:])}")
+    print(f"{'sc':<4} {'figure':<44} {'value':>12} {'unit':<10} {'baseline':>12} {'ratio':>7} {'target':<18} verdict")
+    max_rate = 0.0
+    if "1" in args.only:
+        max_rate = scenario_private(args)
+    if "2" in args.only:
+        scenario_half_rate(args, max_rate or 20_000.0)
+    if "3" in args.only:
+        scenario_broadcast(args)
+    if "4" in args.only:
+        scenario_logins(args)
+    if "5" in args.only:
+        scenario_held(args)
+    if "6" in args.only:
+        scenario_restart(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(ROWS, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
