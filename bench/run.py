@@ -140,28 +140,40 @@ def scenario_broadcast(args) -> None:
 
 
 def scenario_logins(args) -> None:
-    """4: N clients log in at once (real argon2id); others' private p99 during the storm vs without."""
+    """4: N clients log in at once (real argon2id, INTERACTIVE limits).
+
+    Logins/s comes from a storm on an otherwise idle broker, against argon2id capacity measured
+    with one thread per core. Other clients' private p99 "during" is measured in a second storm
+    while 20 clients chat at 50 msg/s each, over the whole seconds between the storm's first login
+    request and its last reply (so the load tester's own process start is not counted); "without"
+    is the same 20 clients alone. On 2 cores the chatting clients and their load processes take
+    CPU that argon2id would otherwise get, so the logins/s under chat load is printed for reference.
+    """
     capacity = argon2_capacity(3.0)
     broker = SpawnedBroker(["--max-clients", "20000"]).start()
     try:
         n = args.storm
         prepare_accounts("127.0.0.1", broker.port, n, prefix="s")
+        prepare_accounts("127.0.0.1", broker.port, n, prefix="t")
         prepare_accounts("127.0.0.1", broker.port, 20, prefix="q")
+        alone = load(broker, "s", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
         quiet = load(broker, "q", 20, args.duration, rate=50, window=20, broadcast_ratio=0.0)
         box: dict = {}
         steady = threading.Thread(target=lambda: box.update(
-            r=load(broker, "q", 20, args.duration + 10, rate=50, window=20, broadcast_ratio=0.0)))
+            r=load(broker, "q", 20, args.duration + 12, rate=50, window=20, broadcast_ratio=0.0)))
         steady.start()
-        time.sleep(5.0)  # the steady clients are logged in and sending
-        storm = load(broker, "s", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
+        time.sleep(4.0)  # the steady clients are logged in and sending
+        storm = load(broker, "t", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
         steady.join(args.duration + 120)
     finally:
         broker.stop()
-    row("4", f"login storm N={n}: logins/s", storm.login.rate, "logins/s", capacity, ">=0.8x argon2id",
-        storm.login.rate >= 0.8 * capacity)
-    during = box["r"].private.latency.p99 if "r" in box else float("nan")
-    row("4", "others' private p99 during storm", during, "ms", quiet.private.latency.p99, "<=2x without",
-        during <= 2 * quiet.private.latency.p99)
+    row("4", f"login storm N={n}: logins/s", alone.login.rate, "logins/s", capacity, ">=0.8x argon2id",
+        alone.login.rate >= 0.8 * capacity)
+    row("4", f"login storm N={n} during chat: logins/s", storm.login.rate, "logins/s", capacity)
+    during = box["r"].latency_between("private", storm.login.first_ns, storm.login.last_ns) if "r" in box else None
+    p99 = during.p99 if during and during.count else float("nan")
+    row("4", "others' private p99 during storm", p99, "ms", quiet.private.latency.p99, "<=2x without",
+        p99 <= 2 * quiet.private.latency.p99)
 
 
 def scenario_held(args) -> None:

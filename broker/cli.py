@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout / 60, help="minutes without a command that log a user out (default 30)")
     p.add_argument("--max-clients", type=_positive(int), default=d.max_clients, help="most users logged in at once (default 10000)")
     p.add_argument("--hash-workers", type=_positive(int), default=d.hash_workers, help="threads hashing passwords with argon2id (default: one per core)")
+    p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice, help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic (default 10; 0 = same priority as the loop)")
     p.add_argument("--max-pending-logins", type=_positive(int), default=d.max_pending_auth, help="logins waiting for hashing before E_OVERLOADED (default 256)")
     p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
@@ -59,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
-        max_clients=args.max_clients, hash_workers=args.hash_workers, max_pending_auth=args.max_pending_logins,
+        max_clients=args.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
     )
 
 

@@ -26,6 +26,7 @@ class Config:
     idle_timeout: float = 30 * 60.0  # seconds without a command that end a session
     max_clients: int = 10000  # logged-in sessions
     hash_workers: int = max(1, os.cpu_count() or 1)  # threads running argon2id
+    hash_nice: int = 10  # nice increment of the argon2id threads (0..19): the message loop goes first
     max_pending_auth: int = 256  # logins/registrations waiting for argon2id before E_OVERLOADED
     mail_window: int = 1000  # unacknowledged private messages in flight per session
     max_msg_bytes: int = 256 * 1024  # ZMQ_MAXMSGSIZE on the ROUTER

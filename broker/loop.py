@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 
-from broker.auth import AuthJob, run_job
+from broker.auth import AuthJob, lower_thread_priority, run_job
 from broker.config import Config
 from broker.core import BrokerCore
 from broker.store import Store
@@ -60,7 +60,8 @@ class BrokerLoop:
             raise
         pub_port = int(self.pub_endpoint.rsplit(":", 1)[1])
         self.core = BrokerCore(config, store, pub_port)
-        self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2")
+        self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
+                                       initializer=lower_thread_priority, initargs=(config.hash_nice,))
         self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)

@@ -456,11 +456,14 @@ class WorkerReport:
 @dataclass
 class LoginResults:
     """Login phase over all workers: ok, failed {code: count}, retries, elapsed_s (first login sent
-    to last reply, seconds), rate (ok logins per second), latency (LatencySummary, ms)."""
+    to last reply, seconds), rate (ok logins per second), latency (LatencySummary, ms),
+    first_ns/last_ns (monotonic ns of the first login sent / the last reply; 0 when none)."""
 
     ok: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
     elapsed_s: float = 0.0
     rate: float = 0.0
     latency: LatencySummary = field(default_factory=LatencySummary)
@@ -516,7 +519,9 @@ class Results:
     (LoginResults), private / broadcast (KindResults), subscribers (logged-in SUB clients),
     timeline (list of SecondStats), sessions_ended {reason: count}, broker_lost, skipped,
     bad_frames, drained (all workers ended with nothing outstanding), options (dict of the
-    options used), prepare (dict from the account preparation, if it ran).
+    options used), prepare (dict from the account preparation, if it ran), start_ns (monotonic ns
+    at which second 0 of the timeline begins). Not in to_dict: the per-second latency histograms
+    behind `latency_between`.
     """
 
     clients: int = 0
@@ -537,6 +542,19 @@ class Results:
     drained: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     prepare: dict[str, Any] = field(default_factory=dict)
+    start_ns: int = 0
+    seconds: dict[str, dict[int, list[bytes]]] = field(default_factory=dict, repr=False)
+
+    def latency_between(self, kind: str, t0_ns: int, t1_ns: int) -> LatencySummary:
+        """Latency of `kind` ("private" or "broadcast") over the whole seconds of the timeline that
+        lie inside [t0_ns, t1_ns] (monotonic ns), from the merged per-second HDR histograms, so
+        percentiles are exact for that span (e.g. "others' p99 during a login storm"). Deliveries
+        are counted in the second they arrived. An empty span gives an empty LatencySummary."""
+        per = self.seconds.get(kind, {})
+        first = -((self.start_ns - t0_ns) // 1_000_000_000)  # ceil: the first whole second
+        last = (t1_ns - self.start_ns) // 1_000_000_000 - 1  # the last second ending by t1
+        blobs = [b for t, bs in per.items() if first <= t <= last for b in bs]
+        return LatencySummary.of(merge_histograms(blobs)) if blobs else LatencySummary()
 
     @property
     def lost(self) -> int:
@@ -551,6 +569,7 @@ class Results:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every figure (latencies in ms, rates per second)."""
         d = asdict(self)
+        d.pop("seconds", None)
         d["lost"] = self.lost
         d["ok"] = self.ok
         return d
@@ -636,7 +655,9 @@ def merge_reports(reports: list[WorkerReport], duration_s: float, drain_s: float
         res.skipped += r.skipped
         res.bad_frames += r.bad_frames
         res.drained = res.drained and r.drained
+    res.start_ns = start_ns
     if firsts and lasts:
+        lg.first_ns, lg.last_ns = min(firsts), max(lasts)
         lg.elapsed_s = max(0.0, (max(lasts) - min(firsts)) / 1e9)
         lg.rate = lg.ok / lg.elapsed_s if lg.elapsed_s > 0 else 0.0
     lg.latency = LatencySummary.of(merge_histograms(r.login.latency for r in reports))
@@ -670,6 +691,11 @@ def merge_reports(reports: list[WorkerReport], duration_s: float, drain_s: float
         pv.send_rate = pv.sent / duration_s
         bc.send_rate = bc.sent / duration_s
     res.timeline = merge_timeline(reports)
+    for kind in ("private", "broadcast"):
+        per: dict[int, list[bytes]] = res.seconds.setdefault(kind, {})
+        for r in reports:
+            for t, _count, blob in getattr(r, kind).seconds:
+                per.setdefault(t, []).append(blob)
     return res
 
 

@@ -226,6 +226,7 @@ def test_merge_reports_adds_up_workers():
     assert res.login.failed == {"E_BAD_CREDENTIALS": 1}
     assert res.login.elapsed_s == pytest.approx(2.0)
     assert res.login.rate == pytest.approx(2.5)
+    assert (res.login.first_ns, res.login.last_ns, res.start_ns) == (10 * S, 12 * S, start)
     assert res.login.latency.count == 5
     assert res.login.latency.max == pytest.approx(3.0, rel=0.002)
     pv = res.private
@@ -243,10 +244,35 @@ def test_merge_reports_adds_up_workers():
     assert sum(s.private for s in res.timeline) == 19
     assert all(s.private_latency is not None for s in res.timeline)
     assert all(s.broadcast_latency is None for s in res.timeline)
+    assert res.latency_between("private", start, start + 3 * S).count == 19
+    assert res.latency_between("private", start + 1, start + 3 * S).count == sum(s.private for s in res.timeline[1:])
+    assert res.latency_between("private", start, start + S - 1).count == 0  # no whole second inside
+    assert res.latency_between("broadcast", start, start + 3 * S).count == 0
     d = res.to_dict()
     json.dumps(d)  # JSON-ready
     assert d["lost"] == 1 and d["ok"] is False
     assert d["private"]["latency"]["p50"] > 0
+
+
+@pytest.mark.timeout(5)
+def test_latency_between_takes_whole_seconds_inside_the_span():
+    recs = [LatencyRecorder(start_ns=5 * S) for _ in range(2)]
+    for sec in range(4):  # seconds 0..3: 10 values each of (sec + 1) ms, split over two workers
+        for i in range(10):
+            recs[i % 2].record(5 * S + sec * S + i * MS, (sec + 1) * MS)
+    reports = []
+    for i, rec in enumerate(recs):
+        total, seconds = rec.finish()
+        r = _report(i, logins=1, login_first=S, login_last=2 * S, start=5 * S)
+        r.private.seconds = seconds
+        reports.append(r)
+    res = merge_reports(reports, duration_s=4.0)
+    mid = res.latency_between("private", 6 * S, 8 * S)  # seconds 1 and 2
+    assert mid.count == 20
+    assert mid.p50 == pytest.approx(2.0, rel=0.002) and mid.max == pytest.approx(3.0, rel=0.002)
+    assert res.latency_between("private", 6 * S - 1, 8 * S + 1).count == 20  # partial seconds left out
+    assert res.latency_between("private", 0, 100 * S).count == 40
+    assert res.latency_between("private", 8 * S, 7 * S).count == 0
 
 
 @pytest.mark.timeout(5)
