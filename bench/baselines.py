@@ -257,3 +257,121 @@ def argon2_capacity(seconds: float = 3.0, threads: int | None = None) -> float:
     with ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(lambda _: spin(), range(threads)))
     return total / (time.monotonic() - start)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _held_server(queue: mp.Queue, clients: int, deadline: float) -> None:
+    """Bare ROUTER + PUB: answer every request with an 80-byte reply; publish one 100-byte event
+    to every subscriber at each client's first request (like a presence event at login)."""
+    ctx = zmq.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    for s in (router, pub):
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.BACKLOG, 4096)
+        s.bind("tcp://127.0.0.1:0")
+    queue.put((router.getsockopt_string(zmq.LAST_ENDPOINT), pub.getsockopt_string(zmq.LAST_ENDPOINT)))
+    seen: set[bytes] = set()
+    reply, event = b"r" * 80, b"e" * 100
+    while time.monotonic() < deadline:
+        if not router.poll(100):
+            continue
+        while True:
+            try:
+                rid, _body = router.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                break
+            router.send_multipart([rid, reply], NOBLOCK)
+            if rid not in seen:
+                seen.add(rid)
+                pub.send_multipart([b"presence", event], NOBLOCK)
+    router.close(0)
+    pub.close(0)
+    ctx.term()
+
+
+def _held_clients(endpoints: tuple[str, str], clients: int, requests: int, every: float,
+                  deadline: float, queue: mp.Queue) -> None:
+    """`clients` DEALER + SUB pairs: `requests` round trips each at once, then one more every
+    `every` seconds (a heartbeat) until `deadline`; SUBs are drained all along."""
+    ctx = zmq.Context()
+    ctx.max_sockets = 2 * clients + 16
+    dealers, subs = [], []
+    for _ in range(clients):
+        d, s = ctx.socket(zmq.DEALER), ctx.socket(zmq.SUB)
+        d.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        d.connect(endpoints[0])
+        s.connect(endpoints[1])
+        dealers.append(d)
+        subs.append(s)
+    poller = zmq.Poller()
+    for s in dealers + subs:
+        poller.register(s, zmq.POLLIN)
+    answered = 0
+    for d in dealers:
+        d.send(b"q" * 60)
+    owed = {d: requests - 1 for d in dealers}
+    next_beat = time.monotonic() + every
+    while time.monotonic() < deadline:
+        for s, _ in poller.poll(100):
+            while True:
+                try:
+                    s.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                if s in owed:
+                    answered += 1
+                    if owed[s] > 0:
+                        owed[s] -= 1
+                        s.send(b"q" * 60, NOBLOCK)
+        if time.monotonic() >= next_beat:
+            next_beat += every
+            for d in dealers:
+                d.send(b"h" * 40, NOBLOCK)
+    queue.put(answered)
+    for s in dealers + subs:
+        s.close(0)
+    ctx.term()
+
+
+def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: float = 5.0,
+                  processes: int | None = None) -> dict:
+    """Resident memory per client of a bare pyzmq ROUTER + PUB holding `clients` DEALER + SUB
+    pairs with the traffic of held chat clients: `requests` round trips each (login, catch-up),
+    a heartbeat every `every` s, and one PUB event per client arriving (so each SUB sees
+    `clients` events), for `hold` s after the connections start.
+
+    Returns {"kib_per_client": float (peak RSS minus RSS before any client, KiB / clients),
+    "answered": int}. libzmq keeps per connection an 8 KiB in- and out-batch buffer and pipes
+    whose message slots come in chunks of 256 x 64 bytes, so memory grows once messages flow.
+    """
+    processes = processes or max(1, min(4, clients // 1000 + 1))
+    queue: mp.Queue = mp.Queue()
+    deadline = time.monotonic() + hold + 5.0
+    server = mp.Process(target=_held_server, args=(queue, clients, deadline + 2.0))
+    server.start()
+    endpoints = queue.get(timeout=30)
+    time.sleep(0.3)
+    before = _rss_kib(server.pid)
+    share = [clients // processes + (1 if k < clients % processes else 0) for k in range(processes)]
+    procs = [mp.Process(target=_held_clients, args=(endpoints, n, requests, every, deadline, queue))
+             for n in share if n]
+    for p in procs:
+        p.start()
+    peak = before
+    while time.monotonic() < deadline:
+        peak = max(peak, _rss_kib(server.pid))
+        time.sleep(0.5)
+    answered = sum(queue.get(timeout=60) for _ in procs)
+    for p in procs + [server]:
+        p.join(15)
+    return {"kib_per_client": (peak - before) / clients, "answered": answered}

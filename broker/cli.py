@@ -101,6 +101,32 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
     return len(todo), skipped
 
 
+FDS_PER_CLIENT = 2
+"""Open files per logged-in client in the broker: one TCP connection each for its DEALER and SUB."""
+
+
+def check_fd_limit(max_clients: int) -> int:
+    """Raise the soft open-files limit to the hard limit; log a WARNING when it still cannot hold
+    `max_clients` clients (FDS_PER_CLIENT each, plus 64 for the store, sockets and pipes).
+    Returns the soft limit in force (0 where the platform has no such limit). Raises nothing."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    need = FDS_PER_CLIENT * max_clients + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("open files limit %d holds about %d clients, fewer than --max-clients %d; "
+                    "raise it (ulimit -n %d)", soft, (soft - 64) // FDS_PER_CLIENT, max_clients, need)
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run chat-broker. Returns 0 after a clean shutdown, 2 on a startup error (bad port, store)."""
     args = build_parser().parse_args(argv)
@@ -122,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imported {added} users, skipped {skipped} lines")
         return 0
     from broker.loop import BrokerLoop
+
+    check_fd_limit(config.max_clients)
 
     try:
         loop = BrokerLoop(config, store)
