@@ -181,15 +181,23 @@ def scenario_held(args) -> None:
     """5: logged-in idle clients with heartbeats; broker resident memory per client (peak RSS over
     the run minus RSS before), against a bare pyzmq ROUTER + PUB holding as many DEALER + SUB
     pairs with the same traffic shape (held_baseline)."""
-    for n in args.held:
-        bare = held_baseline(n, hold=20.0)
+    import resource
+
+    fd_soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    for wanted in args.held:
+        n = min(wanted, (fd_soft - 100) // 2 // 100 * 100)  # the broker needs 2 descriptors per client
+        if n < wanted:
+            print(f"     held {wanted}: the open files limit {fd_soft} holds about {n} clients in the broker; "
+                  f"measuring {n} (raise ulimit -n to {2 * wanted + 100} for {wanted})", flush=True)
+        procs = max(os.cpu_count() or 1, -(-n // 4000))  # ~4 descriptors per client in a load process
+        bare = held_baseline(n, hold=20.0, processes=procs)
         broker = broker_with_accounts(f"i{n}", n)
         try:
             before = rss_kib(broker.proc.pid)
             box: dict = {}
             t = threading.Thread(target=lambda: box.update(r=load(
                 broker, f"i{n}", n, 20.0, rate=0.01, window=1, broadcast_ratio=0.0,
-                login_parallel=500, login_timeout=600)))
+                login_parallel=500, login_timeout=600, processes=procs)))
             t.start()
             peak = before
             while t.is_alive():
