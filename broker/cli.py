@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pub-port", type=int, default=None, help="PUB port for broadcasts and presence (default port+1)")
     p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
     p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
+    p.add_argument("--sync", choices=["full", "normal"], default=d.sync, help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss (SQLite WAL synchronous=NORMAL)")
     p.add_argument("--min-password-length", type=_positive(int), default=d.min_password_chars, help="shortest new password, characters (default 8)")
     p.add_argument("--max-login-attempts", type=_positive(int), default=d.max_login_attempts, help="wrong passwords per account and IP before a block (default 3)")
     p.add_argument("--block-seconds", type=_positive(float), default=d.block_seconds, help="length of a login block, seconds (default 60)")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Build a Config from parsed arguments."""
     return Config(
-        port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir,
+        port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir, sync=args.sync,
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     config = config_from_args(args)
     try:
-        store = Store(config.data_dir)
+        store = Store(config.data_dir, synchronous=config.sync.upper())
     except StoreError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ class Config:
     pub_port: int | None = None  # PUB port; None = port + 1 (or ephemeral when port is 0)
     bind: str = "*"  # interface to bind, e.g. 127.0.0.1
     data_dir: str = "./chat-data"
+    sync: str = "full"  # SQLite synchronous: full = fsync before every ack; normal = survives a broker crash only
     min_password_chars: int = 8
     max_login_attempts: int = 3  # wrong passwords per (account, IP) before a block
     block_seconds: float = 60.0

@@ -1,8 +1,8 @@
 """Embedded SQLite store: users and their argon2id hashes, mailboxes, the event log, send ids.
 
-One connection, used only by the broker's loop thread. WAL mode with synchronous=FULL; writes are
+One connection, used only by the broker's loop thread. WAL mode with synchronous=FULL (NORMAL with --sync normal); writes are
 grouped into one transaction per loop wake-up and `commit()` is called before any reply that
-acknowledges them, so an acknowledged message survives `kill -9`. Schema versioned with
+acknowledges them, so an acknowledged message survives `kill -9` (and, under FULL, power loss). Schema versioned with
 `PRAGMA user_version` (SCHEMA_VERSION).
 """
 
@@ -72,6 +72,8 @@ class Store:
     """
 
     def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         path = Path(data_dir)
         try:
             path.mkdir(parents=True, exist_ok=True)

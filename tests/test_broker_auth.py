@@ -40,3 +40,22 @@ def test_lower_thread_priority_affects_only_the_calling_thread():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
     lower_thread_priority(0)  # no change, no error
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+
+
+@pytest.mark.timeout(10)
+def test_cli_flags_for_sync_and_hash_nice_reach_the_config(tmp_path):
+    from broker.cli import build_parser, config_from_args
+    from broker.store import Store
+
+    cfg = config_from_args(build_parser().parse_args(["--sync", "normal", "--hash-nice", "19", "--data-dir", str(tmp_path)]))
+    assert (cfg.sync, cfg.hash_nice) == ("normal", 19)
+    default = config_from_args(build_parser().parse_args([]))
+    assert (default.sync, default.hash_nice) == ("full", 10)
+    for bad in (["--sync", "off"], ["--hash-nice", "20"], ["--hash-nice", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)
+    store = Store(tmp_path, synchronous="NORMAL")
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
+    with pytest.raises(ValueError):
+        Store(tmp_path, synchronous="OFF")
