@@ -55,7 +55,6 @@ def _relay_worker(port: int, clients: int, duration: float, window: int, size: i
         s.connect(f"tcp://127.0.0.1:{port}")
         socks.append(s)
         ids.append(rid)
-    index = {s: i for i, s in enumerate(socks)}
     poller = zmq.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)

@@ -34,8 +34,8 @@ class SyncConnection:
         core: the protocol state (a fresh ClientCore when None).
     Attributes:
         core, dealer, sub (None outside a session), errors (count of undecodable broker messages).
-    Not thread-safe; never blocks (sends use NOBLOCK; a full queue drops the request, which then
-    times out like a lost one).
+    Not thread-safe; never blocks: sends use NOBLOCK, and frames that do not fit (the DEALER is
+    at its high-water mark or not yet connected) wait for the next flush, in order.
     """
 
     def __init__(self, ctx: zmq.Context, poller: zmq.Poller, address: str, port: int, *,
@@ -46,6 +46,7 @@ class SyncConnection:
         poller.register(self.dealer, zmq.POLLIN)
         self.sub: zmq.Socket | None = None
         self.errors = 0
+        self._backlog: list[list[bytes]] = []
 
     def send(self, msg: m.Request) -> int:
         """Queue `msg` (its req is replaced) and send what is queued. Returns the request id."""
@@ -54,12 +55,15 @@ class SyncConnection:
         return req
 
     def flush(self) -> None:
-        """Send everything the core has queued (NOBLOCK)."""
-        for frames in self.core.data_to_send():
+        """Send what the core has queued (NOBLOCK); what does not fit stays for the next flush."""
+        out = self._backlog + self.core.data_to_send()
+        self._backlog = []
+        for i, frames in enumerate(out):
             try:
                 self.dealer.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
-                pass
+                self._backlog = out[i:]
+                return
 
     def handle(self, ready: dict) -> list[Output]:
         """Read every message waiting on this connection's sockets that `ready` (the dict of

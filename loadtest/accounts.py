@@ -17,7 +17,8 @@ from typing import Any, Callable
 import zmq
 
 from client.core import ReplyReceived
-from loadtest.connect import SyncConn, resolve
+from client.sync import SyncConnection
+from loadtest.connect import resolve
 from loadtest.options import DEFAULT_PASSWORD, user_names
 from protocol import messages as m
 from protocol.errors import ErrorCode
@@ -99,14 +100,11 @@ def prepare_accounts(
     deadline = time.monotonic() + (timeout if timeout is not None else 60.0 + 0.2 * count)
     ctx = zmq.Context()
     ctx.max_sockets = max(1024, concurrency + 16)
-    conns = [SyncConn(ctx, address, port, ipv6) for _ in range(max(1, min(concurrency, count)))]
-    busy: dict[SyncConn, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
-    retry: deque[tuple[float, str]] = deque()
     poller = zmq.Poller()
-    owner = {}
-    for c in conns:
-        poller.register(c.dealer, zmq.POLLIN)
-        owner[c.dealer] = c
+    conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6) for _ in range(max(1, min(concurrency, count)))]
+    busy: dict[SyncConnection, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
+    retry: deque[tuple[float, str]] = deque()
+    owner = {c.dealer: c for c in conns}
     began = time.monotonic()
     last_progress = 0.0
 
@@ -125,11 +123,12 @@ def prepare_accounts(
                     break
                 if c not in busy:
                     name = todo.popleft()
-                    req = c.request(m.Register(req=0, version=PROTOCOL_VERSION, user=name, password=password))
+                    req = c.send(m.Register(req=0, version=PROTOCOL_VERSION, user=name, password=password))
                     busy[c] = (req, name, now)
-            for sock, _ in poller.poll(50):
+            ready = dict(poller.poll(50))
+            for sock in ready:
                 c = owner[sock]
-                for out in c.receive():
+                for out in c.handle(ready):
                     if not isinstance(out, ReplyReceived) or c not in busy or out.req != busy[c][0]:
                         continue
                     _, name, _ = busy.pop(c)
