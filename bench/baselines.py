@@ -258,7 +258,8 @@ def argon2_capacity(seconds: float = 3.0, threads: int | None = None) -> float:
     return total / (time.monotonic() - start)
 
 
-def _rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid`, KiB (VmRSS from /proc)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -266,7 +267,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _held_server(queue: mp.Queue, clients: int, deadline: float) -> None:
+def _held_server(queue: mp.Queue, deadline: float) -> None:
     """Bare ROUTER + PUB: answer every request with an 80-byte reply; publish one 100-byte event
     to every subscriber at each client's first request (like a presence event at login)."""
     ctx = zmq.Context()
@@ -356,11 +357,11 @@ def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: fl
     processes = processes or max(1, min(4, clients // 1000 + 1))
     queue: mp.Queue = mp.Queue()
     deadline = time.monotonic() + hold + 5.0
-    server = mp.Process(target=_held_server, args=(queue, clients, deadline + 2.0))
+    server = mp.Process(target=_held_server, args=(queue, deadline + 2.0))
     server.start()
     endpoints = queue.get(timeout=30)
     time.sleep(0.3)
-    before = _rss_kib(server.pid)
+    before = rss_kib(server.pid)
     share = [clients // processes + (1 if k < clients % processes else 0) for k in range(processes)]
     procs = [mp.Process(target=_held_clients, args=(endpoints, n, requests, every, deadline, queue))
              for n in share if n]
@@ -368,7 +369,7 @@ def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: fl
         p.start()
     peak = before
     while time.monotonic() < deadline:
-        peak = max(peak, _rss_kib(server.pid))
+        peak = max(peak, rss_kib(server.pid))
         time.sleep(0.5)
     answered = sum(queue.get(timeout=60) for _ in procs)
     for p in procs + [server]:

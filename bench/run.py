@@ -30,7 +30,7 @@ import nacl.pwhash
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import argon2_capacity, held_baseline, pub_load, relay_load  # noqa: E402
+from baselines import argon2_capacity, held_baseline, pub_load, relay_load, rss_kib  # noqa: E402
 from broker.store import Store  # noqa: E402
 from loadtest import LoadOptions, SpawnedBroker, prepare_accounts, run_load  # noqa: E402
 from loadtest.spawn import raise_fd_limit  # noqa: E402
@@ -73,14 +73,6 @@ def load(broker: SpawnedBroker, prefix: str, clients: int, duration: float, **kw
     options = LoadOptions(host="127.0.0.1", port=broker.port, clients=clients, duration=duration,
                           user_prefix=prefix, **kw).validate()
     return run_load(options)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of process `pid`, KiB (from /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def scenario_private(args) -> float:

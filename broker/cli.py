@@ -13,6 +13,7 @@ import zmq
 
 from broker.auth import hash_password
 from broker.config import Config
+from broker.limits import FDS_PER_CLIENT, raise_open_files_limit
 from broker.store import Store, StoreError
 from protocol.errors import ProtocolError
 from protocol.validation import validate_password, validate_username
@@ -102,27 +103,13 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
     return len(todo), skipped
 
 
-FDS_PER_CLIENT = 2
-"""Open files per logged-in client in the broker: one TCP connection each for its DEALER and SUB."""
-
-
 def check_fd_limit(max_clients: int) -> int:
     """Raise the soft open-files limit to the hard limit; log a WARNING when it still cannot hold
     `max_clients` clients (FDS_PER_CLIENT each, plus 64 for the store, sockets and pipes).
-    Returns the soft limit in force (0 where the platform has no such limit). Raises nothing."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
+    Returns the soft limit in force (see raise_open_files_limit). Raises nothing."""
+    soft = raise_open_files_limit()
     need = FDS_PER_CLIENT * max_clients + 64
-    if soft != resource.RLIM_INFINITY and soft < need:
+    if 0 < soft < need:
         log.warning("open files limit %d holds about %d clients, fewer than --max-clients %d; "
                     "raise it (ulimit -n %d)", soft, (soft - 64) // FDS_PER_CLIENT, max_clients, need)
     return soft

@@ -690,18 +690,18 @@ def merge_reports(reports: list[WorkerReport], duration_s: float, drain_s: float
     if duration_s > 0:
         pv.send_rate = pv.sent / duration_s
         bc.send_rate = bc.sent / duration_s
-    res.timeline = merge_timeline(reports)
-    for kind in ("private", "broadcast"):
-        per: dict[int, list[bytes]] = res.seconds.setdefault(kind, {})
-        for r in reports:
-            for t, _count, blob in getattr(r, kind).seconds:
-                per.setdefault(t, []).append(blob)
+    res.timeline = merge_timeline(reports, res.seconds)
     return res
 
 
-def merge_timeline(reports: list[WorkerReport]) -> list[SecondStats]:
-    """Per-second deliveries, sends and latency percentiles over all workers (seconds since start)."""
+def merge_timeline(reports: list[WorkerReport],
+                   blobs: dict[str, dict[int, list[bytes]]] | None = None) -> list[SecondStats]:
+    """Per-second deliveries, sends and latency percentiles over all workers (seconds since start).
+
+    `blobs`, when given, is filled with {kind: {second: [encoded histograms]}} (Results.seconds).
+    """
     per: dict[int, dict[str, Any]] = {}
+    blobs = {} if blobs is None else blobs
 
     def slot(t: int) -> dict[str, Any]:
         return per.setdefault(t, {"sent": 0, "private": [0, []], "broadcast": [0, []]})
@@ -711,10 +711,12 @@ def merge_timeline(reports: list[WorkerReport]) -> list[SecondStats]:
             if n:
                 slot(t)["sent"] += n
         for kind, seconds in (("private", r.private.seconds), ("broadcast", r.broadcast.seconds)):
+            kind_blobs = blobs.setdefault(kind, {})
             for t, count, blob in seconds:
                 s = slot(t)[kind]
                 s[0] += count
                 s[1].append(blob)
+                kind_blobs.setdefault(t, []).append(blob)
     out: list[SecondStats] = []
     for t in range(0, max(per) + 1 if per else 0):
         s = per.get(t)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import threading
 from collections import deque
+
+from broker.limits import raise_open_files_limit
 
 STARTED_RE = re.compile(r"broker started router=tcp://(\S+):(\d+) pub=tcp://(\S+):(\d+)")
 """The broker's first INFO line on stderr names the bound endpoints."""
@@ -33,23 +34,9 @@ the DEALER and one for the SUB of each client) and ~6 per client in a load proce
 
 
 def raise_fd_limit() -> None:
-    """Raise the open-files limit: the soft limit to the hard limit, and both to WANTED_FDS where
-    the process may (root, or CAP_SYS_RESOURCE). A spawned broker and the load processes inherit
-    it. Silently keeps what it can where not allowed."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if hard < WANTED_FDS:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (WANTED_FDS, WANTED_FDS))
-                return
-            except (ValueError, OSError):
-                pass  # not privileged: the soft limit can still go up to the hard one
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass
+    """Raise the open-files limit toward WANTED_FDS (see broker.limits.raise_open_files_limit);
+    a spawned broker and the load processes inherit it. Raises nothing."""
+    raise_open_files_limit(WANTED_FDS)
 
 
 class SpawnedBroker:
