@@ -1,35 +1,19 @@
 """Password hashing with libsodium's argon2id (PyNaCl), run on worker threads off the message loop.
 
-`AuthJob` is what the core asks for; `run_job` is what a worker thread executes. PyNaCl releases the
-GIL while hashing, so N workers use N cores. Passwords live only in the job, never in logs.
+`broker.accounts.AuthJob` is what the core asks for; `run_job` is what a worker thread executes.
+PyNaCl releases the GIL while hashing, so N workers use N cores. Passwords live only in the job,
+never in logs.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 
 import nacl.exceptions
 import nacl.pwhash
 
-
-@dataclass
-class AuthJob:
-    """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
-    kind "hash": hash `password` for a new account (result: the argon2id string, str).
-
-    rid (bytes, ROUTER routing id), req (request id) and ip (peer address) say where the answer goes.
-    """
-
-    kind: str
-    rid: bytes
-    req: int
-    user: str
-    password: str = field(repr=False)
-    pwhash: str = field(default="", repr=False)
-    ip: str = ""
-    result: bool | str | None = None
+from broker.accounts import AuthJob
 
 
 def lower_thread_priority(increment: int) -> None:

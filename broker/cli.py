@@ -13,6 +13,7 @@ import zmq
 
 from broker.auth import hash_password
 from broker.config import Config
+from broker.keys import KeyFileError, check_private, load_or_create, make_data_dir, private_umask
 from broker.limits import FDS_PER_CLIENT, raise_open_files_limit
 from broker.store import Store, StoreError
 from protocol.errors import ProtocolError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB, SQLite store)")
     p.add_argument("--port", type=int, default=d.port, help="ROUTER port for requests and private delivery (default 4119; 0 = any free port)")
     p.add_argument("--pub-port", type=int, default=None, help="PUB port for broadcasts and presence (default port+1)")
+    p.add_argument("--key-port", type=int, default=None, help="key endpoint port: serves the broker's public key in clear for trust on first use (default port+2)")
     p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
     p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
     p.add_argument("--sync", choices=["full", "normal"], default=d.sync, help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss (SQLite WAL synchronous=NORMAL)")
@@ -50,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash-workers", type=_positive(int), default=d.hash_workers, help="threads hashing passwords with argon2id (default: one per core)")
     p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice, help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic (default 10; 0 = same priority as the loop)")
     p.add_argument("--max-pending-logins", type=_positive(int), default=d.max_pending_auth, help="logins waiting for hashing before E_OVERLOADED (default 256)")
+    p.add_argument("--print-key", action="store_true", help="print the broker's public key and its fingerprint (creating the key pair if missing), then exit")
+    p.add_argument("--insecure", action="store_true", help="no encryption (NULL mechanism): passwords and messages in clear text, sessions not bound to keys; for debugging on a trusted network only")
+    p.add_argument("--allow-readable-store", action="store_true", help="start even when group or others can read the data directory or the store")
+    p.add_argument("--max-connections-per-ip", type=_positive(int), default=d.max_conns_per_ip, help="TCP connections one IP address may hold (default 64; a client uses 2)")
+    p.add_argument("--login-timeout", type=_positive(float), default=d.login_timeout, help="seconds a connection may stay silent without logging in before it is cut (default 60)")
     p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     return p
@@ -63,6 +70,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
         max_clients=args.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
+        key_port=args.key_port, insecure=args.insecure, allow_readable_store=args.allow_readable_store,
+        max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout,
     )
 
 
@@ -116,10 +125,23 @@ def check_fd_limit(max_clients: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run chat-broker. Returns 0 after a clean shutdown, 2 on a startup error (bad port, store)."""
+    """Run chat-broker. Returns 0 after a clean shutdown, 2 on a startup error (bad port, store,
+    keys, a data directory readable by others)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     config = config_from_args(args)
+    private_umask()
+    try:
+        make_data_dir(config.data_dir)
+        if not config.allow_readable_store:
+            check_private(config.data_dir)
+        keys, created = (None, False) if config.insecure and not args.print_key else load_or_create(config.data_dir)
+    except KeyFileError as exc:
+        print(f"chat-broker: {exc}", file=sys.stderr)
+        return 2
+    if args.print_key:
+        print(f"public key:  {keys.public.decode()}\nfingerprint: {keys.fingerprint}")
+        return 0
     try:
         store = Store(config.data_dir, synchronous=config.sync.upper())
     except StoreError as exc:
@@ -138,12 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     from broker.loop import BrokerLoop
 
     check_fd_limit(config.max_clients)
-
     try:
-        loop = BrokerLoop(config, store)
+        loop = BrokerLoop(config, store, keys)
     except zmq.ZMQError as exc:
         store.close()
-        print(f"chat-broker: cannot bind port {config.port} or {config.effective_pub_port} on {config.bind}: {exc}", file=sys.stderr)
+        print(f"chat-broker: cannot bind port {config.port}, {config.effective_pub_port} or "
+              f"{config.effective_key_port} on {config.bind}: {exc}", file=sys.stderr)
         return 2
-    log.info("broker started router=%s pub=%s data=%s", loop.router_endpoint, loop.pub_endpoint, Path(config.data_dir).resolve())
+    if config.insecure:
+        log.warning("INSECURE: --insecure turns encryption off: passwords and messages cross the network in "
+                    "clear text and sessions are not bound to keys; CURVE clients will refuse this broker")
+    elif created:
+        log.info("created the broker key pair in %s (fingerprint %s)", Path(config.data_dir).resolve(), keys.fingerprint)
+    e = loop.endpoints
+    log.info("broker started router=%s pub=%s key=%s data=%s fingerprint=%s", e["router"], e["pub"], e["key"],
+             Path(config.data_dir).resolve(), "none (insecure)" if config.insecure else keys.fingerprint)
     return loop.run()

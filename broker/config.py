@@ -30,10 +30,23 @@ class Config:
     hash_nice: int = 10  # nice increment of the argon2id threads (0..19): the message loop goes first
     max_pending_auth: int = 256  # logins/registrations waiting for argon2id before E_OVERLOADED
     mail_window: int = 1000  # unacknowledged private messages in flight per session
-    max_msg_bytes: int = 256 * 1024  # ZMQ_MAXMSGSIZE on the ROUTER
-    hwm: int = 100_000  # send/receive high-water marks, messages
     linger_ms: int = 2000  # how long close() may flush on shutdown
     sends_keep_seconds: float = 3600.0  # how long a send id is remembered for retries
+    # -- security (issue #7) --
+    insecure: bool = False  # NULL mechanism instead of CURVE: clear text, no key binding
+    key_port: int | None = None  # key endpoint port; None = port + 2 (or ephemeral when port is 0)
+    allow_readable_store: bool = False  # start even when others can read the data dir
+    max_conns_per_ip: int = 64  # TCP connections one IP may hold (ROUTER + PUB + key endpoint)
+    login_timeout: float = 60.0  # seconds a connection may stay without a session and silent
+    key_timeout: float = 10.0  # seconds a key-endpoint connection may stay silent
+    pending_limit: int = 16 * 1024 * 1024  # bytes a connection may have buffered beyond its last message
+    rss_scan_step: int = 32 * 1024 * 1024  # RSS growth (bytes) that triggers a scan of all connections
+    max_frames: int = 16  # frames in one request beyond which its connection is cut
+    reply_bytes: int = 256 * 1024  # largest history/who/last reply, bytes (history pages at it)
+    backlog_limit: int = 256 * 1024  # unsent bytes to a peer beyond which large replies are refused
+    pub_heartbeat: float = 2.0  # seconds between PUB heartbeats carrying the newest seq
+    router_rcvhwm: int = 256  # complete requests queued from one DEALER
+    pub_sndhwm: int = 1000  # events queued to one SUB; a slower one is dropped to gap repair
 
     @property
     def effective_pub_port(self) -> int:
@@ -41,3 +54,22 @@ class Config:
         if self.pub_port is not None:
             return self.pub_port
         return self.port + 1 if self.port else 0
+
+    @property
+    def effective_key_port(self) -> int:
+        """The key endpoint port to bind: --key-port, else port+2, else 0 when port is 0."""
+        if self.key_port is not None:
+            return self.key_port
+        return self.port + 2 if self.port else 0
+
+    @property
+    def max_msg_bytes(self) -> int:
+        """ZMQ_MAXMSGSIZE of the ROUTER, bytes: 64 KiB, or more when --max-message-chars needs it
+        (6 bytes per character covers JSON escapes, plus 16 KiB for the other fields)."""
+        return max(64 * 1024, 6 * self.max_message_chars + 16 * 1024)
+
+    @property
+    def router_sndhwm(self) -> int:
+        """Messages queued to one DEALER before sends to it fail with EAGAIN: the mail window plus
+        room for replies, so a peer that never reads holds about (window + 100) x 4 KiB."""
+        return self.mail_window + 100

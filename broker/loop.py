@@ -1,9 +1,11 @@
-"""The broker's I/O edge: binds the ROUTER and PUB sockets, runs the poll loop, runs argon2id jobs on
-worker threads, and turns SIGINT/SIGTERM into a clean shutdown.
+"""The broker's I/O edge: runs the poll loop over its sockets (broker.sockets), answers ZAP and the
+key endpoint, feeds the socket monitors' connection events and the memory scans to the core, runs
+argon2id jobs on worker threads, and turns SIGINT/SIGTERM into a clean shutdown.
 
 Per wake-up the loop drains the ROUTER with NOBLOCK until EAGAIN (at most `BATCH` messages), feeds
 each request to the core, commits the store once, then sends every reply, delivery and PUB event
-that the batch produced: one fsync covers the whole batch, and no ok reply precedes its commit.
+that the batch produced and cuts the connections the core gave up on: one fsync covers the whole
+batch, and no ok reply precedes its commit.
 """
 
 from __future__ import annotations
@@ -16,75 +18,89 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import zmq
+import zmq.utils.z85
+from zmq.utils.monitor import parse_monitor_message
 
-from broker.auth import AuthJob, lower_thread_priority, run_job
+from broker import netio
+from broker.auth import lower_thread_priority, run_job
+from broker.accounts import AuthJob
 from broker.config import Config
+from broker.connections import KEY, PUB, ROUTER, wire_size
 from broker.core import BrokerCore
+from broker.keys import BrokerKeys
+from broker.sockets import open_sockets, port_of
 from broker.store import Store
+from broker.zap import ZapFormatError, encode_reply, parse_request
 
 log = logging.getLogger("broker")
 
 BATCH = 2000
 """Most requests handled per wake-up before committing and sending."""
-
 PRUNE_EVERY = 60.0
+"""Seconds between trims of the event log and of old send ids."""
+RSS_CHECK_EVERY = 0.02
+"""Seconds between reads of the broker's RSS (a scan of all connections runs when it grew by
+Config.rss_scan_step since the last scan)."""
 
 # Plain ints: pyzmq's enum flags cost a measurable share of the loop in `flags | SNDMORE`.
 NOBLOCK = int(zmq.NOBLOCK)
 NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
-"""Seconds between trims of the event log and of old send ids."""
+SRCFD = int(zmq.SRCFD)
+
+_encoder = msgspec.json.Encoder()
+
+
+def _origin(frame: zmq.Frame, curve: bool) -> tuple[int, str]:
+    """(source fd, CURVE key in Z85) of a received frame; (-1, "") for messages libzmq made
+    itself (e.g. the XPUB's unsubscriptions when a subscriber leaves)."""
+    try:
+        fd = frame.get(SRCFD)
+        return fd, frame.get("User-Id") if curve else ""
+    except zmq.ZMQError:
+        return -1, ""
 
 
 class BrokerLoop:
-    """Owns the zmq context, the ROUTER and PUB sockets, the hashing pool and the core.
+    """Owns the zmq context, the sockets, the hashing pool and the core.
 
+    Args:
+        config: the settings; store: the open store; keys: the broker's CURVE key pair (None
+            with --insecure).
     Raises zmq.ZMQError from the constructor when a port cannot be bound (e.g. EADDRINUSE).
     """
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, keys: BrokerKeys | None) -> None:
         self.cfg = config
         self.store = store
+        self.keys = keys
+        self.curve = not config.insecure
         self.ctx = zmq.Context()
         self.ctx.max_sockets = 64
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.pub = self.ctx.socket(zmq.PUB)
         try:
-            self._configure()
-            self.router_endpoint = self._bind(self.router, config.port)
-            self.pub_endpoint = self._bind(self.pub, config.effective_pub_port)
+            self.socks = open_sockets(self.ctx, config, keys)
         except zmq.ZMQError:
-            self.router.close(0)
-            self.pub.close(0)
             self.ctx.term()
             raise
-        pub_port = int(self.pub_endpoint.rsplit(":", 1)[1])
-        self.core = BrokerCore(config, store, pub_port)
+        self.endpoints = self.socks.endpoints
+        self.core = BrokerCore(config, store, port_of(self.endpoints[PUB]),
+                               backlog=lambda fd: netio.peer_behind(fd, config.backlog_limit))
         self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
                                        initializer=lower_thread_priority, initargs=(config.hash_nice,))
         self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        self.rss = netio.RssReader()
         self.stop_requested = False
-
-    def _configure(self) -> None:
-        r = self.router
-        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        r.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_msg_bytes)
-        r.setsockopt(zmq.SNDHWM, self.cfg.hwm)
-        r.setsockopt(zmq.RCVHWM, self.cfg.hwm)
-        r.setsockopt(zmq.LINGER, self.cfg.linger_ms)
-        r.setsockopt(zmq.BACKLOG, 4096)
-        self.pub.setsockopt(zmq.SNDHWM, self.cfg.hwm)
-        self.pub.setsockopt(zmq.LINGER, self.cfg.linger_ms)
-        self.pub.setsockopt(zmq.BACKLOG, 4096)
-
-    def _bind(self, sock: zmq.Socket, port: int) -> str:
-        host = self.cfg.bind
-        sock.bind(f"tcp://{host}:{port if port else '*'}")
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._key_reply = _encoder.encode({
+            "version": 1,
+            "curve": self.curve,
+            "public_key": keys.public.decode() if keys and self.curve else "",
+            "fingerprint": keys.fingerprint if keys and self.curve else "",
+            "port": port_of(self.endpoints[ROUTER]),
+        })
 
     # -- signals and wake-ups ---------------------------------------------------------------------
     def request_stop(self, *_args: object) -> None:
@@ -107,21 +123,41 @@ class BrokerLoop:
         """Serve until SIGINT/SIGTERM (or request_stop). Returns the exit status (0)."""
         old = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         old_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        s = self.socks
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        for sock in (s.router, s.pub, s.key, s.zap, *s.monitors.values()):
+            poller.register(sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        tick_every = min(1.0, self.cfg.heartbeat_timeout / 4, self.cfg.idle_timeout / 4)
+        tick_every = min(1.0, self.cfg.heartbeat_timeout / 4, self.cfg.idle_timeout / 4, self.cfg.pub_heartbeat)
         next_tick = time.monotonic() + tick_every
         next_prune = time.monotonic()
+        next_rss = 0.0
+        rss_base = self.rss.read()
         try:
             while not self.stop_requested:
                 timeout = max(0.0, next_tick - time.monotonic())
                 ready = dict(poller.poll(timeout * 1000))
-                if self.router in ready:
+                if ready.keys() & s.monitors.values() or s.zap in ready:
+                    self._drain_monitors()
+                if s.zap in ready:
+                    self._drain_zap()
+                if s.router in ready:
                     self._drain_router()
+                if s.pub in ready:
+                    self._drain_subscriptions()
+                if s.key in ready:
+                    self._drain_key()
                 if self.wake_r in ready:
                     self._drain_wake()
                 now = time.monotonic()
+                if now >= next_rss:
+                    next_rss = now + RSS_CHECK_EVERY
+                    rss = self.rss.read()
+                    if rss > rss_base + self.cfg.rss_scan_step:
+                        self._scan()
+                        rss_base = self.rss.read()
+                    elif rss < rss_base:
+                        rss_base = rss
                 if now >= next_tick:
                     self.core.tick()
                     next_tick = now + tick_every
@@ -140,22 +176,105 @@ class BrokerLoop:
         return 0
 
     def _drain_router(self) -> None:
-        recv = self.router.recv
+        recv = self.socks.router.recv
         on_request = self.core.on_request
+        curve = self.curve
+        max_frames = self.cfg.max_frames
         for _ in range(BATCH):
             try:
                 head = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            fd, key = _origin(head, curve)
             parts: list[bytes] = []
+            size = 0
             frame = head
+            count = 0
             while frame.more:
                 frame = recv(NOBLOCK, copy=False)
-                parts.append(frame.bytes)
-            ip = ""
-            if parts and parts[0] == b"login":
-                ip = head.get("Peer-Address") or ""
-            on_request(head.bytes, parts, ip)
+                count += 1
+                data = frame.buffer
+                size += wire_size(len(data), curve)
+                if count <= 3:
+                    parts.append(frame.bytes)
+            if count > max_frames:
+                self.core.on_too_many_frames(fd)
+            on_request(head.bytes, parts, fd, key, size)
+
+    def _drain_subscriptions(self) -> None:
+        recv = self.socks.pub.recv
+        for _ in range(BATCH):
+            try:
+                frame = recv(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            fd, key = _origin(frame, self.curve)
+            data = frame.bytes
+            size = wire_size(len(data), self.curve)
+            while frame.more:  # a subscription is one frame; discard the rest
+                frame = recv(NOBLOCK, copy=False)
+                size += wire_size(len(frame.buffer), self.curve)
+                self.core.on_too_many_frames(fd)
+            self.core.on_subscribe(fd, key, data, size)
+
+    def _drain_key(self) -> None:
+        """Answer every key request `[b"key", body]` with `[b"key", {version, curve, public_key,
+        fingerprint, port}]` (docs/protocol.md 1.1); anything else gets no answer."""
+        sock = self.socks.key
+        for _ in range(100):
+            try:
+                frames = sock.recv_multipart(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            fd, _ = _origin(frames[0], False)
+            self.core.on_key_request(fd, sum(wire_size(len(f.buffer), False) for f in frames[1:]))
+            if len(frames) >= 2 and frames[1].bytes == b"key":
+                try:
+                    sock.send_multipart([frames[0].bytes, b"key", self._key_reply], NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # past its high-water mark or gone: it asks again
+
+    def _drain_zap(self) -> None:
+        zap = self.socks.zap
+        while True:
+            try:
+                frames = zap.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                request = parse_request(frames)
+            except ZapFormatError as exc:
+                log.error("malformed ZAP request: %s", exc)
+                continue
+            key = zmq.utils.z85.encode(request.client_key).decode() if request.client_key else ""
+            status, text, user_id = self.core.authorize(request.domain, request.address, request.mechanism, key)
+            zap.send_multipart(encode_reply(request, status, text, user_id))
+
+    def _drain_monitors(self) -> None:
+        for kind, mon in self.socks.monitors.items():
+            while True:
+                try:
+                    frames = mon.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                event = parse_monitor_message(frames)
+                fd = int(event["value"])
+                if event["event"] == zmq.EVENT_ACCEPTED:
+                    peer = netio.peer_of(fd) or ("", 0)
+                    self.core.on_accepted(fd, kind, peer[0], peer[1])
+                elif event["event"] == zmq.EVENT_DISCONNECTED:
+                    self.core.on_disconnected(fd)
+                else:
+                    log.debug("handshake failed on %s: %s (%d)", kind, event["event"], fd)
+
+    def _scan(self) -> None:
+        """Read the bytes received on every connection; the core cuts those that buffer too much."""
+        received = {}
+        for conn in self.core.conns:
+            count = netio.bytes_received(conn.fd)
+            if count is not None:
+                received[conn.fd] = count
+        self.core.on_scan(received)
 
     def _drain_wake(self) -> None:
         try:
@@ -173,20 +292,22 @@ class BrokerLoop:
     def _flush(self) -> None:
         """Commit, then send everything the core produced; repeat while sends reveal departed peers."""
         while True:
-            router_out, pub_out, jobs = self.core.drain()
-            if not (router_out or pub_out or jobs):
-                self.store.commit()
-                return
+            out = self.core.drain()
             self.store.commit()
-            for job in jobs:
+            if not out:
+                return
+            for job in out.jobs:
                 self.pool.submit(run_job, job).add_done_callback(self._job_done)
-            pub_send = self.pub.send
-            for topic, body in pub_out:
-                pub_send(topic, NOBLOCK_MORE)
-                pub_send(body, NOBLOCK)
+            pub_send = self.socks.pub.send
+            for topic, body in out.pub:
+                try:
+                    pub_send(topic, NOBLOCK_MORE)
+                    pub_send(body, NOBLOCK)
+                except zmq.Again:  # pragma: no cover - XPUB drops at the high-water mark instead
+                    pass
             gone: set[bytes] = set()
-            send = self.router.send
-            for rid, (kind, body) in router_out:
+            send = self.socks.router.send
+            for rid, kind, body, mail_id in out.router:
                 if rid in gone:
                     continue
                 try:
@@ -198,8 +319,10 @@ class BrokerLoop:
                         gone.add(rid)
                     elif exc.errno != errno.EAGAIN:
                         raise
-                    # EAGAIN: that peer is past its high-water mark; a private message stays in
-                    # its mailbox and is sent again at its next login.
+                    elif mail_id:  # past the peer's high-water mark: it stays in the mailbox
+                        self.core.on_push_dropped(rid, mail_id)
+            for conn in out.cuts:
+                netio.cut(conn.fd, conn.ip, conn.port)
             for rid in gone:
                 self.core.on_unreachable(rid)
 
@@ -207,8 +330,8 @@ class BrokerLoop:
         """Stop the workers, commit and close the store, close sockets (lingering to flush)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.store.close()
-        self.router.close()
-        self.pub.close()
+        self.socks.close(self.cfg.linger_ms)
         self.ctx.term()
+        self.rss.close()
         os.close(self.wake_r)
         os.close(self.wake_w)

@@ -87,6 +87,9 @@ class Store:
         self.path = path
         self._in_tx = False
         self._mail_buffer: list[tuple[int, str, str, float, str, str]] = []
+        self._req_open = False  # between begin_request() and end_request()
+        self._req_savepoint = False  # the request's SAVEPOINT is open
+        self._req_mark = 0  # mail buffer entries before this index belong to earlier requests
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -100,13 +103,47 @@ class Store:
         if not self._in_tx:
             self.db.execute("BEGIN")
             self._in_tx = True
+        if self._req_open and not self._req_savepoint:
+            self.db.execute("SAVEPOINT request")
+            self._req_savepoint = True
 
     def _flush_mail(self) -> None:
-        """Write buffered mailbox inserts (one executemany) before anything reads the mailbox."""
-        if self._mail_buffer:
-            self._begin()
-            self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer)
-            self._mail_buffer = []
+        """Write buffered mailbox inserts (one executemany) before anything reads the mailbox.
+        Inside a request, the entries of earlier requests are written before its SAVEPOINT, so
+        that rolling the request back never undoes them."""
+        if not self._mail_buffer:
+            return
+        if self._req_open and not self._req_savepoint and self._req_mark:
+            if not self._in_tx:
+                self.db.execute("BEGIN")
+                self._in_tx = True
+            self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer[:self._req_mark])
+            del self._mail_buffer[:self._req_mark]
+            self._req_mark = 0
+            if not self._mail_buffer:
+                return
+        self._begin()
+        self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer)
+        self._mail_buffer = []
+        self._req_mark = 0
+
+    def begin_request(self) -> None:
+        """Start one request's writes: its first write opens a SAVEPOINT (end_request closes it)."""
+        self._req_open = True
+        self._req_savepoint = False
+        self._req_mark = len(self._mail_buffer)
+
+    def end_request(self, ok: bool) -> None:
+        """End the request's writes: keep them (ok) or undo them all, buffered mail included,
+        while the writes of earlier requests in the same transaction stay (docs: E_INTERNAL)."""
+        if self._req_savepoint:
+            if not ok:
+                self.db.execute("ROLLBACK TO request")
+            self.db.execute("RELEASE request")
+        if not ok:
+            del self._mail_buffer[self._req_mark:]
+        self._req_open = False
+        self._req_savepoint = False
 
     def commit(self) -> None:
         """Commit the open transaction, if any (fsync under synchronous=FULL)."""
@@ -178,6 +215,16 @@ class Store:
         ).fetchall()
         return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
 
+    def mail_by_ids(self, recipient: str, ids: list[int]) -> list[m.PrivateMessage]:
+        """The messages of `recipient`'s mailbox among `ids` (at most 1000), oldest first."""
+        self._flush_mail()
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id IN ({marks}) ORDER BY id",
+            (recipient, *ids),
+        ).fetchall()
+        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
+
     def delete_mail(self, recipient: str, ids: Iterable[int]) -> int:
         """Remove acknowledged messages (only `recipient`'s own); returns how many were removed."""
         self._flush_mail()
@@ -228,6 +275,12 @@ class Store:
         self._begin()
         self.db.execute("INSERT INTO events VALUES (?, ?)", (event.seq, encode_json(event)))
         self.db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (event.seq,))
+
+    def event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` logged events with seq > after, oldest first, as (seq, JSON body bytes)."""
+        return self.db.execute(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
 
     def events_after(self, after: int, limit: int) -> list[m.Event]:
         """Up to `limit` logged events with seq > after, oldest first."""

@@ -46,6 +46,11 @@ MSG = b"msg"
 END = b"end"
 TOPIC_BCAST = b"bcast"
 TOPIC_PRESENCE = b"presence"
+TOPIC_HEARTBEAT = b"hb"
+"""PUB heartbeat topic: [b"hb", {"seq", "ts"}] every pub_heartbeat seconds (docs 7.4)."""
+WELCOME_PREFIX = b"welcome."
+"""A client's welcome topic is b"welcome." + 32 lowercase hex digits; subscribing to it makes the
+broker publish [topic, {"seq", "ts"}] once the subscription is active (docs 7.4)."""
 
 _encoder = msgspec.json.Encoder()
 _decoders = {name: msgspec.json.Decoder(cls) for name, cls in REQUEST_TYPES.items()}
@@ -55,27 +60,67 @@ _msg_decoder = msgspec.json.Decoder(m.PrivateMessage)
 _end_decoder = msgspec.json.Decoder(m.End)
 
 
-def _guess_req(body: bytes) -> int | None:
-    """Best-effort read of `req` from a body that failed typed decoding (error path only)."""
+_NOT_JSON = object()
+"""What `_parse_untyped` returns for a body that is not valid JSON."""
+
+_BAD_JSON_MESSAGE = "the body is not a UTF-8 JSON object"
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+
+
+def _parse_untyped(body: bytes) -> Any:
+    """Decode `body` as any JSON value to check its syntax: the value, or `_NOT_JSON` when invalid.
+
+    Invalid: a syntax error, trailing data, invalid UTF-8, a lone surrogate escape (in any string,
+    ignored fields and keys included), or nesting deeper than the decoder's recursion limit (about
+    1000 levels, from Python's recursion limit; e.g. 250,000 '[' or 5000 nested empty arrays).
+    A number the untyped decoder cannot hold (1e400, an int of over 4300 digits) is valid JSON: the
+    decoder stops there, so the syntax of the whole body is then checked by skipping it (value None).
+    """
     try:
-        obj = _any_decoder.decode(body)
+        return _any_decoder.decode(body)
+    except msgspec.ValidationError:
+        return None if _skips(body) else _NOT_JSON
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
+        return _NOT_JSON
+
+
+def _skips(body: bytes) -> bool:
+    """True when msgspec can skip `body` as one JSON value (syntax only; strings are not decoded)."""
+    try:
+        _raw_decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    return True
+
+
+def _req_of(obj: Any) -> int | None:
+    """`obj["req"]` when `obj` is a dict whose `req` is a valid request id (int 0..2**53), else None."""
     req = obj.get("req") if isinstance(obj, dict) else None
     return req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req <= 2**53 else None
+
+
+def _guess_req(body: bytes) -> int | None:
+    """Best-effort read of `req` from a body that failed typed decoding (error path only)."""
+    return _req_of(_parse_untyped(body))
 
 
 def decode_request(frames: list[bytes]) -> tuple[bytes, m.Request]:
     """Decode a request as the broker sees it after the routing id: `[type, body]`.
 
+    Frames are bytes or any buffer (bytearray, memoryview, zmq.Frame); the body is a UTF-8 JSON object.
     Returns:
         (type, request): the type name (bytes) and the typed body.
     Raises:
         ProtocolError(E_FRAMES): not exactly 2 frames.
         ProtocolError(E_UNKNOWN_TYPE): frame 0 is not a request type.
-        ProtocolError(E_BAD_JSON): body is not a UTF-8 JSON object.
-        ProtocolError(E_BAD_FIELD): a field is missing, of the wrong type, or out of range.
-        `req` is set on the error when the body still carried a readable request id.
+        ProtocolError(E_BAD_JSON): the body is not valid UTF-8 JSON: empty, a syntax error, trailing
+            data, invalid UTF-8 or a lone surrogate escape anywhere (unknown fields and keys
+            included), or nested deeper than the decoder's limit (about 1000 levels, even when the
+            JSON is otherwise valid). `req` is always None.
+        ProtocolError(E_BAD_FIELD): valid JSON but not an object, or a field is missing, of the wrong
+            type, or out of range.
+        `req` is set on E_FRAMES, E_UNKNOWN_TYPE and E_BAD_FIELD when the body still carried a readable
+        request id.
     """
     if len(frames) != 2:
         req = _guess_req(frames[-1]) if frames else None
@@ -85,12 +130,7 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, m.Request]:
     if decoder is None:
         shown = bytes(kind)[:32].decode("ascii", "replace")
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type '{shown}'", _guess_req(body))
-    try:
-        return bytes(kind), decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc), _guess_req(body)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object", None) from None
+    return bytes(kind), _decode(decoder, body, True)
 
 
 def encode_request(request: m.Request) -> list[bytes]:
@@ -158,13 +198,44 @@ def decode_stored_event(body: bytes) -> m.Event:
     return _decode(_event_decoder, body)
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+def _decode(decoder: msgspec.json.Decoder, body: bytes, echo_req: bool = False) -> Any:
+    """Decode one body with `decoder` under docs/protocol.md sections 3 and 8 (see decode_request).
+
+    `body` is bytes or any buffer. The valid path costs one UTF-8 decode on top of the typed decode
+    (msgspec skips ignored fields without checking their UTF-8), plus one untyped decode when the
+    body holds a `\\uD...` escape (to catch a lone surrogate escape in an ignored field).
+    Raises:
+        ProtocolError(E_BAD_JSON, req None): not valid UTF-8 JSON (see `_parse_untyped`).
+        ProtocolError(E_BAD_FIELD): valid JSON that `decoder` rejects; `req` is read from the body
+            when `echo_req`, else None.
+    """
     try:
-        return decoder.decode(body)
+        text = str(body, "utf-8")
+        value = decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
+        raise _field_error(body, str(exc), echo_req) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object") from None
+        raise ProtocolError(ErrorCode.BAD_JSON, _BAD_JSON_MESSAGE) from None
+    if "\\" in text and _may_hold_surrogate_escape(text) and _parse_untyped(body) is _NOT_JSON:
+        raise ProtocolError(ErrorCode.BAD_JSON, _BAD_JSON_MESSAGE)
+    return value
+
+
+def _may_hold_surrogate_escape(text: str) -> bool:
+    """True when `text` holds `\\ud` or `\\uD`, the start of every surrogate escape (\\uD800..\\uDFFF)."""
+    return "\\ud" in text or "\\uD" in text
+
+
+def _field_error(body: bytes, message: str, echo_req: bool) -> ProtocolError:
+    """The error for a body the typed decoder rejected: E_BAD_FIELD if it is valid JSON, else E_BAD_JSON.
+
+    The typed decoder stops at the first wrong type, before it would see a later syntax error
+    (e.g. 250,000 '[' fail as "expected object, got array"), so the syntax is checked here.
+    """
+    obj = _parse_untyped(body)
+    if obj is _NOT_JSON:
+        return ProtocolError(ErrorCode.BAD_JSON, _BAD_JSON_MESSAGE)
+    return ProtocolError(ErrorCode.BAD_FIELD, message, _req_of(obj) if echo_req else None)
 
 
 def decode_push(frames: list[bytes]) -> tuple[bytes, Any]:

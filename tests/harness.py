@@ -4,6 +4,7 @@ that speak the protocol through protocol.wire (no client UI). Every wait polls w
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -17,26 +18,33 @@ from typing import Any, Callable
 
 import zmq
 
+from broker.keys import read_public_key
 from protocol import messages as m
 from protocol import wire
 from protocol.version import PROTOCOL_VERSION
 
-STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]+:(\d+)")
+STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]+:(\d+) key=tcp://[^:]+:(\d+)")
 PASSWORD = "correct horse"
 
 
 class Broker:
-    """A `python -m broker` subprocess. `port`/`pub_port` are read from its start log line."""
+    """A `python -m broker` subprocess. `port`/`pub_port`/`key_port` are read from its start log
+    line; `server_key` (Z85 bytes, None with --insecure) from its data directory.
 
-    def __init__(self, data_dir: Path, *flags: str, port: int = 0, pub_port: int = 0) -> None:
+    Tests run many peers from 127.0.0.1, so --max-connections-per-ip defaults to 1000 here unless
+    `flags` set it."""
+
+    def __init__(self, data_dir: Path, *flags: str, port: int = 0, pub_port: int = 0, key_port: int = 0) -> None:
         self.data_dir = data_dir
-        self.flags = flags
+        self.flags = flags if "--max-connections-per-ip" in flags else (*flags, "--max-connections-per-ip", "1000")
+        self.insecure = "--insecure" in flags
         self.lines: list[str] = []
-        self._start(port, pub_port)
+        self._start(port, pub_port, key_port)
+        self.server_key = None if self.insecure else read_public_key(data_dir)
 
-    def _start(self, port: int, pub_port: int) -> None:
+    def _start(self, port: int, pub_port: int, key_port: int = 0) -> None:
         cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", str(port),
-               "--pub-port", str(pub_port), "--data-dir", str(self.data_dir), *self.flags]
+               "--pub-port", str(pub_port), "--key-port", str(key_port), "--data-dir", str(self.data_dir), *self.flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         started = threading.Event()
@@ -46,7 +54,7 @@ class Broker:
                 self.lines.append(line)
                 match = STARTED_RE.search(line)
                 if match:
-                    self.port, self.pub_port = int(match.group(1)), int(match.group(2))
+                    self.port, self.pub_port, self.key_port = (int(g) for g in match.groups())
                     started.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -57,7 +65,7 @@ class Broker:
     def restart(self, kill: bool = False) -> None:
         """Stop (SIGTERM, or SIGKILL with kill=True) and start again on the same ports and data."""
         self.stop(kill=kill)
-        self._start(self.port, self.pub_port)
+        self._start(self.port, self.pub_port, self.key_port)
 
     def stop(self, kill: bool = False, timeout: float = 15) -> int:
         """Stop the broker; returns its exit status."""
@@ -75,18 +83,22 @@ class Broker:
 
 
 class Peer:
-    """One chat client made of a DEALER (and, after `subscribe`, a SUB) socket.
+    """One chat client made of a DEALER (and, after `subscribe`, a SUB) socket, with its own CURVE
+    key pair (both sockets use it) unless the broker runs --insecure.
 
-    Replies are matched by request id; pushes (`msg`, `end`) and PUB events are kept in lists.
+    Replies are matched by request id; pushes (`msg`, `end`) and PUB events are kept in lists;
+    PUB heartbeats in `heartbeats`, the welcome's seq in `welcome`.
     """
 
     _req = itertools.count(1)
 
-    def __init__(self, ctx: zmq.Context, broker: Broker, routing_id: bytes | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, broker: Broker, routing_id: bytes | None = None,
+                 keypair: tuple[bytes, bytes] | None = None, server_key: bytes | None = None) -> None:
         self.ctx = ctx
         self.broker = broker
-        self.dealer = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.public, self.secret = keypair or zmq.curve_keypair()
+        self.server_key = server_key or broker.server_key
+        self.dealer = self._socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.ROUTING_ID, routing_id or b"t" + uuid.uuid4().bytes)
         self.dealer.connect(f"tcp://127.0.0.1:{broker.port}")
         self.sub: zmq.Socket | None = None
@@ -94,7 +106,19 @@ class Peer:
         self.msgs: list[m.PrivateMessage] = []
         self.ends: list[m.End] = []
         self.events: list[m.Event] = []
+        self.heartbeats: list[dict] = []
+        self.welcome: int | None = None
+        self.welcome_topic = b"welcome." + uuid.uuid4().hex.encode()
         self.user = ""
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.server_key is not None:
+            sock.curve_serverkey = self.server_key
+            sock.curve_publickey = self.public
+            sock.curve_secretkey = self.secret
+        return sock
 
     def close(self) -> None:
         self.dealer.close(0)
@@ -128,9 +152,15 @@ class Peer:
         if self.sub is not None and self.sub in ready:
             while True:
                 try:
-                    self.events.append(wire.decode_event(self.sub.recv_multipart(zmq.NOBLOCK)))
+                    frames = self.sub.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if frames[0] == wire.TOPIC_HEARTBEAT:
+                    self.heartbeats.append(json.loads(frames[1]))
+                elif frames[0] == self.welcome_topic:
+                    self.welcome = json.loads(frames[1])["seq"]
+                else:
+                    self.events.append(wire.decode_event(frames))
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
@@ -157,18 +187,23 @@ class Peer:
         return self.call("register", user=user, password=password)
 
     def login(self, user: str, password: str = PASSWORD, subscribe: bool = True) -> dict:
-        if subscribe and self.sub is None:
-            self.subscribe()
+        """Log in; with `subscribe`, open the SUB after the ok reply and wait for its welcome."""
         reply = self.call("login", user=user, password=password)
         if reply["status"] == "ok":
             self.user = user
+            if subscribe and self.sub is None:
+                self.subscribe()
         return reply
 
-    def subscribe(self) -> None:
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+    def subscribe(self, wait: bool = True) -> None:
+        """Open the SUB (same key pair), subscribe to bcast, presence, hb and the welcome topic;
+        with `wait`, wait until the welcome says the subscription is active."""
+        self.sub = self._socket(zmq.SUB)
+        for topic in (wire.TOPIC_BCAST, wire.TOPIC_PRESENCE, wire.TOPIC_HEARTBEAT, self.welcome_topic):
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.connect(f"tcp://127.0.0.1:{self.broker.pub_port}")
+        if wait:
+            self.wait_for(lambda: self.welcome is not None, 5, "the PUB welcome")
 
     def send(self, to: list[str] | str, text: str, cid: str | None = None) -> dict:
         to = [to] if isinstance(to, str) else to

@@ -22,8 +22,10 @@ def test_hello_checks_the_protocol_version(broker, peers):
 def test_register_rules(broker, peers, names):
     p = peers(broker)
     name = names()
-    assert ok(p.register(name))["user"] == name
-    err(p.register(name), "E_USER_EXISTS")
+    first = ok(p.register(name))
+    assert first["user"] == name and first["dup"] is False
+    assert ok(p.register(name))["dup"] is True  # a retry by the same client key (docs 9.2)
+    err(peers(broker).register(name), "E_USER_EXISTS")  # anyone else
     err(p.register("ab"), "E_BAD_USERNAME")
     err(p.register("x" * 33), "E_BAD_USERNAME")
     err(p.register("bad-name"), "E_BAD_USERNAME")
@@ -42,14 +44,19 @@ def test_login_unknown_user_and_wrong_password(broker, peers, names):
     assert reply["attempts_left"] == 2
     reply = ok(p.login(name))
     assert reply["user"] == name and reply["pub_port"] == broker.pub_port
-    assert reply["heartbeat_interval"] > 0
-    err(p.login(name), "E_ALREADY_LOGGED_IN")
+    assert reply["heartbeat_interval"] > 0 and reply["dup"] is False
+    again = ok(p.login(name))  # a retried login gets the first reply again (docs 9.2)
+    assert again["dup"] is True and again["since_ts"] == reply["since_ts"] and again["seq"] == reply["seq"]
+    other = names()
+    ok(peers(broker).register(other))
+    err(p.login(other), "E_ALREADY_LOGGED_IN")
 
 
 def test_requests_need_a_session(broker, peers):
     p = peers(broker)
-    for kind in ("who", "status", "logout", "idle"):
+    for kind in ("who", "status", "idle"):
         err(p.call(kind), "E_NOT_LOGGED_IN")
+    assert ok(p.call("logout"))["session"] is False  # logout is idempotent (docs 9.2)
     err(p.call("last", minutes=5), "E_NOT_LOGGED_IN")
     ok(p.call("ping"))
 

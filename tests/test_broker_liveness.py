@@ -48,9 +48,11 @@ def test_idle_timeout_logs_out_with_a_notice(tmp_path, peers, names):
     try:
         watcher = new_user(peers, b, names)
         idle = new_user(peers, b, names)
-        # Pings keep the connection alive but are not commands.
+        # Pings keep the connection alive but are not commands; the watcher's `status` is one (its
+        # own session must stay alive: the PUB serves live sessions only).
         def ended():
             idle.call("ping")
+            watcher.call("status")
             return idle.ends and idle.ends[0]
         end = idle.wait_for(ended, timeout=8, what="idle timeout")
         assert end.reason == "idle_timeout" and "minutes" in end.message

@@ -1,0 +1,233 @@
+"""hello, register, login and logout, and the argon2id results that finish them (docs/protocol.md
+sections 5, 6.1, 9.1, 9.2). A mixin of broker.core.BrokerCore; pure (the hashing itself runs in
+broker.auth on worker threads).
+
+Retries (docs 9.2): a login repeated on a connection that already has the session of that user
+with that key gets the first ok reply again (`dup` true) without a second password check; a
+register repeated by the same client key within an hour of its success gets ok with `dup` true;
+a logout without a session gets ok (`session` false). A register of a name whose registration is
+still hashing gets E_OVERLOADED (nothing is committed yet), never E_USER_EXISTS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from broker.session import Session
+from protocol import messages as m
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.validation import validate_password, validate_username
+from protocol.version import PROTOCOL_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from broker.core import BrokerCore
+
+log = logging.getLogger("broker")
+
+REGISTER_MEMORY = 3600.0
+"""Seconds a successful registration is remembered for answering its retry (docs 9.2)."""
+
+
+@dataclass
+class AuthJob:
+    """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
+    kind "hash": hash `password` for a new account (result: the argon2id string, str).
+
+    rid (bytes, ROUTER routing id), req (request id), ip (peer address), key (the client's CURVE
+    key, Z85) and fd (its connection) say where the answer goes and what the session binds to.
+    """
+
+    kind: str
+    rid: bytes
+    req: int
+    user: str
+    password: str = field(repr=False)
+    pwhash: str = field(default="", repr=False)
+    ip: str = ""
+    key: str = ""
+    fd: int = -1
+    result: bool | str | None = None
+
+
+class Accounts:
+    """Account requests; mixed into BrokerCore."""
+
+    def __init__(self: "BrokerCore") -> None:
+        self.pending_auth: set[bytes] = set()  # routing ids with a job in flight
+        self.pending_pairs: set[tuple[str, str]] = set()  # (user, ip) with a verify in flight
+        self.pending_names: set[str] = set()  # names being registered
+        self.registered: dict[tuple[str, str], float] = {}  # (client id, name) -> when, for retries
+
+    def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
+                            fd: int, session: Session | None) -> None:
+        if kind == b"ping":
+            self._ok(rid, request.req, {"ts": self.clock(), "session": session is not None})
+            return
+        if kind == b"logout":
+            if session is None:
+                self._ok(rid, request.req, {"session": False})
+                return
+            self._ok(rid, request.req, {"session": True})
+            log.info("logout user=%s", session.user)
+            self._end(session, "logout", None)
+            return
+        if request.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.VERSION, f"protocol version {request.version} is not supported; this broker speaks {PROTOCOL_VERSION}"
+            )
+        if kind == b"hello":
+            self._ok(rid, request.req, {
+                "version": PROTOCOL_VERSION,
+                "broker": "chat-broker",
+                "max_message_chars": self.cfg.max_message_chars,
+                "min_password_chars": self.cfg.min_password_chars,
+                "curve": not self.cfg.insecure,
+            })
+        elif kind == b"register":
+            self._register(rid, request, ip, key, fd)
+        elif session is not None:
+            if session.user == request.user:  # a retried login (docs 9.2): same answer again
+                self._ok(rid, request.req, {**session.login, "dup": True})
+                return
+            raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {session.user}; log out first")
+        else:
+            self._login(rid, request, ip, key, fd)
+
+    def _check_capacity(self: "BrokerCore", rid: bytes) -> None:
+        if rid in self.pending_auth:
+            raise ProtocolError(ErrorCode.OVERLOADED, "a login or registration is already in progress on this connection")
+        if len(self.pending_auth) >= self.cfg.max_pending_auth:
+            raise ProtocolError(ErrorCode.OVERLOADED, "too many logins in progress; retry in a moment")
+
+    def _client_id(self: "BrokerCore", rid: bytes, key: str) -> str:
+        return key or rid.hex()
+
+    def _register(self: "BrokerCore", rid: bytes, r: m.Register, ip: str, key: str, fd: int) -> None:
+        validate_username(r.user)
+        validate_password(r.password, self.cfg.min_password_chars)
+        if r.user in self.users:
+            if (self._client_id(rid, key), r.user) in self.registered:
+                self._ok(rid, r.req, {"user": r.user, "dup": True})
+                return
+            raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{r.user}' is taken")
+        if r.user in self.pending_names:
+            raise ProtocolError(ErrorCode.OVERLOADED, f"a registration of '{r.user}' is in progress; retry in a moment")
+        self._check_capacity(rid)
+        self.pending_auth.add(rid)
+        self.pending_names.add(r.user)
+        self._out.jobs.append(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd))
+
+    def _login(self: "BrokerCore", rid: bytes, r: m.Login, ip: str, key: str, fd: int) -> None:
+        if r.user not in self.users:
+            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
+        wait = self.guard.blocked_for(r.user, ip, self.clock())
+        if wait > 0:
+            log.info("login blocked user=%s ip=%s retry_after=%.0fs", r.user, ip, wait)
+            self._err(rid, r.req, ErrorCode.BLOCKED,
+                      f"too many wrong passwords: try again in {wait:.0f} s", {"retry_after": round(wait, 1)})
+            return
+        if len(self.sessions) >= self.cfg.max_clients and r.user not in self.by_user:
+            raise ProtocolError(ErrorCode.SERVER_FULL, f"the broker is full ({self.cfg.max_clients} users online)")
+        if (r.user, ip) in self.pending_pairs:
+            raise ProtocolError(ErrorCode.OVERLOADED, "a login to this account from your address is in progress")
+        self._check_capacity(rid)
+        row = self.store.get_user(r.user)
+        if row is None:  # removed behind our back; treat as unknown
+            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
+        self.pending_auth.add(rid)
+        self.pending_pairs.add((r.user, ip))
+        self._out.jobs.append(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd))
+
+    def on_auth_result(self: "BrokerCore", job: AuthJob) -> None:
+        """Finish a login or registration whose argon2id work (job.result) is done."""
+        self.pending_auth.discard(job.rid)
+        self.store.begin_request()
+        ok = False
+        try:
+            if job.kind == "hash":
+                self._finish_register(job)
+            else:
+                self.pending_pairs.discard((job.user, job.ip))
+                self._finish_login(job)
+            ok = True
+        except ProtocolError as exc:
+            self._err(job.rid, job.req, exc.code, exc.message)
+        except Exception:
+            log.exception("internal error finishing a login")
+            self._err(job.rid, job.req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
+        finally:
+            self.store.end_request(ok)
+
+    def _finish_register(self: "BrokerCore", job: AuthJob) -> None:
+        self.pending_names.discard(job.user)
+        if self.stopping:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
+        if not self.store.add_user(job.user, str(job.result), self.clock(), self.seq):
+            raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{job.user}' is taken")
+        self.users.add(job.user)
+        self.registered[(self._client_id(job.rid, job.key), job.user)] = self.clock()
+        log.info("registered user=%s ip=%s", job.user, job.ip)
+        self._ok(job.rid, job.req, {"user": job.user, "dup": False})
+
+    def _finish_login(self: "BrokerCore", job: AuthJob) -> None:
+        now = self.clock()
+        if self.stopping:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
+        if not job.result:
+            left = self.guard.fail(job.user, job.ip, now)
+            log.info("failed login user=%s ip=%s attempts_left=%d", job.user, job.ip, left)
+            if left == 0:
+                secs = self.cfg.block_seconds
+                self._err(job.rid, job.req, ErrorCode.BLOCKED,
+                          f"wrong password; too many tries: try again in {secs:.0f} s", {"retry_after": secs})
+            else:
+                self._err(job.rid, job.req, ErrorCode.BAD_CREDENTIALS,
+                          f"wrong password ({left} {'try' if left == 1 else 'tries'} left)", {"attempts_left": left})
+            return
+        self.guard.succeed(job.user, job.ip)
+        if job.rid in self.sessions:
+            raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, "already logged in on this connection")
+        old = self.by_user.get(job.user)
+        if old is None and len(self.sessions) >= self.cfg.max_clients:
+            raise ProtocolError(ErrorCode.SERVER_FULL, f"the broker is full ({self.cfg.max_clients} users online)")
+        if old is not None:
+            log.info("session replaced user=%s", job.user)
+            self._end(old, None, "replaced", "you logged in from another place; this session ends")
+        if job.key and job.key in self.by_key:  # the same client key logged in as someone else
+            other = self.by_key[job.key]
+            self._end(other, "logout", "replaced", "this client logged in as another user; this session ends")
+        row = self.store.get_user(job.user)
+        since = row.last_seq if row else self.seq
+        s = Session(job.user, job.rid, job.ip, now, now, now, key=job.key, fd=job.fd)
+        s.login = {
+            "user": job.user,
+            "pub_port": self.pub_port,
+            "seq": self.seq,
+            "since": min(since, self.seq),
+            "since_ts": now,
+            "heartbeat_interval": self.cfg.heartbeat_timeout / 3,
+            "heartbeat_timeout": self.cfg.heartbeat_timeout,
+            "idle_timeout": self.cfg.idle_timeout,
+            "max_message_chars": self.cfg.max_message_chars,
+            "pub_heartbeat": self.cfg.pub_heartbeat,
+        }
+        self.sessions[job.rid] = s
+        self.by_user[job.user] = s
+        if job.key:
+            self.by_key[job.key] = s
+        conn = self.conns.get(job.fd)
+        if conn is not None:
+            conn.bound = True
+        log.info("login user=%s ip=%s", job.user, job.ip)
+        self._ok(job.rid, job.req, {**s.login, "dup": False})
+        if old is None:
+            self._presence(s, "login")
+        self._pump(s)
+
+    def _forget_registrations(self: "BrokerCore", now: float) -> None:
+        """Drop remembered registrations older than REGISTER_MEMORY seconds."""
+        stale = [k for k, when in self.registered.items() if when + REGISTER_MEMORY < now]
+        for k in stale:
+            del self.registered[k]

@@ -1,0 +1,258 @@
+"""The handlers of the session commands (docs/protocol.md section 5): who, last, broadcast, send,
+ack, busy, idle, hide, appear, status, history, and the mailbox delivery they drive.
+
+A mixin of broker.core.BrokerCore: the handlers change the core's state and queue output through
+its helpers (`_ok`, `_err`, `_push`, `_publish`); nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from broker.session import Session
+from protocol import messages as m
+from protocol import wire
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.validation import validate_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from broker.core import BrokerCore
+
+MAX_COUNTER = 2**53
+"""Sequence numbers and mail ids stay at or below 2^53 (docs/protocol.md section 3): past it the
+broker refuses new broadcasts and sends with E_INTERNAL instead of handing out a larger number."""
+
+
+def content_digest(to: list[str], text: str) -> int:
+    """CRC-32 of a send's recipients and text: tells a retry (same id, same content) from a reused id."""
+    return zlib.crc32("\x00".join([*to, text]).encode("utf-8", "surrogatepass"))
+
+
+class Commands:
+    """Session command handlers; mixed into BrokerCore (see there for the attributes used)."""
+
+    def _who(self: "BrokerCore", s: Session, r: m.Who) -> None:
+        names = {o.user for o in self.sessions.values() if not o.hidden}
+        names.add(s.user)
+        self._names_reply(s, r.req, names)
+
+    def _last(self: "BrokerCore", s: Session, r: m.Last) -> None:
+        """Visible users online now, those whose last session ended visible within `minutes`,
+        and the caller; a user who is online and hidden now is left out (docs 6.1, 9.6)."""
+        names = {o.user for o in self.sessions.values() if not o.hidden}
+        hidden_now = {o.user for o in self.sessions.values() if o.hidden}
+        names.update(n for n in self.store.seen_since(self.clock() - r.minutes * 60) if n not in hidden_now)
+        names.add(s.user)
+        self._names_reply(s, r.req, names)
+
+    def _names_reply(self: "BrokerCore", s: Session, req: int, names: set[str]) -> None:
+        """`users` sorted; cut to what fits in --reply-bytes (then `truncated` is true)."""
+        users = sorted(names)
+        budget = self.cfg.reply_bytes - 200
+        cost = sum(len(u) + 3 for u in users)
+        truncated = cost > budget
+        if truncated:
+            kept, used = [], 0
+            for u in users:
+                used += len(u) + 3
+                if used > budget:
+                    break
+                kept.append(u)
+            users = kept
+        if cost > 16 * 1024 and self._peer_behind(s):
+            return
+        self._ok(s.rid, req, {"users": users, "truncated": truncated})
+
+    def _peer_behind(self: "BrokerCore", s: Session) -> bool:
+        """True (and E_OVERLOADED queued) when the session's peer has more than --backlog-limit
+        bytes unread: a large reply then waits for the client to read (bounds its memory)."""
+        if self.backlog(s.fd) <= self.cfg.backlog_limit:
+            return False
+        self._err(s.rid, self._current_req, ErrorCode.OVERLOADED,
+                  "earlier replies are still unread; retry in a moment", {"retry_after": 1.0})
+        return True
+
+    def _replay(self: "BrokerCore", s: Session, req: int, cid: str, digest: int) -> None:
+        """Answer a retried send id with its first reply, marked dup.
+
+        Raises ProtocolError(E_DUPLICATE_ID) when the id was used for a different message
+        (`digest` is content_digest() of the request).
+        """
+        stored = self.store.get_send(s.user, cid)
+        fields = msgspec.json.decode(stored) if stored else {"status": "ok"}
+        if fields.pop("digest", digest) != digest:
+            raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
+        status = fields.pop("status")
+        fields["dup"] = True
+        if status == "ok":
+            self._ok(s.rid, req, fields)
+        else:
+            code = ErrorCode(fields.pop("code"))
+            self._err(s.rid, req, code, fields.pop("message"), fields)
+
+    def _broadcast(self: "BrokerCore", s: Session, r: m.Broadcast) -> None:
+        validate_text(r.text, self.cfg.max_message_chars)
+        digest = content_digest([], r.text)
+        if self.seq >= MAX_COUNTER:
+            raise ProtocolError(ErrorCode.INTERNAL, "the sequence numbers are exhausted (2^53)")
+        event = m.Event(self.seq + 1, self.clock(), "bcast", s.user, text=r.text, cid=r.id)
+        fields = {"seq": event.seq, "ts": event.ts}
+        if not self.store.claim_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields})):
+            self._replay(s, r.req, r.id, digest)
+            return
+        self._publish(event)
+        self._ok(s.rid, r.req, {**fields, "dup": False})
+
+    def _send(self: "BrokerCore", s: Session, r: m.Send) -> None:
+        """Store a private message in each known recipient's mailbox; push it to those online.
+
+        The send id is claimed first (one INSERT OR IGNORE): a retry changes nothing and gets the
+        first reply. Mail ids are assigned here, increasing, so the reply is known before writing.
+        """
+        validate_text(r.text, self.cfg.max_message_chars)
+        to = list(dict.fromkeys(r.to))
+        digest = content_digest(to, r.text)
+        unknown = [n for n in to if n not in self.users]
+        known = [n for n in to if n in self.users]
+        if not known:
+            if self.store.get_send(s.user, r.id) is not None:
+                self._replay(s, r.req, r.id, digest)
+                return
+            self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(unknown)}",
+                      {"unknown": unknown, "ids": {}, "busy": [], "dup": False})
+            return
+        if self.last_mail_id + len(known) > MAX_COUNTER:
+            raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53)")
+        now = self.clock()
+        ids = {name: self.last_mail_id + k for k, name in enumerate(known, 1)}
+        busy_now = [rs for rs in (self.by_user.get(n) for n in known)
+                    if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
+        busy = [{"user": rs.user, "text": rs.busy_text} for rs in busy_now]
+        fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
+        if unknown:
+            message = f"no such user: {', '.join(unknown)} (sent to {', '.join(known)})"
+            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message,
+                      "unknown": unknown, "digest": digest, **fields}
+        else:
+            record = {"status": "ok", "digest": digest, **fields}
+        if not self.store.claim_send(s.user, r.id, now, wire.encode_json(record)):
+            self._replay(s, r.req, r.id, digest)
+            return
+        self.last_mail_id += len(known)
+        for rs in busy_now:
+            rs.auto_replied.add(s.user)
+        for name, mid in ids.items():
+            self.store.add_mail(mid, name, s.user, now, r.text, r.id)
+            rs = self.by_user.get(name)
+            if rs is None:
+                continue
+            if rs.busy or rs.detached:
+                rs.backlog = True
+            else:
+                self._deliver_new(rs, m.PrivateMessage(mid, s.user, name, now, r.text, r.id))
+        if unknown:
+            self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, message, {**fields, "unknown": unknown, "dup": False})
+        else:
+            self._ok(s.rid, r.req, {**fields, "dup": False})
+
+    def _deliver_new(self: "BrokerCore", rs: Session, msg: m.PrivateMessage) -> None:
+        if rs.backlog or len(rs.inflight) >= self.cfg.mail_window:
+            rs.backlog = True
+            self._pump(rs)
+            return
+        rs.inflight.add(msg.id)
+        rs.cursor = msg.id
+        self._push(rs.rid, wire.encode_msg(msg), msg.id)
+
+    def _pump(self: "BrokerCore", s: Session) -> None:
+        """Push mailbox messages while the in-flight window has room (not while busy or
+        detached): first those whose push was dropped (on_push_dropped), then those beyond the
+        session's cursor, oldest first."""
+        if s.busy or s.detached:
+            return
+        room = self.cfg.mail_window - len(s.inflight)
+        if room > 0 and s.dropped:
+            ids = sorted(s.dropped)[:room]
+            s.dropped.difference_update(ids)
+            for msg in self.store.mail_by_ids(s.user, ids):
+                s.inflight.add(msg.id)
+                self._push(s.rid, wire.encode_msg(msg), msg.id)
+            room = self.cfg.mail_window - len(s.inflight)
+        if room <= 0 or not s.backlog:
+            return
+        rows = self.store.mail_after(s.user, s.cursor, room)
+        for msg in rows:
+            s.inflight.add(msg.id)
+            s.cursor = msg.id
+            self._push(s.rid, wire.encode_msg(msg), msg.id)
+        if len(rows) < room:
+            s.backlog = False
+
+    def on_push_dropped(self: "BrokerCore", rid: bytes, mail_id: int) -> None:
+        """A `msg` push of `mail_id` to `rid` could not be queued (EAGAIN: the peer is past its
+        high-water mark). Frees its window slot; the next pump (after an ack) sends it again. It
+        stays in the mailbox meanwhile."""
+        s = self.sessions.get(rid)
+        if s is None or mail_id not in s.inflight:
+            return
+        s.inflight.discard(mail_id)
+        s.dropped.add(mail_id)
+
+    def _ack(self: "BrokerCore", s: Session, r: m.Ack) -> None:
+        removed = self.store.delete_mail(s.user, r.ids)
+        s.inflight.difference_update(r.ids)
+        s.dropped.difference_update(r.ids)
+        self._ok(s.rid, r.req, {"removed": removed})
+        self._pump(s)
+
+    def _busy(self: "BrokerCore", s: Session, r: m.Busy) -> None:
+        if len(r.text) > self.cfg.max_message_chars:
+            raise ProtocolError(ErrorCode.MESSAGE_TOO_LONG, f"an auto-reply has at most {self.cfg.max_message_chars} characters")
+        if not s.busy:
+            s.busy_seq = self.seq
+            s.auto_replied = set()
+        s.busy = True
+        s.busy_text = r.text
+        self._ok(s.rid, r.req, {"text": r.text})
+
+    def _idle(self: "BrokerCore", s: Session, r: m.Idle) -> None:
+        held = self.store.count_mail_after(s.user, s.cursor)
+        s.busy = False
+        s.busy_text = ""
+        s.auto_replied = set()
+        s.backlog = True
+        self._ok(s.rid, r.req, {"held": held})
+        self._pump(s)
+
+    def _hide(self: "BrokerCore", s: Session, r: m.Hide) -> None:
+        s.hidden = True
+        self._ok(s.rid, r.req)
+
+    def _appear(self: "BrokerCore", s: Session, r: m.Appear) -> None:
+        s.hidden = False
+        self._ok(s.rid, r.req)
+
+    def _status(self: "BrokerCore", s: Session, r: m.Status) -> None:
+        self._ok(s.rid, r.req, {"user": s.user, "busy": s.busy, "busy_text": s.busy_text,
+                                "hidden": s.hidden, "since_ts": s.since})
+
+    def _history(self: "BrokerCore", s: Session, r: m.History) -> None:
+        """The oldest kept events after `after`: at most `limit` (capped at --history) and at most
+        --reply-bytes of event JSON (at least one event); `complete` tells whether they reach `seq`."""
+        limit = min(r.limit, self.cfg.history)
+        rows = self.store.event_bodies_after(r.after, limit) if r.after < self.seq else []
+        events, size = [], 0
+        for seq, body in rows:
+            size += len(body) + 1
+            if events and size > self.cfg.reply_bytes:
+                break
+            events.append((seq, body))
+        if size > 16 * 1024 and self._peer_behind(s):
+            return
+        complete = (not events and r.after >= self.seq) or bool(
+            events and events[0][0] == r.after + 1 and events[-1][0] == self.seq
+        )
+        self._ok(s.rid, r.req, {"events": [msgspec.Raw(b) for _, b in events], "seq": self.seq, "complete": complete})

@@ -1,0 +1,149 @@
+"""Who may connect and what a connection may cost: the ZAP decisions, the socket monitors'
+connection events, PUB subscriptions (with the welcome that marks a subscription active), the
+PUB heartbeat, and the connections to cut off. A mixin of broker.core.BrokerCore; pure.
+
+ZAP (docs/security.md): the ROUTER admits any CURVE key (the password decides, at login); the PUB
+admits only keys of live sessions; every socket refuses an IP that already holds
+--max-connections-per-ip connections. With --insecure every key is "" and the PUB admits anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from broker.connections import KEY, PUB, ROUTER, Conn
+from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
+from protocol import wire
+
+if TYPE_CHECKING:  # pragma: no cover
+    from broker.core import BrokerCore
+
+log = logging.getLogger("broker")
+
+WELCOME_TOPIC = re.compile(rb"welcome\.[0-9a-f]{32}")
+"""A client's own welcome topic: b"welcome." and 32 lowercase hex digits (docs 7.4)."""
+EVENT_TOPICS = frozenset({wire.TOPIC_BCAST, wire.TOPIC_PRESENCE, wire.TOPIC_HEARTBEAT})
+
+_encoder = msgspec.json.Encoder()
+
+
+class Links:
+    """Connection-level decisions; mixed into BrokerCore."""
+
+    def __init__(self: "BrokerCore") -> None:
+        self._next_pub_heartbeat = 0.0
+
+    # -- ZAP ------------------------------------------------------------------------------------
+    def authorize(self: "BrokerCore", domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
+        """Decide one ZAP request (RFC 27). `key` is the client's CURVE public key in Z85 ("" for
+        NULL). Returns (status code, status text, user id): 200 admits with the key as the user
+        id; 400 refuses (libzmq then closes the connection)."""
+        status, text, user_id = self._authorize(domain, address, mechanism, key)
+        log.debug("ZAP %s %s %s: %d %s", domain, address, mechanism, status, text)
+        return status, text, user_id
+
+    def _authorize(self: "BrokerCore", domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
+        if self.conns.over_limit(address):
+            log.info("refused connection ip=%s: more than %d connections", address, self.cfg.max_conns_per_ip)
+            return 400, "too many connections from this address", ""
+        expected = "NULL" if self.cfg.insecure or domain == DOMAIN_KEY else "CURVE"
+        if mechanism != expected:
+            return 400, f"mechanism {mechanism} is not accepted here", ""
+        if domain == DOMAIN_PUB and not self.cfg.insecure and key not in self.by_key:
+            return 400, "no session with this key", ""
+        if domain not in (DOMAIN_ROUTER, DOMAIN_PUB, DOMAIN_KEY):
+            return 400, "unknown ZAP domain", ""
+        return 200, "OK", key
+
+    # -- connection events (socket monitors) ------------------------------------------------------
+    def on_accepted(self: "BrokerCore", fd: int, kind: str, ip: str, port: int) -> None:
+        """A connection was accepted on socket `kind` (ROUTER, PUB or KEY)."""
+        if not self.conns.accepted(fd, kind, ip, port, self.clock()):
+            log.info("cut connection ip=%s: connection flood", ip)
+            self._out.cuts.append(self.conns.get(fd))
+
+    def on_disconnected(self: "BrokerCore", fd: int) -> None:
+        """The connection on `fd` closed. A session using it is detached: nothing is pushed to its
+        routing id until a request with the session's key comes on a new connection, and its
+        unacknowledged pushes are sent again then (they may have been lost with the connection)."""
+        conn = self.conns.closed(fd)
+        if conn is None or conn.kind != ROUTER:
+            return
+        s = self.sessions.get(conn.rid)
+        if s is not None and s.fd == fd:
+            s.detached = True
+            s.dropped.update(s.inflight)
+            s.inflight.clear()
+
+    def on_subscribe(self: "BrokerCore", fd: int, key: str, data: bytes, wire_bytes: int) -> None:
+        """The XPUB read a subscription message `data` (b"\\x01" + topic; b"\\x00" unsubscribes)
+        from connection `fd` with client key `key`. Allowed topics: bcast, presence, hb and one
+        welcome.<32 hex>, which is answered at once with [topic, {"seq", "ts"}] (docs 7.4). A
+        connection without a live session, with another topic, or with more than 8
+        subscriptions is cut."""
+        conn = self.conns.message(fd, wire_bytes, self.clock(), key)
+        log.debug("subscription fd=%d known=%s data=%r", fd, conn is not None, data[:48])
+        if conn is None or not data or data[0] != 1:
+            return
+        topic = data[1:]
+        conn.subs += 1
+        live = self.cfg.insecure or key in self.by_key
+        if not live or conn.subs > self.conns.max_subscriptions or not (
+            topic in EVENT_TOPICS or WELCOME_TOPIC.fullmatch(topic)
+        ):
+            log.info("cut SUB connection ip=%s: %s", conn.ip, "no session" if not live else "subscription refused")
+            self._out.cuts.append(conn)
+            return
+        conn.bound = True
+        if topic.startswith(b"welcome."):
+            self._out.pub.append((topic, _encoder.encode({"seq": self.seq, "ts": self.clock()})))
+
+    def on_scan(self: "BrokerCore", received: dict[int, int]) -> None:
+        """A memory scan read the bytes received on each connection (fd -> tcpi_bytes_received);
+        cut those buffering more than --pending-limit beyond their last complete message."""
+        for fd, count in received.items():
+            if self.conns.scanned(fd, count):
+                conn = self.conns.get(fd)
+                log.warning("cut connection ip=%s: %d bytes buffered without a complete message",
+                            conn.ip, count - conn.consumed)
+                self._out.cuts.append(conn)
+
+    def on_too_many_frames(self: "BrokerCore", fd: int) -> None:
+        """A request on `fd` had more than --max-frames frames: no client sends that; cut it."""
+        conn = self.conns.get(fd)
+        if conn is not None:
+            log.info("cut connection ip=%s: a request of more than %d frames", conn.ip, self.cfg.max_frames)
+            self._out.cuts.append(conn)
+
+    def on_key_request(self: "BrokerCore", fd: int, wire_bytes: int) -> None:
+        """Count a request read on the key endpoint (it is answered by the loop)."""
+        self.conns.message(fd, wire_bytes, self.clock())
+
+    def _cut_key(self: "BrokerCore", key: str) -> None:
+        """Cut the SUB connections of client key `key` (its session ended)."""
+        self._out.cuts.extend(self.conns.with_key(key, PUB))
+
+    def _links_tick(self: "BrokerCore", now: float) -> None:
+        """Cut silent connections; publish the PUB heartbeat when due; forget old registrations."""
+        for conn in self.conns.idle(now):
+            log.debug("cut idle connection ip=%s kind=%s", conn.ip, conn.kind)
+            conn.last_msg = now  # cut once; the record goes when the monitor reports the close
+            self._out.cuts.append(conn)
+        if now >= self._next_pub_heartbeat:
+            self._next_pub_heartbeat = now + self.cfg.pub_heartbeat
+            self._out.pub.append((wire.TOPIC_HEARTBEAT, _encoder.encode({"seq": self.seq, "ts": now})))
+        self._forget_registrations(now)
+
+    def connection_kinds(self: "BrokerCore") -> dict[str, int]:
+        """Open connections per socket kind (for logs and tests)."""
+        counts = {ROUTER: 0, PUB: 0, KEY: 0}
+        for conn in self.conns:
+            counts[conn.kind] += 1
+        return counts
+
+
+__all__ = ["Links", "Conn", "WELCOME_TOPIC"]
