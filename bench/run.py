@@ -71,7 +71,8 @@ def broker_with_accounts(prefix: str, count: int, extra: list[str] | None = None
 
 def load(broker: SpawnedBroker, prefix: str, clients: int, duration: float, **kw) -> object:
     options = LoadOptions(host="127.0.0.1", port=broker.port, clients=clients, duration=duration,
-                          user_prefix=prefix, **kw).validate()
+                          user_prefix=prefix, server_key=broker.server_key,
+                          insecure=broker.server_key is None, **kw).validate()
     return run_load(options)
 
 
@@ -151,9 +152,9 @@ def scenario_logins(args) -> None:
     broker = SpawnedBroker(["--max-clients", "20000"]).start()
     try:
         n = args.storm
-        prepare_accounts("127.0.0.1", broker.port, n, prefix="s")
-        prepare_accounts("127.0.0.1", broker.port, n, prefix="t")
-        prepare_accounts("127.0.0.1", broker.port, 20, prefix="q")
+        prepare_accounts("127.0.0.1", broker.port, n, prefix="s", server_key=broker.server_key)
+        prepare_accounts("127.0.0.1", broker.port, n, prefix="t", server_key=broker.server_key)
+        prepare_accounts("127.0.0.1", broker.port, 20, prefix="q", server_key=broker.server_key)
         alone = load(broker, "s", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
         quiet = load(broker, "q", 20, args.duration, rate=50, window=20, broadcast_ratio=0.0)
         box: dict = {}
@@ -224,7 +225,7 @@ def scenario_restart(args) -> None:
     started = time.monotonic()
     broker = SpawnedBroker([], data_dir=data_dir).start()
     try:
-        check_broker("127.0.0.1", broker.port)
+        check_broker("127.0.0.1", broker.port, server_key=broker.server_key)
         elapsed = time.monotonic() - started
     finally:
         broker.stop()
@@ -240,6 +241,7 @@ def main() -> int:
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args()
     raise_fd_limit()  # 10,000 clients need ~20,000 descriptors in the broker
+    os.umask(0o077)  # the stores written here must be private, or the broker refuses them
     args.private_ns = [10, 100] if args.quick else [10, 100, 1000]
     args.broadcast_subs = [100] if args.quick else [100, 1000]
     args.publish_rate = 1000.0

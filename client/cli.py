@@ -1,4 +1,9 @@
-"""`chat-client --host <name or IP> [--port 4119] [--user U] [--log-level LEVEL]`.
+"""`chat-client --host <name or IP> [--port 4119] [--user U] [--server-key KEY] [--key-port P]
+[--accept-key] [--insecure] [--log-level LEVEL]`.
+
+The broker's key is trusted like SSH's known_hosts (client.trust): given with --server-key (or
+CHAT_SERVER_KEY), recorded in the known-brokers file, or shown by fingerprint at first use and
+recorded when the user accepts it (--accept-key accepts without asking).
 
 Exit status: 0 after logout, Ctrl+C/Ctrl+D or a session end from the broker; 1 when the broker
 stops answering during a session; 2 when the broker cannot be used at start (unresolvable host,
@@ -19,7 +24,9 @@ from prompt_toolkit.utils import is_dumb_terminal
 from client.app import run_app
 from client.connection import Connection
 from client.errors import ConnectError
+from client.prompts import Interrupted, Prompter
 from client.sockets import DEFAULT_PORT
+from client.trust import SERVER_KEY_ENV
 
 log = logging.getLogger("client")
 
@@ -30,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", required=True, help="broker host name or IP address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default %(default)s)")
     parser.add_argument("--user", help="username to log in or register as")
+    parser.add_argument("--server-key", help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); default: ${SERVER_KEY_ENV}, else the key recorded for this broker, else asked at first use")
+    parser.add_argument("--key-port", type=int, help="the broker's key endpoint port, for trust on first use (default port+2)")
+    parser.add_argument("--accept-key", action="store_true", help="at first use, trust and record the broker's key without asking")
+    parser.add_argument("--insecure", action="store_true", help="talk to a broker started with --insecure: no encryption, passwords in clear text")
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -40,12 +51,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be 1 to 65535")
+    if args.key_port is not None and not 1 <= args.key_port <= 65535:
+        parser.error("--key-port must be 1 to 65535")
     return args
+
+
+def trust_prompt(accept: bool):
+    """The first-use question, like SSH's: shows the fingerprint and asks yes/no (accept: yes)."""
+    async def ask(address: str, fp: str) -> bool:
+        print(f"The broker at {address} is not known yet.\nIts key fingerprint is {fp}.")
+        if accept:
+            print("Trusting it (--accept-key).")
+            return True
+        print("Compare it with what the broker's operator sees (chat-broker --print-key).")
+        try:
+            answer = await Prompter().line("Trust this broker and remember its key? [y/N] ")
+        except (Interrupted, EOFError):
+            return False
+        return answer.strip().lower() in ("y", "yes")
+    return ask
 
 
 async def run(args: argparse.Namespace) -> int:
     """Connect, then run the login dialogue and sessions. Returns the exit status (0, 1 or 2)."""
-    conn = Connection(args.host, args.port)
+    if args.insecure:
+        print("chat-client: WARNING: --insecure: no encryption; your password and messages cross the network "
+              "in clear text", file=sys.stderr)
+    conn = Connection(args.host, args.port, insecure=args.insecure, key_port=args.key_port,
+                      server_key=args.server_key.encode("ascii", "replace") if args.server_key else None,
+                      trust_prompt=trust_prompt(args.accept_key))
     linger_ok = False
     try:
         try:
@@ -54,7 +88,10 @@ async def run(args: argparse.Namespace) -> int:
             print(f"chat-client: {exc}", file=sys.stderr)
             return 2
         linger_ok = True
-        print(f"connected to {conn.address}")
+        choice = conn.key_choice
+        if choice is not None and choice.source == "first use":
+            print(f"recorded the broker's key in {conn.known.path}")
+        print(f"connected to {conn.address}" + (" (encrypted)" if choice and choice.key else " (NOT encrypted)"))
         # patch_stdout keeps the input line below arriving messages; a dumb terminal cannot redraw
         # it anyway, and there the proxy's background flushing would only reorder the output.
         with contextlib.nullcontext() if is_dumb_terminal() else patch_stdout():

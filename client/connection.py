@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
-from client import sockets
+from client import sockets, trust
 from client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
 from client.errors import ConnectError, ConnectionClosed, RequestTimeout
 from protocol import messages as m
@@ -31,10 +32,28 @@ from protocol.wire import TYPE_OF
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 4.0
+HELLO_TIMEOUT = 3.5
 """Seconds to wait for the `hello` reply before declaring the broker unreachable."""
+DIAGNOSE_TIMEOUT = 1.0
+"""Seconds to wait for the key endpoint when finding out why the broker did not answer."""
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+TrustPrompt = Callable[[str, str], Awaitable[bool]]
+"""Asked at first use of a broker: (address "host:port", key fingerprint) -> trust it?"""
 DEFAULT_TIMEOUT = 5.0
 """Request timeout in seconds before a session gives the heartbeat timeout."""
+
+
+async def _handshake_failure(monitor: zmq.asyncio.Socket) -> bool:
+    """Watch a DEALER's monitor until the handshake succeeds (returns False) or fails or the
+    connection drops before it succeeded (True): a wrong key, a refused connection, the other mode."""
+    while True:
+        event = parse_monitor_message(await monitor.recv_multipart())["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return False
+        if event & HANDSHAKE_FAILED or event == zmq.EVENT_DISCONNECTED:
+            return True
 
 
 class Connection:
@@ -45,21 +64,37 @@ class Connection:
         port: broker ROUTER port (the PUB port comes from the login reply).
         core: the protocol state (a fresh ClientCore when None).
         client_name: sent in `hello` as `client`.
+        server_key: the broker's public key (Z85 bytes) to trust; None: CHAT_SERVER_KEY, the
+            known-brokers file, or the key endpoint with `trust_prompt` (client.trust).
+        insecure: use the NULL mechanism (clear text) instead of CURVE.
+        key_port: the broker's key endpoint port (default port + 2).
+        known: the known-brokers file (default client.trust.KnownBrokers()).
+        trust_prompt: asked before trusting a key seen for the first time; None refuses.
     Attributes:
         core: the ClientCore.
         hello: the ok `hello` reply dict after connect(), else None.
         address: "host:port" as given, for messages.
+        key_choice: the broker key in use after connect() (client.trust.KeyChoice).
     All coroutines must run on one event loop; the object is not thread-safe.
     """
 
     def __init__(self, host: str, port: int = sockets.DEFAULT_PORT, *, core: ClientCore | None = None,
-                 client_name: str = "chat-client") -> None:
+                 client_name: str = "chat-client", server_key: bytes | None = None, insecure: bool = False,
+                 key_port: int | None = None, known: trust.KnownBrokers | None = None,
+                 trust_prompt: TrustPrompt | None = None) -> None:
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
         self.core = core or ClientCore()
         self.hello: dict[str, Any] | None = None
+        self.key_choice: trust.KeyChoice | None = None
         self._client_name = client_name
+        self._server_key = server_key
+        self._insecure = insecure
+        self._key_port = key_port or port + 2
+        self.known = known or trust.KnownBrokers()
+        self._trust_prompt = trust_prompt
+        self._keys = sockets.CurveKeys(None)
         self._ctx: zmq.asyncio.Context | None = None
         self._dealer: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
@@ -75,7 +110,8 @@ class Connection:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def connect(self, timeout: float = HELLO_TIMEOUT) -> dict[str, Any]:
-        """Resolve the host, connect the DEALER and exchange `hello`.
+        """Resolve the host, choose the broker key (client.trust), connect the DEALER and exchange
+        `hello`; a key taken on first use is recorded once the handshake succeeded.
 
         Args:
             timeout: seconds to wait for the hello reply; shortened so that resolving (at most
@@ -84,25 +120,47 @@ class Connection:
             the ok hello reply: {"version", "broker", "max_message_chars", "min_password_chars", ...}.
         Raises:
             ConnectError: unresolvable host, no answer in time (nothing listening, wrong port,
-                firewall, not a zmq peer), a reply that is not a chat broker's, or E_VERSION.
+                firewall, not a zmq peer), a key that is not the broker's (KeyMismatch when it
+                differs from the recorded one), a broker in the other mode (CURVE / --insecure),
+                a key not trusted at first use, a reply that is not a chat broker's, or E_VERSION.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._ip, self._ipv6 = await loop.run_in_executor(None, sockets.resolve_host, self.host, self.port, 2.0)
-        timeout = max(1.0, min(timeout, started + 4.5 - loop.time()))  # whole connect within ~5 s
+        choice = trust.choose_key(self.address, self._server_key, self._insecure, self.known)
+        if choice is None:
+            choice = await self._first_use(min(trust.KEY_TIMEOUT, started + 4.0 - loop.time()))
+        self.key_choice = choice
+        self._keys = sockets.CurveKeys.new(choice.key)
+        timeout = max(1.0, min(timeout, started + 4.0 - loop.time()))  # whole connect within ~5 s
         self._ctx = zmq.asyncio.Context()
         try:
-            self._dealer = sockets.open_dealer(self._ctx, sockets.endpoint(self._ip, self.port, self._ipv6), self._ipv6)
+            self._dealer = sockets.open_dealer(self._ctx, sockets.endpoint(self._ip, self.port, self._ipv6),
+                                               self._ipv6, keys=self._keys)
         except zmq.ZMQError as exc:
             raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
+        monitor = self._dealer.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
+                                                  | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._tasks = [asyncio.create_task(self._dealer_loop()), asyncio.create_task(self._timer_loop())]
+        hello = asyncio.ensure_future(
+            self.request(m.Hello(req=0, version=PROTOCOL_VERSION, client=self._client_name), timeout))
+        watch = asyncio.ensure_future(_handshake_failure(monitor))
         try:
-            reply = await self.request(m.Hello(req=0, version=PROTOCOL_VERSION, client=self._client_name), timeout)
-        except RequestTimeout:
-            raise ConnectError(
-                f"no chat broker answered at {self.address} within {timeout:g} s "
-                "(is it running? right host and port?)"
-            ) from None
+            await asyncio.wait({hello, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done() and not watch.result():  # the handshake succeeded: wait for hello
+                await asyncio.wait({hello})
+            failed = watch.done() and watch.result()
+            if failed or (hello.done() and isinstance(hello.exception(), RequestTimeout)):
+                hello.cancel()
+                raise await self._diagnose(choice, loop.time() - started)
+            reply = hello.result()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watch
+            with contextlib.suppress(zmq.ZMQError):
+                self._dealer.disable_monitor()
+            monitor.close(0)
         if reply.get("status") != "ok":
             if reply.get("code") == ErrorCode.VERSION.value:
                 raise ConnectError(f"protocol version mismatch: {reply.get('message', '')} "
@@ -110,8 +168,34 @@ class Connection:
             raise ConnectError(f"the broker refused hello: {reply.get('message', '')} [{reply.get('code', '')}]")
         if reply.get("broker") != "chat-broker":
             raise ConnectError(f"{self.address} is not a chat broker")
+        if choice.source == "first use":
+            try:
+                self.known.remember(self.address, choice.key)
+            except OSError as exc:
+                log.warning("could not record the broker key in %s: %s", self.known.path, exc)
         self.hello = reply
         return reply
+
+    async def _first_use(self, timeout: float) -> trust.KeyChoice:
+        """Take the broker key from its key endpoint, if the trust prompt accepts its fingerprint."""
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, trust.fetch_key, self._ip, self._key_port, self._ipv6, max(0.5, timeout))
+        if info is None:
+            raise ConnectError(f"no chat broker answered at {self.address} (its key endpoint, port {self._key_port}, "
+                               "is silent: is it running? right host and port? or pass --server-key)")
+        if not info.curve:
+            raise ConnectError(f"the broker at {self.address} runs without encryption (--insecure): refusing to "
+                               "send passwords and messages in clear text (pass --insecure to connect anyway)")
+        fp = trust.key_fingerprint(info.public_key)
+        if self._trust_prompt is None or not await self._trust_prompt(self.address, fp):
+            raise ConnectError(f"the key of {self.address} ({fp}) is not trusted; verify it with the broker's "
+                               "operator (chat-broker --print-key) and pass --server-key")
+        return trust.KeyChoice(info.public_key, "first use")
+
+    async def _diagnose(self, choice: trust.KeyChoice, waited: float) -> ConnectError:
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, trust.fetch_key, self._ip, self._key_port, self._ipv6, DIAGNOSE_TIMEOUT)
+        return trust.diagnose(self.address, choice, info, self.known, waited)
 
     async def close(self, linger: bool = True) -> None:
         """Stop the receive tasks and close the sockets and the context. Idempotent; waiting
@@ -185,9 +269,8 @@ class Connection:
         """
         reply = await self.request(m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
         if reply.get("status") == "ok" and self.core.session is not None:
-            self._open_sub(self.core.session.pub_port)
-            self.core.catch_up()
-            await self._flush()
+            self._open_sub(self.core.session.pub_port)  # the catch-up follows the broker's welcome
+            self._wake_timer()
         return reply
 
     async def register(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -200,10 +283,33 @@ class Connection:
         reply = None
         if self.core.session is not None and not self._closed:
             with contextlib.suppress(RequestTimeout, ConnectionClosed):
+                await self._flush_acks(timeout)
                 reply = await self.request(m.Logout, timeout)
         self.core.end_session()
         self._close_sub()
         return reply
+
+    async def _flush_acks(self, timeout: float) -> None:
+        """Send the acks not sent yet and wait for their replies, so that the private messages
+        shown in this session are not shown again at the next login."""
+        reqs = self.core.flush_acks()
+        if not reqs:
+            return
+        loop = asyncio.get_running_loop()
+        futs = []
+        for req in reqs:
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._waiters[req] = fut
+            futs.append(fut)
+        try:
+            await self._flush()
+            await asyncio.wait_for(asyncio.gather(*futs), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(b"ack", timeout) from None
+        finally:
+            for req in reqs:
+                self._waiters.pop(req, None)
+                self.core.forget(req)
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -229,8 +335,10 @@ class Connection:
     def _open_sub(self, pub_port: int) -> None:
         self._close_sub()
         assert self._ctx is not None
-        self._sub = sockets.open_sub(self._ctx, sockets.endpoint(self._ip, pub_port, self._ipv6), self._ipv6)
+        self._sub = sockets.open_sub(self._ctx, sockets.endpoint(self._ip, pub_port, self._ipv6), self._ipv6,
+                                     keys=self._keys, topics=self.core.sub_topics())
         self._sub_task = asyncio.create_task(self._sub_loop(self._sub))
+        self.core.sub_opened()
 
     def _close_sub(self) -> None:
         if self._sub_task is not None:

@@ -23,19 +23,45 @@ seconds since the epoch (only passed through).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+import msgspec
+
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.wire import END, MSG, REPLY, TYPE_OF, decode_event, decode_events, decode_push, encode_request
+from protocol.wire import (
+    END, MSG, REPLY, TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, TYPE_OF, WELCOME_PREFIX, decode_event,
+    decode_events, decode_push, encode_request,
+)
+
+_mark_decoder = msgspec.json.Decoder(m.PubMark)
+
+
+def decode_mark(frames: list[bytes]) -> m.PubMark:
+    """Decode a PUB heartbeat or welcome `[topic, {"seq", "ts"}]`. Raises ProtocolError."""
+    if len(frames) != 2:
+        raise ProtocolError(ErrorCode.FRAMES, f"a PUB message has 2 frames [topic, body], got {len(frames)}")
+    try:
+        return _mark_decoder.decode(frames[1])
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object") from None
 
 MAX_ACK_IDS = 1000
 """The protocol accepts at most 1000 ids in one `ack`."""
 
 MAX_FUTILE_HISTORY = 3
 """History replies in a row that may end before the held events before the gap is skipped."""
+
+WELCOME_TIMEOUT = 3.0
+"""Seconds after opening the SUB without the broker's welcome before the catch-up is asked anyway."""
+
+RETRY_CODES = frozenset({ErrorCode.OVERLOADED.value, "E_RATE_LIMITED"})
+"""Error codes after which an internal history request is asked again after `retry_after` seconds."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class Session:
     heartbeat_timeout: float = 15.0
     idle_timeout: float = 1800.0
     max_message_chars: int = 1000
+    pub_heartbeat: float = 2.0
 
     @classmethod
     def from_reply(cls, body: dict[str, Any]) -> "Session":
@@ -144,6 +171,7 @@ class Session:
                 heartbeat_timeout=float(body.get("heartbeat_timeout", 15.0)),
                 idle_timeout=float(body.get("idle_timeout", 1800.0)),
                 max_message_chars=int(body.get("max_message_chars", 1000)),
+                pub_heartbeat=float(body.get("pub_heartbeat", 2.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"bad login reply: {exc!r}") from None
@@ -164,6 +192,9 @@ class _SeqState:
     held: dict[int, m.Event] = field(default_factory=dict)  # arrived after a gap, by seq
     history_req: int | None = None  # the history request in flight, if any
     futile: int = 0  # history replies in a row that ended before the held events
+    sub_opened: float | None = None  # when the SUB was opened (waiting for the welcome)
+    caught_up: bool = False  # the catch-up history was asked
+    retry_at: float | None = None  # ask history again at this time (after E_OVERLOADED)
 
 
 class ClientCore:
@@ -204,6 +235,7 @@ class ClientCore:
         self._seen_msgs: set[int] = set()
         self._ack_queue: dict[int, None] = {}  # ordered set
         self._ack_since: float | None = None
+        self.welcome_topic = WELCOME_PREFIX + os.urandom(16).hex().encode("ascii")
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -278,10 +310,44 @@ class ClientCore:
         Raises:
             ProtocolError: the frames are not an Event.
         """
+        topic = bytes(frames[0]) if frames else b""
+        if topic == TOPIC_HEARTBEAT or topic == self.welcome_topic:
+            mark = decode_mark(frames)
+            if self._seq is None:
+                return []
+            return self._on_welcome(mark.seq) if topic == self.welcome_topic else self._on_pub_heartbeat(mark.seq)
+        if topic.startswith(WELCOME_PREFIX):
+            return []  # someone else's welcome (a subscription to a prefix of it): not ours
         event = decode_event(frames)
         if self._seq is None:
             return []
         return self._accept_event(event)
+
+    def sub_topics(self) -> list[bytes]:
+        """The topics to subscribe the SUB to: bcast, presence, hb and this client's welcome topic."""
+        return [TOPIC_BCAST, TOPIC_PRESENCE, TOPIC_HEARTBEAT, self.welcome_topic]
+
+    def sub_opened(self) -> None:
+        """The SUB was opened and subscribed: the catch-up `history` is asked when the broker's
+        welcome arrives (the subscription is then active, so no event falls between the two), or
+        after WELCOME_TIMEOUT seconds without it."""
+        if self._seq is not None:
+            self._seq.sub_opened = self._clock()
+
+    def _on_welcome(self, seq: int) -> list[Output]:
+        assert self._seq is not None
+        if not self._seq.caught_up:
+            self.catch_up()
+        return []
+
+    def _on_pub_heartbeat(self, seq: int) -> list[Output]:
+        """A PUB heartbeat says the newest seq is `seq`: events up to it that never came were lost
+        (e.g. the last one before a quiet period): repair now rather than at the next event."""
+        st = self._seq
+        assert st is not None
+        if st.caught_up and seq > st.last and st.history_req is None and st.retry_at is None:
+            self._request_history()
+        return []
 
     def tick(self) -> list[Output]:
         """Do what is due by time: flush batched acks, queue a heartbeat `ping`, detect a lost broker.
@@ -295,6 +361,13 @@ class ClientCore:
             self._flush_acks()
         if self.ping_due():
             self._queue(m.Ping(req=0), "ping")
+        st = self._seq
+        if st is not None:
+            if not st.caught_up and st.sub_opened is not None and now - st.sub_opened >= WELCOME_TIMEOUT:
+                self.catch_up()
+            if st.retry_at is not None and now >= st.retry_at and st.history_req is None:
+                st.retry_at = None
+                self._request_history()
         waited = self.oldest_pending_age()
         if self.session and waited > self.session.heartbeat_timeout and not self._lost_reported:
             self._lost_reported = True
@@ -324,6 +397,12 @@ class ClientCore:
             due.append(self._last_sent + self.session.heartbeat_interval)
             if self._pending:
                 due.append(min(p.sent_at for p in self._pending.values()) + self.session.heartbeat_timeout)
+        st = self._seq
+        if st is not None:
+            if not st.caught_up and st.sub_opened is not None:
+                due.append(st.sub_opened + WELCOME_TIMEOUT)
+            if st.retry_at is not None:
+                due.append(st.retry_at)
         return max(0.0, min(due) - now)
 
     # ---- session --------------------------------------------------------------------------
@@ -333,6 +412,7 @@ class ClientCore:
         is connected and subscribed. Returns the request id, or None without a session."""
         if self._seq is None:
             return None
+        self._seq.caught_up = True
         if self._seq.history_req is None:
             self._request_history()
         return self._seq.history_req
@@ -349,6 +429,17 @@ class ClientCore:
     def queued_acks(self) -> list[int]:
         """Message ids waiting to be acked (in arrival order)."""
         return list(self._ack_queue)
+
+    def flush_acks(self) -> list[int]:
+        """Queue `ack` requests for every message id waiting to be acked, as the caller's own
+        requests: their replies come out of `receive_dealer` as ReplyReceived. Call before
+        `logout` and wait for those replies, so the messages shown in this session leave the
+        mailbox and are not shown again at the next login. Returns the request ids."""
+        ids = list(self._ack_queue)
+        self._ack_queue = {}
+        self._ack_since = None
+        return [self._queue(m.Ack(req=0, ids=ids[i:i + MAX_ACK_IDS]), "")
+                for i in range(0, len(ids), MAX_ACK_IDS)]
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -466,6 +557,10 @@ class ClientCore:
         st.history_req = None
         out: list[Output] = []
         progressed = False
+        if body.get("code") in RETRY_CODES:  # the broker asks to come back later: nothing is lost
+            wait = body.get("retry_after", 1.0)
+            st.retry_at = self._clock() + (float(wait) if isinstance(wait, (int, float)) else 1.0)
+            return out
         if body.get("status") == "ok":
             try:
                 events = sorted(decode_events(body.get("events", [])), key=lambda e: e.seq)

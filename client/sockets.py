@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -65,6 +66,32 @@ def endpoint(address: str, port: int, ipv6: bool = False) -> str:
     return f"tcp://[{address}]:{port}" if ipv6 else f"tcp://{address}:{port}"
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """The CURVE keys of one client (Z85 bytes): the broker's public key it trusts, and its own
+    key pair, made fresh per client process and used by both its DEALER and its SUB, so the
+    broker can bind the session to it and admit the SUB. `server` None means --insecure (NULL)."""
+
+    server: bytes | None
+    public: bytes = b""
+    secret: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def new(cls, server: bytes | None) -> "CurveKeys":
+        """Keys with a fresh client key pair (none when `server` is None)."""
+        if server is None:
+            return cls(None)
+        public, secret = zmq.curve_keypair()
+        return cls(server, public, secret)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Set the CURVE client options on `sock` (before connect); nothing for NULL."""
+        if self.server is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
 def new_routing_id() -> bytes:
     """16 random bytes not starting with 0x00 (zmq reserves a leading zero byte)."""
     rid = bytearray(os.urandom(16))
@@ -73,13 +100,17 @@ def new_routing_id() -> bytes:
     return bytes(rid)
 
 
-def open_dealer(ctx: zmq.Context, url: str, ipv6: bool = False, routing_id: bytes | None = None) -> zmq.Socket:
-    """Create and connect the request DEALER: own ROUTING_ID (random when None), LINGER 500 ms,
-    SNDHWM 1000, RCVHWM 10000. Returns the socket (connect is asynchronous; nothing is sent)."""
+def open_dealer(ctx: zmq.Context, url: str, ipv6: bool = False, routing_id: bytes | None = None,
+                keys: CurveKeys | None = None) -> zmq.Socket:
+    """Create and connect the request DEALER: own ROUTING_ID (random when None), CURVE with
+    `keys` (NULL when None or keys.server is None), LINGER 500 ms, SNDHWM 1000, RCVHWM 10000.
+    Returns the socket (connect is asynchronous; nothing is sent)."""
     sock = ctx.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.ROUTING_ID, routing_id or new_routing_id())
         _common(sock, ipv6, SNDHWM, RCVHWM)
+        if keys is not None:
+            keys.apply(sock)
         sock.connect(url)
     except zmq.ZMQError:
         sock.close(0)
@@ -87,13 +118,18 @@ def open_dealer(ctx: zmq.Context, url: str, ipv6: bool = False, routing_id: byte
     return sock
 
 
-def open_sub(ctx: zmq.Context, url: str, ipv6: bool = False) -> zmq.Socket:
-    """Create a SUB socket subscribed to everything (b"") and connected to the broker's PUB `url`.
+def open_sub(ctx: zmq.Context, url: str, ipv6: bool = False, keys: CurveKeys | None = None,
+             topics: list[bytes] | None = None) -> zmq.Socket:
+    """Create a SUB socket subscribed to `topics` (ClientCore.sub_topics(); everything when None)
+    and connected to the broker's PUB `url`, with the same CURVE keys as the DEALER.
     RCVHWM 100000: beyond that zmq drops events and the client repairs the gap with `history`."""
     sock = ctx.socket(zmq.SUB)
     try:
         _common(sock, ipv6, SNDHWM, SUB_RCVHWM)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if keys is not None:
+            keys.apply(sock)
+        for topic in topics if topics is not None else [b""]:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(url)
     except zmq.ZMQError:
         sock.close(0)

@@ -10,8 +10,10 @@ programs that run many connections in one thread (e.g. a load tester):
         for c in conns:
             outputs = c.handle(ready) + c.tick()   # ReplyReceived, MessageReceived, EventReceived ...
 
-After an ok `login` reply the SUB socket is opened, registered with the poller and the catch-up
-history is asked, exactly as client.connection.Connection does.
+After an ok `login` reply the SUB socket is opened (same CURVE keys as the DEALER), registered
+with the poller, and the catch-up history follows the broker's welcome, exactly as
+client.connection.Connection does. The broker key must be given (`keys`); trust on first use is
+the interactive client's business.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SyncConnection:
         poller: the zmq.Poller the caller polls; this object registers its sockets there.
         address: numeric broker address (see sockets.resolve_host); port: ROUTER port.
         core: the protocol state (a fresh ClientCore when None).
+        server_key: the broker's public key (Z85 bytes); None speaks NULL (a broker run --insecure).
     Attributes:
         core, dealer, sub (None outside a session), errors (count of undecodable broker messages).
     Not thread-safe; never blocks: sends use NOBLOCK, and frames that do not fit (the DEALER is
@@ -39,10 +42,11 @@ class SyncConnection:
     """
 
     def __init__(self, ctx: zmq.Context, poller: zmq.Poller, address: str, port: int, *,
-                 ipv6: bool = False, core: ClientCore | None = None) -> None:
+                 ipv6: bool = False, core: ClientCore | None = None, server_key: bytes | None = None) -> None:
         self.core = core or ClientCore()
         self._ctx, self._poller, self._address, self._ipv6 = ctx, poller, address, ipv6
-        self.dealer = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6)
+        self.keys = sockets.CurveKeys.new(server_key)
+        self.dealer = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6, keys=self.keys)
         poller.register(self.dealer, zmq.POLLIN)
         self.sub: zmq.Socket | None = None
         self.errors = 0
@@ -105,9 +109,10 @@ class SyncConnection:
                 self.errors += 1
 
     def _open_sub(self, pub_port: int) -> None:
-        self.sub = sockets.open_sub(self._ctx, sockets.endpoint(self._address, pub_port, self._ipv6), self._ipv6)
+        self.sub = sockets.open_sub(self._ctx, sockets.endpoint(self._address, pub_port, self._ipv6), self._ipv6,
+                                    keys=self.keys, topics=self.core.sub_topics())
         self._poller.register(self.sub, zmq.POLLIN)
-        self.core.catch_up()
+        self.core.sub_opened()
 
     def _close_sub(self) -> None:
         if self.sub is not None:

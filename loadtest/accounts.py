@@ -73,6 +73,7 @@ def prepare_accounts(
     concurrency: int = 64,
     timeout: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    server_key: bytes | None = None,
 ) -> PrepareResult:
     """Register accounts "lt<prefix><i>" for i in start .. start+count-1, all with `password`.
 
@@ -86,6 +87,7 @@ def prepare_accounts(
         timeout: most seconds for the whole step (None: 60 + 0.2 per account); what is left then
             counts as failed "timeout".
         progress: called as progress(done, count) at most ~10 times a second.
+        server_key: the broker's public key (Z85 bytes); None speaks NULL (--insecure broker).
     Returns:
         PrepareResult. An E_USER_EXISTS answer counts as `existed` (the account may have another
         password: the login phase would then fail with E_BAD_CREDENTIALS).
@@ -101,7 +103,8 @@ def prepare_accounts(
     ctx = zmq.Context()
     ctx.max_sockets = max(1024, concurrency + 16)
     poller = zmq.Poller()
-    conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6) for _ in range(max(1, min(concurrency, count)))]
+    conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key)
+             for _ in range(max(1, min(concurrency, count)))]
     busy: dict[SyncConnection, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
     retry: deque[tuple[float, str]] = deque()
     owner = {c.dealer: c for c in conns}

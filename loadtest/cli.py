@@ -12,6 +12,8 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from client.errors import ConnectError
+from client.trust import KnownBrokers, choose_key
 from loadtest.accounts import prepare_accounts
 from loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
 from loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-timeout", type=float, default=None,
                    help="most seconds for the login phase (default 60 + 0.1 per client)")
     p.add_argument("--seed", type=int, default=None, help="random seed of the message mix (default random)")
+    p.add_argument("--server-key", help="the broker's public key, 40 Z85 characters (chat-broker --print-key); default: "
+                   "$CHAT_SERVER_KEY, else the key chat-client recorded for this broker; taken from the broker itself with --spawn-broker")
+    p.add_argument("--insecure", action="store_true", help="the broker runs --insecure: no encryption (with --spawn-broker: spawn it so)")
     p.add_argument("--prepare-only", action="store_true", help="create the accounts, then exit")
     p.add_argument("--skip-prepare", action="store_true", help="assume the accounts exist")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
@@ -66,13 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> LoadOptions:
-    """LoadOptions from parsed arguments (validated). Raises OptionsError."""
+    """LoadOptions from parsed arguments (validated; with --spawn-broker the key is the spawned
+    broker's, filled in once it runs). Raises OptionsError."""
+    server_key = None
+    if not args.insecure and not args.spawn_broker:
+        try:
+            choice = choose_key(f"{args.host}:{args.port}", args.server_key.encode("ascii", "replace")
+                                if args.server_key else None, False, KnownBrokers())
+        except ConnectError as exc:
+            raise OptionsError(str(exc)) from None
+        server_key = choice.key if choice else None
     return LoadOptions(
         host=args.host, port=args.port, clients=args.clients, duration=args.duration, rate=args.rate,
         window=args.window, broadcast_ratio=args.broadcast_ratio, size=args.size, processes=args.processes,
         user_prefix=args.user_prefix, password=args.password, drain=args.drain,
         login_parallel=args.login_parallel, login_timeout=args.login_timeout, seed=args.seed,
-    ).validate()
+        server_key=server_key, insecure=args.insecure,
+    ).validate(require_key=not args.spawn_broker)
 
 
 def _fail(message: str) -> int:
@@ -96,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     try:
         if args.spawn_broker:
-            extra = ["--max-clients", str(max(10000, options.clients + 100))]
+            extra = ["--max-clients", str(max(10000, options.clients + 100))] + (["--insecure"] if args.insecure else [])
             broker = SpawnedBroker(extra).start()
-            options.host, options.port = broker.host, broker.port
+            options.host, options.port, options.server_key = broker.host, broker.port, broker.server_key
         return _run(args, options, broker)
     except BrokerStartError as exc:
         return _fail(str(exc))
@@ -116,7 +131,7 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
 
     err = Console(stderr=True)
     try:
-        hello = check_broker(options.host, options.port, HELLO_TIMEOUT)
+        hello = check_broker(options.host, options.port, HELLO_TIMEOUT, options.server_key)
     except BrokerUnreachable as exc:
         return _fail(str(exc))
     if options.size > int(hello.get("max_message_chars", options.size)):
@@ -134,7 +149,8 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
         if not args.skip_prepare:
             prepare = prepare_accounts(options.host, options.port, options.clients, options.user_prefix,
                                        options.password, concurrency=options.login_parallel,
-                                       progress=display.prepared if display else None)
+                                       progress=display.prepared if display else None,
+                                       server_key=options.server_key)
             if not prepare.ok:
                 codes = ", ".join(f"{k} x{v}" for k, v in sorted(prepare.failed.items()))
                 return _fail(f"could not create {prepare.requested - prepare.ready} of {prepare.requested} accounts: {codes}")

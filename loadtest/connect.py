@@ -32,8 +32,9 @@ def resolve(host: str, port: int, timeout: float = 3.0) -> tuple[str, bool]:
         raise BrokerUnreachable(str(exc)) from None
 
 
-def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT) -> dict:
-    """Send `hello` and wait up to `timeout` seconds for the reply.
+def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_key: bytes | None = None) -> dict:
+    """Send `hello` (CURVE with the broker key `server_key`, NULL when None) and wait up to
+    `timeout` seconds for the reply.
 
     Returns:
         the ok hello reply dict ({"version", "broker", "max_message_chars", "min_password_chars"}).
@@ -43,7 +44,7 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT) -> dict:
     address, ipv6 = resolve(host, port)
     ctx = zmq.Context()
     poller = zmq.Poller()
-    conn = SyncConnection(ctx, poller, address, port, ipv6=ipv6)
+    conn = SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key)
     try:
         req = conn.send(m.Hello(req=0, version=PROTOCOL_VERSION, client="chat-loadtest"))
         deadline = time.monotonic() + timeout
@@ -51,7 +52,8 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT) -> dict:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BrokerUnreachable(
-                    f"no chat broker answered at {host}:{port} within {timeout:g} s (is it running? right host and port?)")
+                    f"no chat broker answered at {host}:{port} within {timeout:g} s (is it running? right host "
+                    "and port? the right --server-key, or --insecure for a broker run with --insecure?)")
             ready = dict(poller.poll(left * 1000))
             if ready:
                 for out in conn.handle(ready):

@@ -52,6 +52,8 @@ class LoadOptions:
             with argon2id; it answers E_OVERLOADED past its own limit, default 256).
         login_timeout: most seconds the whole login phase may take (None: 60 s + 0.1 s per client).
         seed: random seed of the message mix and recipients (None: random).
+        server_key: the broker's public key (Z85 bytes) every client trusts; None with insecure.
+        insecure: the broker runs --insecure: clients speak NULL (no encryption).
     """
 
     host: str = "127.0.0.1"
@@ -69,9 +71,12 @@ class LoadOptions:
     login_parallel: int = 64
     login_timeout: float | None = None
     seed: int | None = None
+    server_key: bytes | None = None
+    insecure: bool = False
 
-    def validate(self) -> "LoadOptions":
-        """Check every field; returns self. Raises OptionsError with a one-line message."""
+    def validate(self, require_key: bool = True) -> "LoadOptions":
+        """Check every field (the broker key only with `require_key`); returns self.
+        Raises OptionsError with a one-line message."""
         if not self.host:
             raise OptionsError("--host must not be empty")
         if not 1 <= self.port <= 65535:
@@ -103,6 +108,9 @@ class LoadOptions:
             raise OptionsError(f"--login-parallel must be at least 1, got {self.login_parallel}")
         if self.login_timeout is not None and not self.login_timeout > 0:
             raise OptionsError(f"--login-timeout must be greater than 0, got {self.login_timeout:g}")
+        if require_key and self.server_key is None and not self.insecure:
+            raise OptionsError("the broker's key is needed: --server-key KEY (chat-broker --print-key), "
+                               "CHAT_SERVER_KEY, a key recorded by chat-client, or --insecure")
         return self
 
     @property
@@ -119,4 +127,5 @@ class LoadOptions:
         """JSON-ready dict of the options (the password left out)."""
         d = asdict(self)
         d.pop("password", None)
+        d["server_key"] = self.server_key.decode() if self.server_key else None
         return d

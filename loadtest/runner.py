@@ -269,7 +269,7 @@ def run_load(options: LoadOptions, progress: Callable[[Progress], None] | None =
             worker=i, address=address, port=options.port, ipv6=ipv6, users=users, password=options.password,
             rate=options.rate, window=options.window, broadcast_ratio=options.broadcast_ratio, size=options.size,
             run_tag=run_tag, login_parallel=per_proc_parallel, login_timeout=options.effective_login_timeout,
-            drain=options.drain, seed=options.seed,
+            drain=options.drain, seed=options.seed, server_key=options.server_key,
         )
         for i, users in enumerate(chunks)
     ]

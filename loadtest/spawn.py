@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections import deque
 
+from broker.keys import read_public_key
 from broker.limits import raise_open_files_limit
 
 STARTED_RE = re.compile(r"broker started router=tcp://(\S+):(\d+) pub=tcp://(\S+):(\d+)")
@@ -48,6 +49,8 @@ class SpawnedBroker:
         data_dir: where the store lives; None = a new temporary directory, removed by stop().
     Attributes (after start()):
         port, pub_port (int): the bound ROUTER and PUB ports; host "127.0.0.1".
+        server_key: the broker's public key (Z85 bytes) from its data directory; None when the
+            extra arguments include --insecure.
         tail: the last 50 stderr lines (kept by a thread that drains stderr so the broker never
             blocks on a full pipe).
     """
@@ -62,6 +65,7 @@ class SpawnedBroker:
         self.data_dir = data_dir
         self.port = 0
         self.pub_port = 0
+        self.server_key: bytes | None = None
         self.tail: deque[str] = deque(maxlen=50)
         self.proc: subprocess.Popen[str] | None = None
 
@@ -75,7 +79,8 @@ class SpawnedBroker:
         if self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="chat-loadtest-")
         cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", "0", "--pub-port", "0",
-               "--data-dir", self.data_dir, *self.extra_args]
+               "--key-port", "0", "--max-connections-per-ip", "1000000", "--data-dir", self.data_dir,
+               *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, errors="replace",
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -98,6 +103,8 @@ class SpawnedBroker:
             self.stop()
             last = self.tail[-1] if self.tail else "no output"
             raise BrokerStartError(f"the spawned broker did not start: {last}")
+        if "--insecure" not in self.extra_args:
+            self.server_key = read_public_key(self.data_dir)
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:

@@ -37,7 +37,7 @@ from typing import Any
 import zmq
 
 from client.core import BrokerLost, ClientCore, EventReceived, EventsMissed, MessageReceived, ReplyReceived, SessionEnded
-from client.sockets import endpoint, open_dealer, open_sub
+from client.sockets import CurveKeys, endpoint, open_dealer, open_sub
 from loadtest.accounting import (
     BroadcastLedger,
     LatencyRecorder,
@@ -70,7 +70,7 @@ LOGOUT_WAIT_S = 1.0
 
 _NS = 1_000_000_000
 _DEALER_KINDS = frozenset((b"reply", b"msg", b"end"))
-_TOPICS = frozenset((b"bcast", b"presence"))
+_TOPICS = frozenset((b"bcast", b"presence", b"hb"))
 
 
 @dataclass
@@ -82,7 +82,8 @@ class WorkerConfig:
     window (most unanswered sends per client), broadcast_ratio (0..1), size (text characters),
     run_tag (letters/digits marking this run's messages), login_parallel (logins in flight in this
     process), login_timeout (seconds for the whole login phase), drain (seconds after end_ns to
-    wait for replies), seed (random seed or None).
+    wait for replies), seed (random seed or None), server_key (the broker's public key, Z85 bytes;
+    None speaks NULL).
     """
 
     worker: int
@@ -100,6 +101,7 @@ class WorkerConfig:
     login_timeout: float
     drain: float
     seed: int | None = None
+    server_key: bytes | None = None
 
 
 class ParentGone(Exception):
@@ -110,11 +112,12 @@ class _Client:
     """One simulated user: socket pair, protocol core and local counters."""
 
     __slots__ = ("name", "core", "dealer", "sub", "login_seq", "inflight", "reqs", "alive", "backlog",
-                 "login_req", "login_t0", "next_catch_up")
+                 "login_req", "login_t0", "next_catch_up", "keys")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, server_key: bytes | None = None) -> None:
         self.name = name
         self.core = ClientCore()
+        self.keys = CurveKeys.new(server_key)
         self.dealer: zmq.Socket | None = None
         self.sub: zmq.Socket | None = None
         self.login_seq = 0
@@ -142,7 +145,7 @@ class LoadWorker:
         self.ctl_fd = control.fileno()
         self.inbox: deque[tuple] = deque()
         self.rng = random.Random(None if cfg.seed is None else cfg.seed * 1009 + cfg.worker)
-        self.clients = [_Client(n) for n in cfg.users]
+        self.clients = [_Client(n, cfg.server_key) for n in cfg.users]
         self.active: list[_Client] = []  # alive clients: senders and private recipients
         self.ctx = zmq.Context()
         self.ctx.max_sockets = max(1024, 2 * len(self.clients) + 64)
@@ -277,7 +280,7 @@ class LoadWorker:
                 topic = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if topic not in topics:
+            if topic not in topics and topic != core.welcome_topic:
                 self._resync(sock)
                 continue
             try:
@@ -382,7 +385,7 @@ class LoadWorker:
         cfg = self.cfg
         url = endpoint(cfg.address, cfg.port, cfg.ipv6)
         for c in self.clients:
-            c.dealer = open_dealer(self.ctx, url, cfg.ipv6)
+            c.dealer = open_dealer(self.ctx, url, cfg.ipv6, keys=c.keys)
             self.poller.register(c.dealer, zmq.POLLIN)
             self.owner[c.dealer] = (c, False)
 
@@ -405,10 +408,11 @@ class LoadWorker:
             c.alive = True
             self.active.append(c)
             self.bled.add_subscriber(s.seq)
-            c.sub = open_sub(self.ctx, endpoint(self.cfg.address, s.pub_port, self.cfg.ipv6), self.cfg.ipv6)
+            c.sub = open_sub(self.ctx, endpoint(self.cfg.address, s.pub_port, self.cfg.ipv6), self.cfg.ipv6,
+                             keys=c.keys, topics=c.core.sub_topics())
             self.poller.register(c.sub, zmq.POLLIN)
             self.owner[c.sub] = (c, True)
-            c.core.catch_up()
+            c.core.sub_opened()
         elif o.code == ErrorCode.OVERLOADED.value:
             self.login.retries += 1
             self._retry.append((time.monotonic() + RETRY_DELAY_S, c))

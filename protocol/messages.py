@@ -171,3 +171,13 @@ class Event(msgspec.Struct, omit_defaults=True):
 
 
 PRESENCE_EVENTS = ("login", "logout", "timeout", "lost")
+
+
+class PubMark(msgspec.Struct):
+    """Body of a PUB heartbeat `[b"hb", body]` and of a welcome `[b"welcome.<hex>", body]`:
+    seq (int, the newest event sequence number when it was sent) and ts (float, broker time,
+    seconds since the epoch). A heartbeat comes every `pub_heartbeat` seconds (login reply); a
+    welcome once, when the subscription to the client's own welcome topic became active."""
+
+    seq: int
+    ts: float = 0.0

@@ -19,25 +19,28 @@ import pexpect
 import pytest
 import zmq
 
+from broker.keys import read_public_key
+from client.trust import key_fingerprint
 from protocol import wire
 from protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 
-STARTED_RE = re.compile(r"broker started router=tcp://[^:\s]+:(\d+) pub=")
+STARTED_RE = re.compile(r"broker started router=tcp://[^:\s]+:(\d+) pub=\S+ key=tcp://[^:\s]+:(\d+)")
 TIME = r"\[\d\d:\d\d:\d\d\]"
 
 
 class BrokerProcess:
-    """`python -m broker` on 127.0.0.1 ephemeral ports; `port` is read from its first log line."""
+    """`python -m broker` on 127.0.0.1 ephemeral ports; `port` and `key_port` are read from its
+    start log line, `server_key` (Z85 str) from its data directory."""
 
     def __init__(self, data_dir: Path, *flags: str) -> None:
-        cmd = [sys.executable, "-m", "broker", "--port", "0", "--pub-port", "0", "--bind", "127.0.0.1",
-               "--data-dir", str(data_dir), *flags]
+        cmd = [sys.executable, "-m", "broker", "--port", "0", "--pub-port", "0", "--key-port", "0",
+               "--bind", "127.0.0.1", "--data-dir", str(data_dir), *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
-        self.port = 0
+        self.port = self.key_port = 0
         started = threading.Event()
 
         def pump() -> None:  # keep reading stderr so the broker never blocks on a full pipe
@@ -46,13 +49,18 @@ class BrokerProcess:
                 self.lines.append(line)
                 match = STARTED_RE.search(line)
                 if match and not started.is_set():
-                    self.port = int(match.group(1))
+                    self.port, self.key_port = int(match.group(1)), int(match.group(2))
                     started.set()
 
         threading.Thread(target=pump, daemon=True).start()
         if not started.wait(15):
             self.kill()
             raise RuntimeError("broker did not start:\n" + "".join(self.lines))
+        self.server_key = "" if "--insecure" in flags else read_public_key(data_dir).decode()
+
+    def key_args(self) -> list[str]:
+        """Client flags that pin this broker's key."""
+        return ["--server-key", self.server_key] if self.server_key else ["--insecure"]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -66,7 +74,7 @@ class BrokerProcess:
 
 @pytest.fixture
 def broker(tmp_path):
-    b = BrokerProcess(tmp_path)
+    b = BrokerProcess(tmp_path / "data")
     try:
         yield b
     finally:
@@ -74,13 +82,16 @@ def broker(tmp_path):
 
 
 @pytest.fixture
-def clients():
-    """A factory of client programs in pseudo-terminals: clients(port, term="dumb") -> spawn."""
+def clients(tmp_path):
+    """A factory of client programs in pseudo-terminals: clients(port, term="dumb", host, *flags)
+    -> spawn. Their known-brokers file lives in this test's own config dir (XDG_CONFIG_HOME)."""
     made: list[pexpect.spawn] = []
 
-    def make(port: int, term: str = "dumb", host: str = "127.0.0.1") -> pexpect.spawn:
-        env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1"}
-        child = pexpect.spawn(sys.executable, ["-m", "client", "--host", host, "--port", str(port)],
+    def make(port: int, term: str = "dumb", host: str = "127.0.0.1", *flags: str) -> pexpect.spawn:
+        env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
+               "XDG_CONFIG_HOME": str(tmp_path / "config")}
+        env.pop("CHAT_SERVER_KEY", None)
+        child = pexpect.spawn(sys.executable, ["-m", "client", "--host", host, "--port", str(port), *flags],
                               encoding="utf-8", env=env, timeout=15, dimensions=(50, 200))
         child.transcript = []  # type: ignore[attr-defined]
         child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
@@ -141,14 +152,25 @@ def register_interactively(child: pexpect.spawn, user: str, password: str) -> No
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("term", ["dumb", "xterm"])
-def test_two_clients_register_chat_and_logout(broker, clients, term):
+def test_two_clients_register_chat_and_logout(broker, clients, term, tmp_path):
     alice, bob = fresh_name("alice"), fresh_name("bob")
     pw_a, pw_b = "Secret-" + uuid.uuid4().hex[:10], "Hidden-" + uuid.uuid4().hex[:10]
 
-    a = clients(broker.port, term)
+    # first use: the fingerprint is shown and, once accepted, recorded (0600) for the next client
+    a = clients(broker.port, term, "127.0.0.1", "--key-port", str(broker.key_port))
+    a.expect_exact("is not known yet")
+    a.expect_exact(f"Its key fingerprint is {key_fingerprint(broker.server_key.encode())}")
+    a.expect_exact("Trust this broker and remember its key? [y/N]")
+    a.sendline("y")
+    a.expect_exact("(encrypted)")
     register_interactively(a, alice, pw_a)
-    b = clients(broker.port, term)
+    b = clients(broker.port, term, "127.0.0.1", "--key-port", str(broker.key_port))
+    b.expect_exact("(encrypted)")  # no question: the key is recorded now
     register_interactively(b, bob, pw_b)
+    assert "Trust this broker" not in transcript(b)
+    known = tmp_path / "config" / "zmq-chat" / "known_brokers"
+    assert known.read_text().split() == [f"127.0.0.1:{broker.port}", broker.server_key]
+    assert known.stat().st_mode & 0o777 == 0o600 and known.parent.stat().st_mode & 0o777 == 0o700
     for child, pw in ((a, pw_a), (b, pw_b)):
         assert pw not in transcript(child), "the password was echoed"
 
@@ -184,7 +206,7 @@ def test_two_clients_register_chat_and_logout(broker, clients, term):
 @pytest.mark.timeout(60)
 def test_login_catch_up_wrong_password_and_ctrl_c(broker, clients):
     alice, bob = fresh_name("alice"), fresh_name("bob")
-    a = clients(broker.port)
+    a = clients(broker.port, "dumb", "127.0.0.1", *broker.key_args())
     a.expect_exact("new user? [y/N]")
     a.sendline(f"newuser {alice} secret123")
     a.expect_exact(f"logged in as {alice}")
@@ -192,7 +214,7 @@ def test_login_catch_up_wrong_password_and_ctrl_c(broker, clients):
     a.expect_exact("back to the login prompt")
     a.expect_exact("new user? [y/N]")
 
-    b = clients(broker.port)
+    b = clients(broker.port, "dumb", "127.0.0.1", *broker.key_args())
     b.expect_exact("new user? [y/N]")
     b.sendline(f"newuser {bob} secret456")
     b.expect_exact(f"logged in as {bob}")
@@ -229,11 +251,11 @@ def test_login_catch_up_wrong_password_and_ctrl_c(broker, clients):
 @pytest.mark.timeout(60)
 def test_replaced_session_ends_with_its_message(broker, clients):
     user = fresh_name("carol")
-    first = clients(broker.port)
+    first = clients(broker.port, "dumb", "127.0.0.1", *broker.key_args())
     first.expect_exact("new user? [y/N]")
     first.sendline(f"newuser {user} secret123")
     first.expect_exact(f"logged in as {user}")
-    second = clients(broker.port)
+    second = clients(broker.port, "dumb", "127.0.0.1", *broker.key_args())
     second.expect_exact("new user? [y/N]")
     second.sendline(f"login {user} secret123")
     second.expect_exact(f"logged in as {user}")
@@ -305,7 +327,7 @@ def test_version_mismatch_and_non_chat_peer_exit_2(clients):
     ):
         fake = FakeRouter(answer)
         try:
-            child = clients(fake.port)
+            child = clients(fake.port, "dumb", "127.0.0.1", "--insecure")
             child.expect_exact(expected, timeout=6)
             assert wait_exit(child, timeout=6) == 2
             assert "Traceback" not in transcript(child)
@@ -322,7 +344,8 @@ def test_sync_connections_on_one_poller(broker):
     from protocol.version import PROTOCOL_VERSION
 
     ctx, poller = zmq.Context(), zmq.Poller()
-    conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port) for _ in range(2)]
+    conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port, server_key=broker.server_key.encode())
+             for _ in range(2)]
     outputs: list[list] = [[], []]
 
     def pump_until(pred, timeout: float = 10.0) -> None:

@@ -283,7 +283,9 @@ def test_merge_reports_of_nothing():
 
 @pytest.mark.timeout(5)
 def test_options_validation_and_names():
-    LoadOptions().validate()
+    LoadOptions(server_key=b"k" * 40).validate()
+    LoadOptions(insecure=True).validate()
+    LoadOptions().validate(require_key=False)
     assert user_name("X", 7) == "ltX7"
     assert user_names("", 3, start=2) == ["lt2", "lt3", "lt4"]
     bad = [
@@ -293,10 +295,13 @@ def test_options_validation_and_names():
     ]
     for kw in bad:
         with pytest.raises(OptionsError) as exc:
-            LoadOptions(**kw).validate()
+            LoadOptions(**kw, insecure=True).validate()
         assert "\n" not in str(exc.value) and "--" in str(exc.value)
     assert LoadOptions(clients=3, processes=8).effective_processes == 3
     assert "password" not in LoadOptions().to_dict()
+    with pytest.raises(OptionsError) as exc:  # the broker key: given, or --insecure
+        LoadOptions().validate()
+    assert "--server-key" in str(exc.value) and "--insecure" in str(exc.value)
 
 
 @pytest.mark.timeout(5)

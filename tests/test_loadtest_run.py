@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import zmq
 
 from loadtest.accounts import prepare_accounts
 from loadtest.options import LoadOptions
@@ -68,14 +69,15 @@ def test_cli_spawn_broker_short_run(tmp_path):
 def test_api_prepare_and_run_against_harness_broker(tmp_path):
     broker = Broker(tmp_path / "data")
     try:
-        prep = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api", concurrency=4)
+        key = broker.server_key
+        prep = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api", concurrency=4, server_key=key)
         assert prep.ok and prep.created == 4
-        again = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api")  # resumable: all exist
+        again = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api", server_key=key)  # resumable: all exist
         assert again.ok and again.created == 0 and again.existed == 4
         snapshots = []
         res = run_load(
             LoadOptions(port=broker.port, clients=4, duration=1.5, processes=1, user_prefix="api",
-                        rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1),
+                        rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1, server_key=key),
             progress=snapshots.append,
         )
     finally:
@@ -100,12 +102,24 @@ def _free_port() -> int:
 @pytest.mark.timeout(20)
 def test_unreachable_broker_is_one_line_exit_2(tmp_path):
     began = time.monotonic()
-    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2", "--duration", "1"],
+    key = zmq.curve_keypair()[0].decode()
+    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2", "--duration", "1", "--server-key", key],
                           capture_output=True, text=True, timeout=15, env=_env(), cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no chat broker answered" in lines[0], proc.stderr
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.timeout(20)
+def test_no_broker_key_is_one_line_exit_2(tmp_path):
+    env = {**_env(), "XDG_CONFIG_HOME": str(tmp_path)}
+    env.pop("CHAT_SERVER_KEY", None)
+    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2"],
+                          capture_output=True, text=True, timeout=15, env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--server-key" in lines[0], proc.stderr
 
 
 @pytest.mark.timeout(20)
