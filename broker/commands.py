@@ -69,7 +69,7 @@ class Commands:
     def _peer_behind(self: "BrokerCore", s: Session) -> bool:
         """True (and E_OVERLOADED queued) when the session's peer has more than --backlog-limit
         bytes unread: a large reply then waits for the client to read (bounds its memory)."""
-        if self.backlog(s.fd) <= self.cfg.backlog_limit:
+        if not self.peer_behind(s.fd):
             return False
         self._err(s.rid, self._current_req, ErrorCode.OVERLOADED,
                   "earlier replies are still unread; retry in a moment", {"retry_after": 1.0})

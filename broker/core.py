@@ -65,17 +65,18 @@ class BrokerCore(Commands, Accounts, Links):
         store: the open Store; the core writes to it, the loop commits it.
         pub_port: the bound PUB port, told to clients in the login reply.
         clock: returns seconds since the epoch (injected for tests).
-        backlog: returns the bytes queued but not yet acknowledged by the peer on a connection fd
-            (the loop reads SIOCOUTQ; tests inject a fake). Large replies wait while it is high.
+        peer_behind: tells whether the peer on a connection fd leaves more than --backlog-limit
+            bytes unread (the loop reads SIOCOUTQ; tests inject a fake). Large replies are refused
+            with E_OVERLOADED while it does.
     """
 
     def __init__(self, config: Config, store: Store, pub_port: int, clock: Callable[[], float] = time.time,
-                 backlog: Callable[[int], int] = lambda fd: 0) -> None:
+                 peer_behind: Callable[[int], bool] = lambda fd: False) -> None:
         self.cfg = config
         self.store = store
         self.pub_port = pub_port
         self.clock = clock
-        self.backlog = backlog
+        self.peer_behind = peer_behind
         self.sessions: dict[bytes, Session] = {}
         self.by_user: dict[str, Session] = {}
         self.by_key: dict[str, Session] = {}

@@ -85,7 +85,7 @@ class BrokerLoop:
             raise
         self.endpoints = self.socks.endpoints
         self.core = BrokerCore(config, store, port_of(self.endpoints[PUB]),
-                               backlog=lambda fd: netio.peer_behind(fd, config.backlog_limit))
+                               peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit))
         self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
                                        initializer=lower_thread_priority, initargs=(config.hash_nice,))
         self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()

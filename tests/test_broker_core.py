@@ -1,0 +1,184 @@
+"""Unit tests of the broker core in-process (tests/core_harness.py): fake clock, a store in a temp
+directory, no sockets. Each test pins one rule of docs/protocol.md or docs/security.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker.connections import PUB, ROUTER
+from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
+from protocol import wire
+from tests.core_harness import PASSWORD, CoreRig
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = CoreRig(tmp_path)
+    yield r
+    r.store.close()
+
+
+def test_register_of_a_name_still_hashing_is_overloaded_not_taken(rig):
+    first, second = rig.connect(), rig.connect()
+    rig.send(first, "register", user="carol", password=PASSWORD)
+    pending = rig.core.drain().jobs  # the hash is not done yet: nothing is committed
+    assert [j.user for j in pending] == ["carol"]
+    assert rig.call(second, "register", user="carol", password=PASSWORD)["code"] == "E_OVERLOADED"
+    assert rig.call(first, "register", user="carol", password=PASSWORD)["code"] == "E_OVERLOADED"
+    rig.run_jobs(pending)
+    assert rig.call(second, "register", user="carol", password=PASSWORD)["code"] == "E_USER_EXISTS"
+
+
+def test_a_request_that_raises_is_undone_and_the_batch_keeps_the_others(rig, monkeypatch):
+    a, b = rig.user("alice"), rig.user("bob")
+    assert rig.call(a, "send", id="m1", to=["bob"], text="first")["status"] == "ok"
+    real = rig.store.add_mail
+    monkeypatch.setattr(rig.store, "add_mail", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
+    bad = rig.call(a, "send", id="m2", to=["bob"], text="second")
+    assert bad["code"] == "E_INTERNAL"
+    monkeypatch.setattr(rig.store, "add_mail", real)
+    again = rig.call(a, "send", id="m2", to=["bob"], text="second")  # the claim of m2 was undone
+    assert again["status"] == "ok" and again["dup"] is False
+    assert [msg.text for msg in rig.store.mail_after("bob", 0, 10)] == ["first", "second"]
+    assert rig.core.last_mail_id == 2
+
+
+def test_a_dropped_push_frees_its_window_slot_and_is_pushed_again(tmp_path):
+    rig = CoreRig(tmp_path, mail_window=2)
+    a, b = rig.user("alice"), rig.user("bob")
+    for i in range(3):
+        rig.call(a, "send", id=f"m{i}", to=["bob"], text=f"t{i}")
+    assert [p.id for p in rig.pushes(b)] == [1, 2]  # the window is full
+    for mid in (1, 2):  # the loop got EAGAIN for both
+        rig.core.on_push_dropped(b[0], mid)
+    rig.call(b, "ack", ids=[99])  # any ack pumps
+    assert [p.id for p in rig.pushes(b)] == [1, 2, 1, 2]
+    rig.call(b, "ack", ids=[1, 2])
+    assert [p.id for p in rig.pushes(b)][-1] == 3
+
+
+def test_a_user_hidden_now_is_left_out_of_last(rig):
+    a, watcher = rig.user("alice"), rig.user("walt")
+    assert rig.call(a, "logout")["status"] == "ok"  # ended visible a moment ago
+    assert "alice" in rig.call(watcher, "last", minutes=5)["users"]
+    assert rig.call(a, "login", user="alice", password=PASSWORD)["status"] == "ok"
+    rig.call(a, "hide")
+    assert "alice" not in rig.call(watcher, "last", minutes=5)["users"]
+    assert "alice" in rig.call(a, "last", minutes=5)["users"]  # the caller always sees itself
+
+
+def test_a_retried_login_gets_the_first_reply_and_logout_is_idempotent(rig):
+    a = rig.connect()
+    rig.call(a, "register", user="alice", password=PASSWORD)
+    first = rig.call(a, "login", user="alice", password=PASSWORD)
+    rig.clock.advance(5)
+    again = rig.call(a, "login", user="alice", password=PASSWORD)
+    same = [k for k in first if k not in ("req", "dup")]
+    assert again["dup"] is True and {k: again[k] for k in same} == {k: first[k] for k in same}
+    assert rig.call(a, "logout")["session"] is True
+    assert rig.call(a, "logout")["session"] is False  # a retried logout is answered ok too
+
+
+def test_a_routing_id_with_another_key_is_not_the_session(rig):
+    a, b = rig.user("alice"), rig.user("bob")
+    thief = (a[0], a[1] + 1000, "thief" + "k" * 35)
+    assert rig.call(thief, "who")["code"] == "E_NOT_LOGGED_IN"
+    assert rig.call(thief, "ack", ids=[1])["code"] == "E_NOT_LOGGED_IN"
+    assert rig.call(thief, "send", id="x", to=["bob"], text="as alice")["code"] == "E_NOT_LOGGED_IN"
+    assert rig.call(a, "status")["user"] == "alice"  # the owner still has it
+
+
+def test_a_detached_session_holds_pushes_until_its_key_comes_back(rig):
+    a, b = rig.user("alice"), rig.user("bob")
+    rig.call(b, "send", id="m1", to=["alice"], text="before")
+    assert [p.text for p in rig.pushes(a)] == ["before"]
+    rig.core.on_disconnected(a[1])  # alice's TCP connection closed; the push may be lost
+    rig.call(b, "send", id="m2", to=["alice"], text="while away")
+    assert [p.text for p in rig.pushes(a)] == ["before"]  # nothing goes to whoever takes the id
+    back = (a[0], rig.connect()[1], a[2])  # same routing id and key, new connection
+    rig.call(back, "ping")
+    assert [p.text for p in rig.pushes(a)] == ["before", "before", "while away"]
+
+
+def test_zap_admits_any_key_on_the_router_and_only_live_keys_on_the_pub(tmp_path):
+    rig = CoreRig(tmp_path, max_conns_per_ip=2)
+    a = rig.user("alice", ip="10.0.0.9")
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.5", "CURVE", "k" * 40) == (200, "OK", "k" * 40)
+    assert rig.core.authorize(DOMAIN_PUB, "10.0.0.5", "CURVE", "k" * 40)[0] == 400
+    assert rig.core.authorize(DOMAIN_PUB, "10.0.0.9", "CURVE", a[2])[0] == 200
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.5", "NULL", "")[0] == 400  # CURVE only
+    assert rig.core.authorize(DOMAIN_KEY, "10.0.0.5", "NULL", "")[0] == 200
+    rig.connect("10.0.0.7"), rig.connect("10.0.0.7"), rig.connect("10.0.0.7")
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.7", "CURVE", "k" * 40)[0] == 400  # over the per-IP cap
+    rig.call(a, "logout")
+    assert rig.core.authorize(DOMAIN_PUB, "10.0.0.9", "CURVE", a[2])[0] == 400
+
+
+def test_subscriptions_get_a_welcome_and_bad_ones_cut_the_connection(rig):
+    a = rig.user("alice")
+    sub_fd = rig.connect(kind=PUB)[1]
+    topic = b"welcome." + b"ab" * 16
+    for t in (b"bcast", b"presence", b"hb", topic):
+        rig.core.on_subscribe(sub_fd, a[2], b"\x01" + t, 40)
+    out = rig.take()
+    assert out.cuts == [] and [(t, json.loads(b)["seq"]) for t, b in out.pub] == [(topic, rig.core.seq)]
+    rig.core.on_subscribe(sub_fd, a[2], b"\x01", 40)  # everything: refused
+    assert [c.fd for c in rig.take().cuts] == [sub_fd]
+    stranger = rig.connect(kind=PUB)[1]
+    rig.core.on_subscribe(stranger, "nobody" + "k" * 34, b"\x01bcast", 40)
+    assert [c.fd for c in rig.take().cuts] == [stranger]
+
+
+def test_session_end_cuts_its_sub_connections(rig):
+    a = rig.user("alice")
+    sub_fd = rig.connect(kind=PUB)[1]
+    rig.core.on_subscribe(sub_fd, a[2], b"\x01bcast", 40)
+    rig.take()
+    rig.call(a, "logout")
+    assert sub_fd in [c.fd for c in rig.out.cuts]
+
+
+def test_silent_connections_without_a_session_are_cut(tmp_path):
+    rig = CoreRig(tmp_path, login_timeout=10.0)
+    idle, busy = rig.connect(), rig.user("alice")
+    rig.clock.advance(5)
+    rig.core.tick()
+    assert rig.take().cuts == []
+    rig.clock.advance(6)
+    rig.core.tick()
+    assert [c.fd for c in rig.take().cuts] == [idle[1]]  # a logged-in connection stays
+
+
+def test_a_connection_buffering_without_delivering_is_cut(tmp_path):
+    rig = CoreRig(tmp_path, pending_limit=1000)
+    quiet, flood = rig.connect(), rig.connect()
+    rig.core.on_scan({quiet[1]: 500, flood[1]: 500})
+    assert rig.take().cuts == []
+    rig.call(quiet, "ping")  # quiet delivered a message: its reference moves
+    rig.core.on_scan({quiet[1]: 5000, flood[1]: 1600})
+    assert [c.fd for c in rig.take().cuts] == [flood[1]]
+
+
+def test_history_pages_at_the_reply_byte_limit_and_waits_for_a_slow_reader(tmp_path):
+    rig = CoreRig(tmp_path, reply_bytes=20_000)
+    a = rig.user("alice")
+    for i in range(60):
+        rig.call(a, "broadcast", id=f"b{i}", text="x" * 900)
+    page = rig.call(a, "history", after=0)
+    assert 10 <= len(page["events"]) < 60 and page["complete"] is False
+    assert len(json.dumps(page["events"])) <= 20_000 + 1000
+    rig.behind.add(a[1])  # the peer has not read what it was sent
+    refused = rig.call(a, "history", after=0)
+    assert refused["code"] == "E_OVERLOADED" and refused["retry_after"] > 0
+
+
+def test_sequence_numbers_stop_at_2_to_the_53(rig):
+    a = rig.user("alice")
+    rig.core.seq = 2**53
+    assert rig.call(a, "broadcast", id="late", text="hi")["code"] == "E_INTERNAL"
+    rig.core.last_mail_id = 2**53
+    assert rig.call(a, "send", id="late2", to=["alice"], text="hi")["code"] == "E_INTERNAL"
