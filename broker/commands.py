@@ -62,14 +62,19 @@ class Commands:
                     break
                 kept.append(u)
             users = kept
-        if cost > 16 * 1024 and self._peer_behind(s):
+        if cost > 16 * 1024 and self._refuse_large(s, cost):
             return
         self._ok(s.rid, req, {"users": users, "truncated": truncated})
 
-    def _peer_behind(self: "BrokerCore", s: Session) -> bool:
-        """True (and E_OVERLOADED queued) when the session's peer has more than --backlog-limit
-        bytes unread: a large reply then waits for the client to read (bounds its memory)."""
-        if not self.peer_behind(s.fd):
+    def _refuse_large(self: "BrokerCore", s: Session, size: int) -> bool:
+        """Whether a large reply of `size` bytes must wait (then E_OVERLOADED is queued): more than
+        --backlog-limit bytes of large replies are already queued to this session in this batch,
+        or its peer leaves what it was sent unread (the kernel's send queue is full). So a client
+        that never reads costs the broker a bounded amount of memory, not one reply per request."""
+        queued = self._batch_bytes.get(s.rid, 0)
+        allowed = queued + size <= self.cfg.backlog_limit if queued else not self.peer_behind(s.fd)
+        if allowed:
+            self._batch_bytes[s.rid] = queued + size
             return False
         self._err(s.rid, self._current_req, ErrorCode.OVERLOADED,
                   "earlier replies are still unread; retry in a moment", {"retry_after": 1.0})
@@ -250,7 +255,7 @@ class Commands:
             if events and size > self.cfg.reply_bytes:
                 break
             events.append((seq, body))
-        if size > 16 * 1024 and self._peer_behind(s):
+        if size > 16 * 1024 and self._refuse_large(s, size):
             return
         complete = (not events and r.after >= self.seq) or bool(
             events and events[0][0] == r.after + 1 and events[-1][0] == self.seq

@@ -90,6 +90,7 @@ class BrokerCore(Commands, Accounts, Links):
         self._current_req: int | None = None
         self._out = Output()
         self._later_cuts: list[tuple[float, Conn]] = []
+        self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
             b"who": self._who,
             b"last": self._last,
@@ -110,6 +111,7 @@ class BrokerCore(Commands, Accounts, Links):
     def drain(self) -> Output:
         """Take the collected output (ROUTER and PUB messages, auth jobs, cuts)."""
         out, self._out = self._out, Output()
+        self._batch_bytes.clear()
         return out
 
     def _ok(self, rid: bytes, req: int | None, fields: dict[str, Any] | None = None) -> None:

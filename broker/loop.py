@@ -135,7 +135,7 @@ class BrokerLoop:
         rss_base = self.rss.read()
         try:
             while not self.stop_requested:
-                timeout = max(0.0, next_tick - time.monotonic())
+                timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle
                 ready = dict(poller.poll(timeout * 1000))
                 if ready.keys() & s.monitors.values() or s.zap in ready:
                     self._drain_monitors()

@@ -71,8 +71,8 @@ def _parse_untyped(body: bytes) -> Any:
     """Decode `body` as any JSON value to check its syntax: the value, or `_NOT_JSON` when invalid.
 
     Invalid: a syntax error, trailing data, invalid UTF-8, a lone surrogate escape (in any string,
-    ignored fields and keys included), or nesting deeper than the decoder's recursion limit (about
-    1000 levels, from Python's recursion limit; e.g. 250,000 '[' or 5000 nested empty arrays).
+    ignored fields and keys included), or nesting deeper than the decoder's recursion limit (set by
+    the interpreter: about 1000 levels on CPython 3.11), e.g. 250,000 '[' or 5000 nested empty arrays.
     A number the untyped decoder cannot hold (1e400, an int of over 4300 digits) is valid JSON: the
     decoder stops there, so the syntax of the whole body is then checked by skipping it (value None).
     """
@@ -115,8 +115,8 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, m.Request]:
         ProtocolError(E_UNKNOWN_TYPE): frame 0 is not a request type.
         ProtocolError(E_BAD_JSON): the body is not valid UTF-8 JSON: empty, a syntax error, trailing
             data, invalid UTF-8 or a lone surrogate escape anywhere (unknown fields and keys
-            included), or nested deeper than the decoder's limit (about 1000 levels, even when the
-            JSON is otherwise valid). `req` is always None.
+            included), or nested deeper than the decoder's recursion limit (about 1000 levels on
+            CPython 3.11), even when the JSON is otherwise valid. `req` is always None.
         ProtocolError(E_BAD_FIELD): valid JSON but not an object, or a field is missing, of the wrong
             type, or out of range.
         `req` is set on E_FRAMES, E_UNKNOWN_TYPE and E_BAD_FIELD when the body still carried a readable
@@ -203,7 +203,8 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes, echo_req: bool = False) 
 
     `body` is bytes or any buffer. The valid path costs one UTF-8 decode on top of the typed decode
     (msgspec skips ignored fields without checking their UTF-8), plus one untyped decode when the
-    body holds a `\\uD...` escape (to catch a lone surrogate escape in an ignored field).
+    body holds a `\\uD...` escape: a guard against a lone surrogate escape in an ignored field
+    (msgspec 0.18 to 0.22 reject those when skipping too, but do not document it).
     Raises:
         ProtocolError(E_BAD_JSON, req None): not valid UTF-8 JSON (see `_parse_untyped`).
         ProtocolError(E_BAD_FIELD): valid JSON that `decoder` rejects; `req` is read from the body

@@ -81,6 +81,15 @@ class Broker:
     def log_text(self) -> str:
         return "".join(self.lines)
 
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until the broker's log contains `text` (polling with a deadline); returns the log."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_text()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the broker never logged {text!r}")
+            time.sleep(0.02)
+        return log
+
 
 class Peer:
     """One chat client made of a DEALER (and, after `subscribe`, a SUB) socket, with its own CURVE

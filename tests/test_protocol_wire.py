@@ -248,6 +248,64 @@ def test_surrogate_pair_escape_is_fine():
     assert decode_request([b"hello", b'{"req":1,"version":1,"client":"\\ud83d\\ude00"}'])[1] == m.Hello(1, 1, "😀")
 
 
+# One valid request of each type: the body rules below must hold whatever the type.
+ONE_PER_TYPE = {kind: next(r for r in REQUESTS if TYPE_OF[type(r)] == kind) for kind in REQUEST_TYPES}
+
+# A member `"key": value` that the typed decoder skips (unknown key) but that breaks docs section 3.
+BAD_IGNORED_MEMBERS = {
+    "invalid-utf8-value": b'"x": "\xff"',
+    "invalid-utf8-key": b'"\xff": 1',
+    "invalid-utf8-nested": b'"x": [{"y": "a\xfeb"}]',
+    "utf8-encoded-surrogate": b'"x": "\xed\xa0\x80"',
+    "truncated-utf8-sequence": b'"x": "\xe2\x98"',
+    "overlong-utf8": b'"x": "\xc0\xaf"',
+    "lone-high-surrogate-escape": b'"x": "\\ud83d"',
+    "lone-low-surrogate-escape": b'"x": "\\uDE00"',
+    "reversed-surrogate-escapes": b'"x": "\\ude00\\ud83d"',
+    "lone-surrogate-escape-in-key": b'"\\ud83d": 1',
+    "lone-surrogate-escape-nested": b'"x": [{"y": "a\\ud83db"}]',
+}
+
+
+def with_member(kind: bytes, member: bytes, first: bool) -> bytes:
+    """The valid body of ONE_PER_TYPE[kind] with `member` added as its first or last member."""
+    valid = encode_request(ONE_PER_TYPE[kind])[1]
+    return b"{" + member + b"," + valid[1:] if first else valid[:-1] + b"," + member + b"}"
+
+
+@pytest.mark.parametrize("case", list(BAD_IGNORED_MEMBERS))
+@pytest.mark.parametrize("kind", list(ONE_PER_TYPE), ids=bytes.decode)
+def test_bad_utf8_or_lone_surrogate_in_an_ignored_field_is_e_bad_json(kind, case):
+    for first in (True, False):
+        err = request_error([kind, with_member(kind, BAD_IGNORED_MEMBERS[case], first)])
+        assert err.code is ErrorCode.BAD_JSON
+        assert err.req is None
+
+
+@pytest.mark.parametrize(
+    "member",
+    [b'"x": "h\\u00e9 \\ud83d\\ude00 \\uD7FF \\uE000"', '"é😀": "☃ 😀"'.encode("utf-8"), b'"x": "\\\\ud83d"'],
+)
+@pytest.mark.parametrize("kind", list(ONE_PER_TYPE), ids=bytes.decode)
+def test_valid_unicode_in_an_ignored_field_is_accepted(kind, member):
+    assert decode_request([kind, with_member(kind, member, False)]) == (kind, ONE_PER_TYPE[kind])
+
+
+@pytest.mark.parametrize(
+    "decode, frames",
+    [
+        (decode_event, [b"bcast", b'{"seq": 1, "ts": 1, "kind": "bcast", "user": "a", "x": "\xff"}']),
+        (decode_event, [b"bcast", b'{"seq": 1, "ts": 1, "kind": "bcast", "user": "a", "x": "\\ud83d"}']),
+        (decode_push, [b"msg", b'{"id": 1, "from": "a", "\xff": 1}']),
+        (decode_push, [b"end", b'{"reason": "shutdown", "x": "\xed\xa0\x80"}']),
+    ],
+)
+def test_client_decoders_apply_the_same_body_rules(decode, frames):
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.code is ErrorCode.BAD_JSON
+
+
 # (type, body, req expected on the error) for E_BAD_FIELD
 BAD_FIELDS = [
     # req itself
@@ -400,6 +458,66 @@ def test_deeply_nested_json_is_a_protocol_error(case):
 
 def test_moderately_nested_unknown_field_is_ignored():
     assert decode_request([b"ping", b'{"req": 1, "x": ' + _deep(100) + b"}"]) == (b"ping", m.Ping(1))
+
+
+# Bodies on which the typed decoder meets a wrong type before the syntax error (or depth limit) that
+# makes them invalid JSON: E_BAD_JSON, not E_BAD_FIELD (docs section 8).
+NOT_JSON_AFTER_WRONG_TYPE = {
+    "250000-open-brackets": b"[" * 250_000,
+    "10-open-brackets": b"[" * 10,
+    "unterminated-array": b"[1,",
+    "unterminated-object": b'{"req": "a",',
+    "wrong-field-then-eof": b'{"req": 1, "version": "1"',
+    "wrong-field-then-trailing-data": b'{"req": 1, "version": "1"} x',
+    "wrong-field-then-syntax-error": b'{"req": 1, "version": 1.5, "x": [}',
+    "float-out-of-range-then-eof": b"[1e400,",
+    "huge-int-then-eof": b'{"req": "a", "x": ' + b"9" * 5000 + b",",
+    "valid-but-too-deep": _deep(250_000),  # beyond any interpreter's recursion limit
+    "wrong-field-and-too-deep": b'{"req": 1, "version": "1", "x": ' + _deep(250_000) + b"}",
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_JSON_AFTER_WRONG_TYPE))
+def test_invalid_json_is_e_bad_json_even_after_a_wrong_type(case):
+    err = request_error([b"hello", NOT_JSON_AFTER_WRONG_TYPE[case]])
+    assert err.code is ErrorCode.BAD_JSON
+    assert err.req is None
+
+
+@pytest.mark.parametrize("kind", list(ONE_PER_TYPE), ids=bytes.decode)
+def test_open_brackets_are_e_bad_json_for_every_type(kind):
+    err = request_error([kind, b"[" * 250_000])
+    assert (err.code, err.req) == (ErrorCode.BAD_JSON, None)
+
+
+@pytest.mark.parametrize(
+    "raw, req",
+    [
+        (_deep(200), None),  # valid JSON within the depth limit, not an object
+        (b"[1e400]", None),  # valid JSON: a number out of float range is not a syntax error
+        (b'{"req": 5, "version": "1", "x": ' + _deep(200) + b"}", 5),
+        (b'{"req": 5, "version": 1e400}', None),  # req is not read past a number out of range
+        (b'{"req": 5, "version": 1, "client": 1, "x": ' + b"9" * 5000 + b"}", None),
+    ],
+)
+def test_valid_json_of_the_wrong_shape_stays_e_bad_field(raw, req):
+    err = request_error([b"hello", raw])
+    assert (err.code, err.req) == (ErrorCode.BAD_FIELD, req)
+
+
+@pytest.mark.parametrize(
+    "decode, frames",
+    [
+        (decode_event, [b"bcast", b"[" * 250_000]),
+        (decode_push, [b"msg", b"[" * 250_000]),
+        (decode_push, [b"end", b'{"reason": 1,']),
+        (decode_stored_event, b"[1,"),
+    ],
+)
+def test_client_decoders_report_invalid_json_after_a_wrong_type(decode, frames):
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.code is ErrorCode.BAD_JSON
 
 
 # -- replies ------------------------------------------------------------------------------------------
