@@ -2,6 +2,13 @@
 sections 5, 6.1, 9.1, 9.2). A mixin of broker.core.BrokerCore; pure (the hashing itself runs in
 broker.auth on worker threads).
 
+Limits (docs/security.md): a login or registration waits in a fair per-IP queue for a hashing
+thread (broker.authqueue; more than --max-queued-auth-per-ip waiting, or --max-pending-logins in
+all, is E_OVERLOADED with retry_after); an IP that sent --max-failed-logins-per-ip wrong passwords
+or unknown names in 10 minutes gets E_BLOCKED before any hashing; an IP gets
+--max-registrations-per-ip accounts per hour (E_RATE_LIMITED); an account with
+--max-login-attempts wrong passwords from anywhere verifies once per --account-verify-interval.
+
 Retries (docs 9.2): a login repeated on a connection that already has the session of that user
 with that key gets the first ok reply again (`dup` true) without a second password check; a
 register repeated by the same client key within an hour of its success gets ok with `dup` true;
@@ -15,6 +22,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from broker.authqueue import AuthQueue
+from broker.lockout import AccountThrottle, LoginGuard
+from broker.ratelimit import KeyedBuckets
 from broker.session import Session
 from protocol import messages as m
 from protocol.errors import ErrorCode, ProtocolError
@@ -28,6 +38,10 @@ log = logging.getLogger("broker")
 
 REGISTER_MEMORY = 3600.0
 """Seconds a successful registration is remembered for answering its retry (docs 9.2)."""
+IP_FAILURE_WINDOW = 600.0
+"""Seconds over which --max-failed-logins-per-ip wrong passwords are allowed (tokens refill)."""
+OVERLOADED_RETRY = 1.0
+"""retry_after (seconds) of E_OVERLOADED for a full login queue."""
 
 
 @dataclass
@@ -55,10 +69,19 @@ class Accounts:
     """Account requests; mixed into BrokerCore."""
 
     def __init__(self: "BrokerCore") -> None:
-        self.pending_auth: set[bytes] = set()  # routing ids with a job in flight
-        self.pending_pairs: set[tuple[str, str]] = set()  # (user, ip) with a verify in flight
+        cfg = self.cfg
+        self.pending_auth: set[bytes] = set()  # routing ids with a job queued or running
+        self.pending_pairs: set[tuple[str, str]] = set()  # (user, ip) with a verify queued or running
         self.pending_names: set[str] = set()  # names being registered
         self.registered: dict[tuple[str, str], float] = {}  # (client id, name) -> when, for retries
+        self.auth_queue = AuthQueue(cfg.max_queued_auth_per_ip)
+        self.hashing = 0  # jobs handed to the hashing threads and not answered yet
+        self.guard = LoginGuard(cfg.max_login_attempts, cfg.block_seconds)
+        self.throttle = AccountThrottle(cfg.max_login_attempts, cfg.account_verify_interval, cfg.block_seconds)
+        n = cfg.max_failed_logins_per_ip
+        self.ip_failures = KeyedBuckets(n / IP_FAILURE_WINDOW, n)
+        r = cfg.max_registrations_per_ip
+        self.ip_registrations = KeyedBuckets(r / 3600.0, r)
 
     def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
                             fd: int, session: Session | None) -> None:
@@ -97,9 +120,64 @@ class Accounts:
 
     def _check_capacity(self: "BrokerCore", rid: bytes) -> None:
         if rid in self.pending_auth:
-            raise ProtocolError(ErrorCode.OVERLOADED, "a login or registration is already in progress on this connection")
+            raise ProtocolError(ErrorCode.OVERLOADED, "a login or registration is already in progress on this connection",
+                                fields={"retry_after": OVERLOADED_RETRY})
         if len(self.pending_auth) >= self.cfg.max_pending_auth:
-            raise ProtocolError(ErrorCode.OVERLOADED, "too many logins in progress; retry in a moment")
+            raise ProtocolError(ErrorCode.OVERLOADED, "too many logins in progress; retry in a moment",
+                                fields={"retry_after": OVERLOADED_RETRY})
+
+    def _enqueue(self: "BrokerCore", job: AuthJob) -> None:
+        """Queue argon2id work for a free hashing thread. Raises E_OVERLOADED when its IP has
+        --max-queued-auth-per-ip jobs waiting."""
+        if not self.auth_queue.add(job):
+            raise ProtocolError(ErrorCode.OVERLOADED, "too many logins from your address are waiting; retry in a moment",
+                                fields={"retry_after": OVERLOADED_RETRY})
+        self.pending_auth.add(job.rid)
+        if job.kind == "hash":
+            self.pending_names.add(job.user)
+        else:
+            self.pending_pairs.add((job.user, job.ip))
+
+    def _forget_job(self: "BrokerCore", job: AuthJob) -> None:
+        self.pending_auth.discard(job.rid)
+        if job.kind == "hash":
+            self.pending_names.discard(job.user)
+        else:
+            self.pending_pairs.discard((job.user, job.ip))
+
+    def _dispatch_jobs(self: "BrokerCore") -> None:
+        """Hand queued jobs to free hashing threads (at most --hash-workers at once), fairly
+        (broker.authqueue); jobs of closed connections are dropped unrun."""
+        if not len(self.auth_queue):
+            return
+        now = self.clock()
+        for job in self.auth_queue.drop(lambda j: j.fd < 0 or self.conns.get(j.fd) is not None):
+            log.debug("dropped a login of a closed connection ip=%s", job.ip)
+            self._forget_job(job)
+
+        def ready(j: AuthJob) -> bool:
+            return j.kind == "hash" or self.throttle.ready_at(j.user, now) <= now
+
+        def clean(j: AuthJob) -> bool:
+            if self.ip_failures.wait(j.ip, now, 0.999 * self.cfg.max_failed_logins_per_ip) > 0:
+                return False  # some wrong password from this address lately
+            return j.kind == "hash" or self.guard.failures(j.user, j.ip) == 0
+
+        while self.hashing < self.cfg.hash_workers:
+            job = self.auth_queue.pick(ready, clean)
+            if job is None:
+                return
+            self.hashing += 1
+            if job.kind == "verify":
+                self.throttle.started(job.user, now)
+            self._out.jobs.append(job)
+
+    def _purge_guards(self: "BrokerCore", now: float) -> None:
+        """Forget expired lockouts, throttles and full buckets (call about once a second)."""
+        self.guard.purge(now)
+        self.throttle.purge(now)
+        self.ip_failures.purge(now)
+        self.ip_registrations.purge(now)
 
     def _client_id(self: "BrokerCore", rid: bytes, key: str) -> str:
         return key or rid.hex()
@@ -113,14 +191,23 @@ class Accounts:
                 return
             raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{r.user}' is taken")
         if r.user in self.pending_names:
-            raise ProtocolError(ErrorCode.OVERLOADED, f"a registration of '{r.user}' is in progress; retry in a moment")
+            raise ProtocolError(ErrorCode.OVERLOADED, f"a registration of '{r.user}' is in progress; retry in a moment",
+                                fields={"retry_after": OVERLOADED_RETRY})
         self._check_capacity(rid)
-        self.pending_auth.add(rid)
-        self.pending_names.add(r.user)
-        self._out.jobs.append(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd))
+        wait = self.ip_registrations.take(ip, self.clock())
+        if wait > 0:
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many new accounts from your address; retry in {wait:.0f} s",
+                                fields={"retry_after": round(wait, 1)})
+        self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd))
 
     def _login(self: "BrokerCore", rid: bytes, r: m.Login, ip: str, key: str, fd: int) -> None:
+        now = self.clock()
+        ip_wait = self.ip_failures.wait(ip, now)
+        if ip_wait > 0:
+            raise ProtocolError(ErrorCode.BLOCKED, f"too many failed logins from your address: try again in {ip_wait:.0f} s",
+                                fields={"retry_after": round(ip_wait, 1)})
         if r.user not in self.users:
+            self._ip_failed(ip, now)
             raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
         wait = self.guard.blocked_for(r.user, ip, self.clock())
         if wait > 0:
@@ -131,25 +218,30 @@ class Accounts:
         if len(self.sessions) >= self.cfg.max_clients and r.user not in self.by_user:
             raise ProtocolError(ErrorCode.SERVER_FULL, f"the broker is full ({self.cfg.max_clients} users online)")
         if (r.user, ip) in self.pending_pairs:
-            raise ProtocolError(ErrorCode.OVERLOADED, "a login to this account from your address is in progress")
+            raise ProtocolError(ErrorCode.OVERLOADED, "a login to this account from your address is in progress",
+                                fields={"retry_after": OVERLOADED_RETRY})
         self._check_capacity(rid)
         row = self.store.get_user(r.user)
         if row is None:  # removed behind our back; treat as unknown
             raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
-        self.pending_auth.add(rid)
-        self.pending_pairs.add((r.user, ip))
-        self._out.jobs.append(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd))
+        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd))
+
+    def _ip_failed(self: "BrokerCore", ip: str, now: float) -> None:
+        """One failed login (wrong password or unknown name) from `ip`: takes a token of its
+        --max-failed-logins-per-ip bucket."""
+        if self.ip_failures.take(ip, now) > 0:
+            log.info("login blocked ip=%s: too many failed logins", ip)
 
     def on_auth_result(self: "BrokerCore", job: AuthJob) -> None:
         """Finish a login or registration whose argon2id work (job.result) is done."""
-        self.pending_auth.discard(job.rid)
+        self.hashing = max(0, self.hashing - 1)
+        self._forget_job(job)
         self.store.begin_request()
         ok = False
         try:
             if job.kind == "hash":
                 self._finish_register(job)
             else:
-                self.pending_pairs.discard((job.user, job.ip))
                 self._finish_login(job)
             ok = True
         except ProtocolError as exc:
@@ -161,7 +253,6 @@ class Accounts:
             self.store.end_request(ok)
 
     def _finish_register(self: "BrokerCore", job: AuthJob) -> None:
-        self.pending_names.discard(job.user)
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         if not self.store.add_user(job.user, str(job.result), self.clock(), self.seq):
@@ -176,6 +267,8 @@ class Accounts:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         if not job.result:
+            self._ip_failed(job.ip, now)
+            self.throttle.failed(job.user, now)
             left = self.guard.fail(job.user, job.ip, now)
             log.info("failed login user=%s ip=%s attempts_left=%d", job.user, job.ip, left)
             if left == 0:
@@ -187,6 +280,7 @@ class Accounts:
                           f"wrong password ({left} {'try' if left == 1 else 'tries'} left)", {"attempts_left": left})
             return
         self.guard.succeed(job.user, job.ip)
+        self.throttle.succeeded(job.user)
         if job.rid in self.sessions:
             raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, "already logged in on this connection")
         old = self.by_user.get(job.user)

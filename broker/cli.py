@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-readable-store", action="store_true", help="start even when group or others can read the data directory or the store")
     p.add_argument("--max-connections-per-ip", type=_positive(int), default=d.max_conns_per_ip, help="TCP connections one IP address may hold (default 64; a client uses 2)")
     p.add_argument("--login-timeout", type=_positive(float), default=d.login_timeout, help="seconds a connection may stay silent without logging in before it is cut (default 60)")
+    p.add_argument("--rate-limit", type=float, default=d.rate_limit, help="requests per second one connection may make, acks not counted; more get E_RATE_LIMITED (default 20; 0 = no limit)")
+    p.add_argument("--rate-burst", type=_positive(int), default=d.rate_burst, help="requests one connection may make at once above --rate-limit (default 100)")
+    p.add_argument("--mailbox-quota", type=_positive(int), default=d.mailbox_quota, help="messages one recipient's mailbox may hold; senders then get E_MAILBOX_FULL (default 10000)")
+    p.add_argument("--max-registrations-per-ip", type=_positive(int), default=d.max_registrations_per_ip, help="accounts one IP address may create per hour (default 10)")
+    p.add_argument("--max-failed-logins-per-ip", type=_positive(int), default=d.max_failed_logins_per_ip, help="wrong passwords and unknown names one IP address may send per 10 minutes, across all accounts, before E_BLOCKED (default 20)")
+    p.add_argument("--account-verify-interval", type=float, default=d.account_verify_interval, help="seconds between password checks of an account that had --max-login-attempts wrong passwords from any address (default 1)")
+    p.add_argument("--max-queued-logins-per-ip", type=_positive(int), default=d.max_queued_auth_per_ip, help="logins and registrations of one IP address waiting for password hashing (default 8)")
     p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     return p
@@ -72,6 +79,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_clients=args.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
         key_port=args.key_port, insecure=args.insecure, allow_readable_store=args.allow_readable_store,
         max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout,
+        rate_limit=args.rate_limit, rate_burst=args.rate_burst, mailbox_quota=args.mailbox_quota,
+        max_registrations_per_ip=args.max_registrations_per_ip, max_failed_logins_per_ip=args.max_failed_logins_per_ip,
+        account_verify_interval=args.account_verify_interval, max_queued_auth_per_ip=args.max_queued_logins_per_ip,
     )
 
 

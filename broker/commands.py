@@ -31,6 +31,18 @@ def content_digest(to: list[str], text: str) -> int:
     return zlib.crc32("\x00".join([*to, text]).encode("utf-8", "surrogatepass"))
 
 
+def _refusal(unknown: list[str], full: list[str], sent: list[str]) -> tuple[ErrorCode, str]:
+    """The code and message of a send that some recipients did not get: E_UNKNOWN_USER when a
+    name has no account (it takes precedence), else E_MAILBOX_FULL."""
+    parts = []
+    if unknown:
+        parts.append(f"no such user: {', '.join(unknown)}")
+    if full:
+        parts.append(f"mailbox full: {', '.join(full)}")
+    message = "; ".join(parts) + (f" (sent to {', '.join(sent)})" if sent else "")
+    return (ErrorCode.UNKNOWN_USER if unknown else ErrorCode.MAILBOX_FULL), message
+
+
 class Commands:
     """Session command handlers; mixed into BrokerCore (see there for the attributes used)."""
 
@@ -116,18 +128,22 @@ class Commands:
 
         The send id is claimed first (one INSERT OR IGNORE): a retry changes nothing and gets the
         first reply. Mail ids are assigned here, increasing, so the reply is known before writing.
+        Names without an account (`unknown`) and recipients whose mailbox holds --mailbox-quota
+        messages (`full`) get nothing; the others do (docs 6.2).
         """
         validate_text(r.text, self.cfg.max_message_chars)
         to = list(dict.fromkeys(r.to))
         digest = content_digest(to, r.text)
         unknown = [n for n in to if n not in self.users]
-        known = [n for n in to if n in self.users]
+        quota = self.cfg.mailbox_quota
+        full = [n for n in to if n in self.users and self.mail_counts.get(n, 0) >= quota]
+        known = [n for n in to if n in self.users and self.mail_counts.get(n, 0) < quota]
         if not known:
             if self.store.get_send(s.user, r.id) is not None:
                 self._replay(s, r.req, r.id, digest)
                 return
-            self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, f"no such user: {', '.join(unknown)}",
-                      {"unknown": unknown, "ids": {}, "busy": [], "dup": False})
+            code, message = _refusal(unknown, full, [])
+            self._err(s.rid, r.req, code, message, {"unknown": unknown, "full": full, "ids": {}, "busy": [], "dup": False})
             return
         if self.last_mail_id + len(known) > MAX_COUNTER:
             raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53)")
@@ -137,10 +153,10 @@ class Commands:
                     if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
         busy = [{"user": rs.user, "text": rs.busy_text} for rs in busy_now]
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
-        if unknown:
-            message = f"no such user: {', '.join(unknown)} (sent to {', '.join(known)})"
-            record = {"status": "error", "code": ErrorCode.UNKNOWN_USER.value, "message": message,
-                      "unknown": unknown, "digest": digest, **fields}
+        if unknown or full:
+            code, message = _refusal(unknown, full, known)
+            fields.update(unknown=unknown, full=full)
+            record = {"status": "error", "code": code.value, "message": message, "digest": digest, **fields}
         else:
             record = {"status": "ok", "digest": digest, **fields}
         if not self.store.claim_send(s.user, r.id, now, wire.encode_json(record)):
@@ -151,6 +167,7 @@ class Commands:
             rs.auto_replied.add(s.user)
         for name, mid in ids.items():
             self.store.add_mail(mid, name, s.user, now, r.text, r.id)
+            self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
             rs = self.by_user.get(name)
             if rs is None:
                 continue
@@ -158,8 +175,8 @@ class Commands:
                 rs.backlog = True
             else:
                 self._deliver_new(rs, m.PrivateMessage(mid, s.user, name, now, r.text, r.id))
-        if unknown:
-            self._err(s.rid, r.req, ErrorCode.UNKNOWN_USER, message, {**fields, "unknown": unknown, "dup": False})
+        if unknown or full:
+            self._err(s.rid, r.req, code, message, {**fields, "dup": False})
         else:
             self._ok(s.rid, r.req, {**fields, "dup": False})
 
@@ -208,6 +225,8 @@ class Commands:
 
     def _ack(self: "BrokerCore", s: Session, r: m.Ack) -> None:
         removed = self.store.delete_mail(s.user, r.ids)
+        if removed:
+            self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - removed)
         s.inflight.difference_update(r.ids)
         s.dropped.difference_update(r.ids)
         self._ok(s.rid, r.req, {"removed": removed})

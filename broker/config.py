@@ -45,6 +45,13 @@ class Config:
     reply_bytes: int = 256 * 1024  # largest history/who/last reply, bytes (history pages at it)
     backlog_limit: int = 256 * 1024  # unsent bytes to a peer beyond which large replies are refused
     pub_heartbeat: float = 2.0  # seconds between PUB heartbeats carrying the newest seq
+    rate_limit: float = 20.0  # requests per second one connection may make (acks are free)
+    rate_burst: int = 100  # requests one connection may make at once above the rate
+    mailbox_quota: int = 10_000  # messages one recipient's mailbox may hold
+    max_registrations_per_ip: int = 10  # accounts one IP may create per hour
+    max_failed_logins_per_ip: int = 20  # wrong passwords/unknown names one IP may send per 10 minutes
+    account_verify_interval: float = 1.0  # seconds between verifications of an account under attack
+    max_queued_auth_per_ip: int = 8  # logins/registrations of one IP waiting for argon2id
     router_rcvhwm: int = 256  # complete requests queued from one DEALER
     pub_sndhwm: int = 1000  # events queued to one SUB; a slower one is dropped to gap repair
 

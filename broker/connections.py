@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from broker.ratelimit import TokenBucket
+
 ROUTER = "router"
 PUB = "pub"
 KEY = "key"
@@ -47,7 +49,7 @@ class Conn:
     the peer's address; accepted, last_msg: seconds (the loop's clock); consumed: wire bytes of
     the complete messages read; ref, consumed_at_scan: the pending-bytes reference (see
     ConnTable.scanned); key: the client's CURVE public key (Z85) seen on its messages, "" before;
-    rid: the routing id of its last request (ROUTER);
+    rid: the routing id of its last request (ROUTER); bucket: its flood control (made on first use);
     bound: a session uses this connection (ROUTER) or it subscribed (PUB); subs: subscriptions.
     """
 
@@ -64,6 +66,7 @@ class Conn:
     rid: bytes = b""
     bound: bool = False
     subs: int = 0
+    bucket: TokenBucket | None = None
 
 
 class ConnTable:

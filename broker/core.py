@@ -24,7 +24,7 @@ from broker.commands import Commands
 from broker.config import Config
 from broker.connections import Conn, ConnTable
 from broker.links import Links
-from broker.lockout import LoginGuard
+from broker.ratelimit import TokenBucket
 from broker.session import Session
 from broker.store import Store
 from protocol import messages as m
@@ -82,10 +82,10 @@ class BrokerCore(Commands, Accounts, Links):
         self.by_key: dict[str, Session] = {}
         self.conns = ConnTable(config.max_conns_per_ip, config.login_timeout, config.key_timeout,
                                config.pending_limit)
-        self.guard = LoginGuard(config.max_login_attempts, config.block_seconds)
         self.users: set[str] = store.user_names()
         self.seq = store.last_seq()
         self.last_mail_id = store.last_mail_id()
+        self.mail_counts: dict[str, int] = store.mail_counts()
         self.stopping = False
         self._current_req: int | None = None
         self._out = Output()
@@ -110,6 +110,7 @@ class BrokerCore(Commands, Accounts, Links):
     # -- output ---------------------------------------------------------------------------------
     def drain(self) -> Output:
         """Take the collected output (ROUTER and PUB messages, auth jobs, cuts)."""
+        self._dispatch_jobs()
         out, self._out = self._out, Output()
         self._batch_bytes.clear()
         return out
@@ -149,6 +150,8 @@ class BrokerCore(Commands, Accounts, Links):
         try:
             kind, request = wire.decode_request(frames)
             self._current_req = request.req
+            if conn is not None and kind != b"ack":  # acks are free: they only ever shrink state
+                self._flood_control(conn, now)
             session = self.sessions.get(rid)
             if session is not None and session.key != key:
                 session = None  # someone else presents this routing id: not the session's owner
@@ -168,13 +171,27 @@ class BrokerCore(Commands, Accounts, Links):
             ok = True
         except ProtocolError as exc:  # refused: the request changes nothing
             self._undo(mark)
-            self._err(rid, exc.req if self._current_req is None else self._current_req, exc.code, exc.message)
+            self._err(rid, exc.req if self._current_req is None else self._current_req, exc.code, exc.message,
+                      exc.fields)
         except Exception:  # a bug of ours: undo, answer, log, keep serving
             log.exception("internal error handling a request")
             self._undo(mark)
             self._err(rid, self._current_req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
         finally:
             self.store.end_request(ok)
+
+    def _flood_control(self, conn: Conn, now: float) -> None:
+        """Take a token of the connection's bucket (--rate-limit per second, --rate-burst at once;
+        a rate of 0 is no limit). Raises ProtocolError(E_RATE_LIMITED) with retry_after when it is
+        empty."""
+        if self.cfg.rate_limit <= 0:
+            return
+        if conn.bucket is None:
+            conn.bucket = TokenBucket(self.cfg.rate_limit, self.cfg.rate_burst)
+        wait = conn.bucket.take(now)
+        if wait > 0:
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
+                                fields={"retry_after": round(wait, 3)})
 
     def _undo(self, mark: tuple[int, int, int, int, int]) -> None:
         """Drop the output queued and the counters advanced by a request that raised."""
@@ -248,7 +265,7 @@ class BrokerCore(Commands, Accounts, Links):
                 log.info("idle timeout user=%s", s.user)
                 self._end(s, "timeout", "idle_timeout",
                           f"logged out after {self.cfg.idle_timeout / 60:g} minutes without a command")
-        self.guard.purge(now)
+        self._purge_guards(now)
         if self._later_cuts:
             due = [c for when, c in self._later_cuts if when <= now and self.conns.get(c.fd) is c and not c.bound]
             self._later_cuts = [(w, c) for w, c in self._later_cuts if w > now]

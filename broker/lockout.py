@@ -1,5 +1,12 @@
-"""Failed-login accounting per (account, IP): after N wrong passwords the IP is blocked for that
-account for a while (issue #2; seed 001: 3 tries, then 60 s). Pure: time is passed in, in seconds."""
+"""Failed-login accounting (docs/security.md, "Guessing passwords"). Pure: time is passed in, in
+seconds.
+
+* LoginGuard, per (account, IP): after N wrong passwords the IP is blocked for that account for a
+  while (issue #2; seed 001: 3 tries, then 60 s).
+* AccountThrottle, per account, from any address (issue #7): after N wrong passwords within
+  `forget_after` seconds of each other, verifications for the account start at most once per
+  `interval` seconds, so many addresses together guess no faster than one.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +61,11 @@ class LoginGuard:
             del self._entries[next(iter(self._entries))]
         return left
 
+    def failures(self, user: str, ip: str) -> int:
+        """Wrong passwords of the pair not yet forgotten (0 when none; a block resets the count)."""
+        entry = self._entries.get((user, ip))
+        return 0 if entry is None else max(entry.failures, 1 if entry.blocked_until else 0)
+
     def succeed(self, user: str, ip: str) -> None:
         """Forget the pair's failures after a correct password."""
         self._entries.pop((user, ip), None)
@@ -63,3 +75,56 @@ class LoginGuard:
         stale = [k for k, e in self._entries.items() if e.blocked_until <= now and e.last + self.block_seconds <= now]
         for key in stale:
             del self._entries[key]
+
+
+class AccountThrottle:
+    """Per account: wrong passwords from any address; once `max_attempts` of them came within
+    `forget_after` seconds of each other, a verification may start only `interval` seconds after
+    the previous one (the scheduler holds the others). A correct password clears it.
+
+    Args:
+        max_attempts: wrong passwords before the throttle (>= 1).
+        interval: seconds between verifications of a throttled account.
+        forget_after: seconds without a wrong password after which the count starts again.
+    """
+
+    def __init__(self, max_attempts: int, interval: float, forget_after: float) -> None:
+        self.max_attempts = max(1, max_attempts)
+        self.interval = interval
+        self.forget_after = forget_after
+        self._fails: dict[str, tuple[int, float]] = {}  # user -> (wrong passwords, last one)
+        self._next: dict[str, float] = {}  # user -> earliest start of the next verification
+
+    def throttled(self, user: str, now: float) -> bool:
+        """True when `user` has had max_attempts wrong passwords lately."""
+        count, last = self._fails.get(user, (0, 0.0))
+        return count >= self.max_attempts and now - last < self.forget_after
+
+    def ready_at(self, user: str, now: float) -> float:
+        """When a verification of `user` may start (now, or later while throttled)."""
+        if not self.throttled(user, now):
+            return now
+        return max(now, self._next.get(user, now))
+
+    def started(self, user: str, now: float) -> None:
+        """A verification of `user` starts now."""
+        if self.throttled(user, now):
+            self._next[user] = now + self.interval
+
+    def failed(self, user: str, now: float) -> None:
+        """A wrong password for `user`."""
+        count, last = self._fails.get(user, (0, 0.0))
+        if now - last >= self.forget_after:
+            count = 0
+        self._fails[user] = (count + 1, now)
+
+    def succeeded(self, user: str) -> None:
+        """The right password for `user`: forget its failures."""
+        self._fails.pop(user, None)
+        self._next.pop(user, None)
+
+    def purge(self, now: float) -> None:
+        """Forget accounts without a wrong password for forget_after seconds."""
+        for user in [u for u, (_, last) in self._fails.items() if now - last >= self.forget_after]:
+            del self._fails[user]
+            self._next.pop(user, None)

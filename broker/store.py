@@ -245,6 +245,11 @@ class Store:
         """All account names."""
         return {r[0] for r in self.db.execute("SELECT name FROM users")}
 
+    def mail_counts(self) -> dict[str, int]:
+        """Messages waiting per recipient (recipients with none left out)."""
+        self._flush_mail()
+        return dict(self.db.execute("SELECT recipient, count(*) FROM mailbox GROUP BY recipient").fetchall())
+
     def count_mail(self) -> int:
         """Messages waiting in all mailboxes."""
         self._flush_mail()

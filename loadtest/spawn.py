@@ -29,6 +29,11 @@ class BrokerStartError(RuntimeError):
     """The broker subprocess exited or did not print its start line in time (message: one line)."""
 
 
+LOAD_LIMITS = ["--max-connections-per-ip", "1000000", "--rate-limit", "0", "--max-registrations-per-ip", "1000000",
+               "--max-failed-logins-per-ip", "1000000", "--max-queued-logins-per-ip", "100000"]
+"""Per-IP and per-connection limits lifted for a spawned broker: every load client comes from
+127.0.0.1 and sends as fast as it may (later flags in extra_args override these)."""
+
 WANTED_FDS = 65536
 """Open files wanted for big runs: 10,000 clients need ~20,000 in the broker (a TCP connection for
 the DEALER and one for the SUB of each client) and ~6 per client in a load process."""
@@ -79,8 +84,7 @@ class SpawnedBroker:
         if self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="chat-loadtest-")
         cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", "0", "--pub-port", "0",
-               "--key-port", "0", "--max-connections-per-ip", "1000000", "--data-dir", self.data_dir,
-               *self.extra_args]
+               "--key-port", "0", "--data-dir", self.data_dir, *LOAD_LIMITS, *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, errors="replace",
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})

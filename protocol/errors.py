@@ -34,6 +34,8 @@ class ErrorCode(str, enum.Enum):
     MESSAGE_EMPTY = "E_MESSAGE_EMPTY"  # message text is empty
     MESSAGE_TOO_LONG = "E_MESSAGE_TOO_LONG"  # message text over --max-message-chars characters
     DUPLICATE_ID = "E_DUPLICATE_ID"  # a send id reused for a different message
+    RATE_LIMITED = "E_RATE_LIMITED"  # too many requests or registrations; retry after retry_after seconds
+    MAILBOX_FULL = "E_MAILBOX_FULL"  # a recipient's mailbox holds --mailbox-quota messages
     SHUTTING_DOWN = "E_SHUTTING_DOWN"  # the broker is stopping
     INTERNAL = "E_INTERNAL"  # the broker broke; the request may be retried
 
@@ -45,13 +47,15 @@ class ProtocolError(Exception):
         code: the `ErrorCode` to put in the error reply.
         message: one human-readable sentence (no secrets, no message bodies).
         req: the request id to echo, when it could be read from the bad input, else None.
+        fields: further fields of the error reply (e.g. {"retry_after": 1.0}), or None.
     """
 
-    def __init__(self, code: ErrorCode, message: str, req: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, req: int | None = None, fields: dict | None = None) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.req = req
+        self.fields = fields
 
 
 class UsageError(ValueError):

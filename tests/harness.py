@@ -27,16 +27,21 @@ STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]
 PASSWORD = "correct horse"
 
 
+RELAXED = {"--max-connections-per-ip": "1000", "--rate-limit": "0", "--max-registrations-per-ip": "100000",
+           "--max-failed-logins-per-ip": "100000", "--max-queued-logins-per-ip": "1000"}
+"""Limits lifted for tests that are not about them (name -> value)."""
+
+
 class Broker:
     """A `python -m broker` subprocess. `port`/`pub_port`/`key_port` are read from its start log
     line; `server_key` (Z85 bytes, None with --insecure) from its data directory.
 
-    Tests run many peers from 127.0.0.1, so --max-connections-per-ip defaults to 1000 here unless
-    `flags` set it."""
+    Tests run many peers from 127.0.0.1 as fast as they can, so the per-IP and per-connection
+    limits are lifted here (RELAXED) unless `flags` set them."""
 
     def __init__(self, data_dir: Path, *flags: str, port: int = 0, pub_port: int = 0, key_port: int = 0) -> None:
         self.data_dir = data_dir
-        self.flags = flags if "--max-connections-per-ip" in flags else (*flags, "--max-connections-per-ip", "1000")
+        self.flags = (*flags, *(f for name, value in RELAXED.items() if name not in flags for f in (name, value)))
         self.insecure = "--insecure" in flags
         self.lines: list[str] = []
         self._start(port, pub_port, key_port)

@@ -1,0 +1,83 @@
+"""Fair queueing of argon2id work (docs/security.md, "Login storms"). Pure: no threads, no clock.
+
+Logins and registrations wait here, one queue per IP address, until a hashing thread is free; the
+core hands out at most one job per free thread. `pick` serves the IPs round robin, in two passes:
+first jobs whose address is clean (no recent wrong passwords from it, and none for the account it
+asks for), then the others. So a storm of wrong passwords from many addresses slows down the
+attackers, not a user logging in from a fresh address: that user waits for one job at most.
+A job is picked only when it is ready (an account under attack verifies once a second,
+broker.lockout.AccountThrottle); jobs of a connection that closed are dropped unrun.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from broker.accounts import AuthJob
+
+
+class AuthQueue:
+    """Waiting argon2id jobs, per IP.
+
+    Args:
+        per_ip: most jobs one IP may have waiting (more are refused by `add`).
+    """
+
+    def __init__(self, per_ip: int) -> None:
+        self.per_ip = per_ip
+        self._queues: dict[str, deque[AuthJob]] = {}
+        self._order: deque[str] = deque()  # IPs with waiting jobs, next to serve first
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, job: AuthJob) -> bool:
+        """Queue `job` behind its IP's others. False (nothing queued) when that IP has per_ip waiting."""
+        queue = self._queues.get(job.ip)
+        if queue is None:
+            queue = self._queues[job.ip] = deque()
+            self._order.append(job.ip)
+        elif len(queue) >= self.per_ip:
+            return False
+        queue.append(job)
+        self._count += 1
+        return True
+
+    def drop(self, keep: Callable[[AuthJob], bool]) -> list[AuthJob]:
+        """Remove and return every waiting job for which keep(job) is False (e.g. its connection
+        closed)."""
+        gone: list[AuthJob] = []
+        for ip in list(self._queues):
+            queue = self._queues[ip]
+            kept = deque(j for j in queue if keep(j))
+            if len(kept) != len(queue):
+                gone.extend(j for j in queue if not keep(j))
+                self._count -= len(queue) - len(kept)
+                self._set(ip, kept)
+        return gone
+
+    def pick(self, ready: Callable[[AuthJob], bool], clean: Callable[[AuthJob], bool]) -> AuthJob | None:
+        """The next job to run, or None: round robin over IPs, clean jobs before others, only
+        ready ones; the IP served goes to the back of the line."""
+        for want_clean in (True, False):
+            for _ in range(len(self._order)):
+                ip = self._order[0]
+                self._order.rotate(-1)
+                queue = self._queues[ip]
+                for job in queue:
+                    if ready(job) and (not want_clean or clean(job)):
+                        queue.remove(job)
+                        self._count -= 1
+                        self._set(ip, queue)
+                        return job
+        return None
+
+    def _set(self, ip: str, queue: deque) -> None:
+        if queue:
+            self._queues[ip] = queue
+            return
+        del self._queues[ip]
+        self._order.remove(ip)
