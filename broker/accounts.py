@@ -40,6 +40,8 @@ REGISTER_MEMORY = 3600.0
 """Seconds a successful registration is remembered for answering its retry (docs 9.2)."""
 IP_FAILURE_WINDOW = 600.0
 """Seconds over which --max-failed-logins-per-ip wrong passwords are allowed (tokens refill)."""
+KNOWN_IPS = 4
+"""Addresses remembered per account (its last successful logins, in memory): their logins go first."""
 OVERLOADED_RETRY = 1.0
 """retry_after (seconds) of E_OVERLOADED for a full login queue."""
 
@@ -82,6 +84,7 @@ class Accounts:
         self.ip_failures = KeyedBuckets(n / IP_FAILURE_WINDOW, n)
         r = cfg.max_registrations_per_ip
         self.ip_registrations = KeyedBuckets(r / 3600.0, r)
+        self.known_ips: dict[str, list[str]] = {}  # user -> addresses of its last successful logins
 
     def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
                             fd: int, session: Session | None) -> None:
@@ -158,13 +161,15 @@ class Accounts:
         def ready(j: AuthJob) -> bool:
             return j.kind == "hash" or self.throttle.ready_at(j.user, now) <= now
 
-        def clean(j: AuthJob) -> bool:
+        def rank(j: AuthJob) -> int:
+            if j.kind == "verify" and j.ip in self.known_ips.get(j.user, ()):
+                return 0  # this account logged in from here before
             if self.ip_failures.wait(j.ip, now, 0.999 * self.cfg.max_failed_logins_per_ip) > 0:
-                return False  # some wrong password from this address lately
-            return j.kind == "hash" or self.guard.failures(j.user, j.ip) == 0
+                return 2  # some wrong password from this address lately
+            return 2 if j.kind == "verify" and self.guard.failures(j.user, j.ip) else 1
 
         while self.hashing < self.cfg.hash_workers:
-            job = self.auth_queue.pick(ready, clean)
+            job = self.auth_queue.pick(ready, rank)
             if job is None:
                 return
             self.hashing += 1
@@ -281,6 +286,10 @@ class Accounts:
             return
         self.guard.succeed(job.user, job.ip)
         self.throttle.succeeded(job.user)
+        ips = self.known_ips.setdefault(job.user, [])
+        if job.ip not in ips:
+            ips.append(job.ip)
+            del ips[:-KNOWN_IPS]
         if job.rid in self.sessions:
             raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, "already logged in on this connection")
         old = self.by_user.get(job.user)

@@ -1,10 +1,11 @@
 """Fair queueing of argon2id work (docs/security.md, "Login storms"). Pure: no threads, no clock.
 
 Logins and registrations wait here, one queue per IP address, until a hashing thread is free; the
-core hands out at most one job per free thread. `pick` serves the IPs round robin, in two passes:
-first jobs whose address is clean (no recent wrong passwords from it, and none for the account it
-asks for), then the others. So a storm of wrong passwords from many addresses slows down the
-attackers, not a user logging in from a fresh address: that user waits for one job at most.
+core hands out at most one job per free thread. `pick` serves the IPs round robin, by rank: first
+jobs ranked 0 (the core: an address this account logged in from before), then 1 (a clean
+address: no recent wrong passwords from it, none for this account), then 2 (the others). So a
+storm of wrong passwords from many addresses slows down the attackers, not a user logging in from
+a fresh or a known address: that user waits for one job at most.
 A job is picked only when it is ready (an account under attack verifies once a second,
 broker.lockout.AccountThrottle); jobs of a connection that closed are dropped unrun.
 """
@@ -59,16 +60,16 @@ class AuthQueue:
                 self._set(ip, kept)
         return gone
 
-    def pick(self, ready: Callable[[AuthJob], bool], clean: Callable[[AuthJob], bool]) -> AuthJob | None:
-        """The next job to run, or None: round robin over IPs, clean jobs before others, only
-        ready ones; the IP served goes to the back of the line."""
-        for want_clean in (True, False):
+    def pick(self, ready: Callable[[AuthJob], bool], rank: Callable[[AuthJob], int]) -> AuthJob | None:
+        """The next job to run, or None: only ready ones, lowest rank (0, 1, 2) first, round robin
+        over IPs within a rank; the IP served goes to the back of the line."""
+        for want in (0, 1, 2):
             for _ in range(len(self._order)):
                 ip = self._order[0]
                 self._order.rotate(-1)
                 queue = self._queues[ip]
                 for job in queue:
-                    if ready(job) and (not want_clean or clean(job)):
+                    if rank(job) == want and ready(job):
                         queue.remove(job)
                         self._count -= 1
                         self._set(ip, queue)

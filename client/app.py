@@ -202,7 +202,8 @@ class ChatSession:
             print(view.event_line(event))
 
     async def _send(self, to: list[str] | None, text: str) -> None:
-        """Broadcast (to None) or send privately; one retry with the same id after a timeout."""
+        """Broadcast (to None) or send privately; one retry with the same id after a timeout, and
+        up to three after E_RATE_LIMITED, each after its retry_after (at most 5 s)."""
         cid = uuid.uuid4().hex
         self._sent_ids.add(cid)
         msg: m.Request = m.Broadcast(req=0, id=cid, text=text) if to is None else m.Send(req=0, id=cid, to=to, text=text)
@@ -211,13 +212,22 @@ class ChatSession:
             reply = await self.conn.request(msg, attempt_timeout)
         except RequestTimeout:
             reply = await self.conn.request(msg, attempt_timeout)  # same id: stored once
+        for _ in range(3):
+            wait = reply.get("retry_after")
+            if reply.get("code") != ErrorCode.RATE_LIMITED.value or not isinstance(wait, (int, float)) or wait > 5:
+                break
+            await asyncio.sleep(wait)
+            reply = await self.conn.request(msg, attempt_timeout)
         ts = float(reply.get("ts", 0.0))
         if reply.get("status") == "ok":
             print(view.sent_line(ts, to, text))
         else:
             print(view.error_line(reply))
-            if reply.get("code") == ErrorCode.UNKNOWN_USER.value:
-                print(f"unknown: {', '.join(map(view.safe, reply.get('unknown', [])))}")
+            if reply.get("code") in (ErrorCode.UNKNOWN_USER.value, ErrorCode.MAILBOX_FULL.value):
+                if reply.get("unknown"):
+                    print(f"unknown: {', '.join(map(view.safe, reply.get('unknown', [])))}")
+                if reply.get("full"):
+                    print(f"mailbox full: {', '.join(map(view.safe, reply.get('full', [])))}")
                 got = list(reply.get("ids", {}))
                 print(view.sent_line(ts, got, text) if got else "nobody got it")
         for entry in reply.get("busy", []) or []:

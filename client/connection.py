@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from typing import Any, Awaitable, Callable
 
 import zmq
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 3.5
 """Seconds to wait for the `hello` reply before declaring the broker unreachable."""
+OVERLOADED_PATIENCE = 20.0
+"""Seconds a login or registration is retried while the broker answers E_OVERLOADED."""
 DIAGNOSE_TIMEOUT = 1.0
 """Seconds to wait for the key endpoint when finding out why the broker did not answer."""
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -262,20 +265,40 @@ class Connection:
             self.core.forget(req)
             self._wake_timer()
 
+    async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> dict[str, Any]:
+        """Send the request `make()` builds; while the broker answers E_OVERLOADED (its login queue
+        is full), send it again after retry_after seconds, doubling up to 8 s, for at most
+        OVERLOADED_PATIENCE seconds in all. Returns the last reply."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + OVERLOADED_PATIENCE
+        delay = 0.0
+        while True:
+            reply = await self.request(make(), timeout)
+            if reply.get("code") != ErrorCode.OVERLOADED.value or loop.time() >= give_up:
+                return reply
+            hint = reply.get("retry_after")
+            base = float(hint) if isinstance(hint, (int, float)) and hint > 0 else 0.5
+            delay = min(8.0, max(base, delay * 2))
+            await asyncio.sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, give_up - loop.time())))
+
     async def login(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Log in; on success connect and subscribe the SUB socket, then ask the catch-up history.
+        """Log in (retried with backoff while the broker is overloaded); on success connect and
+        subscribe the SUB socket; the catch-up history follows the broker's welcome.
 
         Returns the login reply dict (check "status"). Raises RequestTimeout / ConnectionClosed.
         """
-        reply = await self.request(m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
+        reply = await self._with_backoff(
+            lambda: m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
         if reply.get("status") == "ok" and self.core.session is not None:
             self._open_sub(self.core.session.pub_port)  # the catch-up follows the broker's welcome
             self._wake_timer()
         return reply
 
     async def register(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Create an account (does not log in). Returns the reply dict. Raises like request()."""
-        return await self.request(m.Register(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
+        """Create an account (does not log in; retried with backoff while the broker is
+        overloaded). Returns the reply dict. Raises like request()."""
+        return await self._with_backoff(
+            lambda: m.Register(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
 
     async def logout(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """End the session: send `logout`, wait up to `timeout` s, close the SUB. Never raises for a

@@ -107,14 +107,16 @@ class Peer:
     _req = itertools.count(1)
 
     def __init__(self, ctx: zmq.Context, broker: Broker, routing_id: bytes | None = None,
-                 keypair: tuple[bytes, bytes] | None = None, server_key: bytes | None = None) -> None:
+                 keypair: tuple[bytes, bytes] | None = None, server_key: bytes | None = None,
+                 source: str | None = None) -> None:
         self.ctx = ctx
         self.broker = broker
         self.public, self.secret = keypair or zmq.curve_keypair()
         self.server_key = server_key or broker.server_key
         self.dealer = self._socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.ROUTING_ID, routing_id or b"t" + uuid.uuid4().bytes)
-        self.dealer.connect(f"tcp://127.0.0.1:{broker.port}")
+        self.source = source  # a loopback address to connect from (e.g. 127.0.0.7), as another host would
+        self.dealer.connect(self._endpoint(broker.port))
         self.sub: zmq.Socket | None = None
         self.replies: dict[Any, dict] = {}
         self.msgs: list[m.PrivateMessage] = []
@@ -124,6 +126,9 @@ class Peer:
         self.welcome: int | None = None
         self.welcome_topic = b"welcome." + uuid.uuid4().hex.encode()
         self.user = ""
+
+    def _endpoint(self, port: int) -> str:
+        return f"tcp://{self.source}:0;127.0.0.1:{port}" if self.source else f"tcp://127.0.0.1:{port}"
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -215,7 +220,7 @@ class Peer:
         self.sub = self._socket(zmq.SUB)
         for topic in (wire.TOPIC_BCAST, wire.TOPIC_PRESENCE, wire.TOPIC_HEARTBEAT, self.welcome_topic):
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
-        self.sub.connect(f"tcp://127.0.0.1:{self.broker.pub_port}")
+        self.sub.connect(self._endpoint(self.broker.pub_port))
         if wait:
             self.wait_for(lambda: self.welcome is not None, 5, "the PUB welcome")
 

@@ -1,0 +1,133 @@
+"""Integration tests of the per-peer limits (docs/security.md) on real sockets: flood control, the
+mailbox quota, per-IP registrations and failed logins (peers on other loopback addresses), and a
+legitimate login during a storm of wrong passwords from 100 addresses."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import zmq
+
+from tests.harness import Broker, Peer, err, ok
+
+pytestmark = pytest.mark.timeout(120)
+
+LIMITS = ("--rate-limit", "--max-registrations-per-ip", "--max-failed-logins-per-ip",
+          "--max-queued-logins-per-ip", "--max-connections-per-ip")
+
+
+def broker_with(tmp_path, *flags: str) -> Broker:
+    """A broker with the given limits and the defaults of the others (not the test-relaxed ones)."""
+    given = set(flags[::2])
+    defaults = {"--rate-limit": "20", "--max-registrations-per-ip": "10", "--max-failed-logins-per-ip": "20",
+                "--max-queued-logins-per-ip": "8", "--max-connections-per-ip": "64"}
+    rest = [x for name, value in defaults.items() if name not in given for x in (name, value)]
+    return Broker(tmp_path / "data", *flags, *rest)
+
+
+def test_a_flooding_user_gets_rate_limited_and_the_canary_keeps_chatting(tmp_path, peers):
+    b = broker_with(tmp_path, "--rate-limit", "20", "--rate-burst", "40", "--max-registrations-per-ip", "100")
+    try:
+        flood, canary, friend = peers(b), peers(b), peers(b)
+        for p, name in ((flood, "flood"), (canary, "canary"), (friend, "friend")):
+            ok(p.register(name))
+            ok(p.login(name))
+        for i in range(500):  # as fast as it can, without waiting for replies
+            flood.send_raw([b"send", f'{{"req": {10_000 + i}, "id": "f{i}", "to": ["friend"], "text": "spam"}}'.encode()])
+        flood.wait_for(lambda: sum(1 for k in flood.replies if isinstance(k, int) and k >= 10_000) == 500,
+                       timeout=30, what="500 replies")
+        bodies = [flood.replies[k] for k in flood.replies if isinstance(k, int) and k >= 10_000]
+        limited = [r for r in bodies if r["status"] == "error"]
+        assert limited and all(r["code"] == "E_RATE_LIMITED" and r["retry_after"] > 0 for r in limited)
+        accepted = len(bodies) - len(limited)
+        assert accepted < 100  # the burst and a bit of refill, not 500
+        ok(canary.send("friend", "still here"))
+        got = friend.wait_msgs(accepted + 1, timeout=20)
+        assert [m.text for m in got].count("spam") == accepted  # every acknowledged message arrived
+    finally:
+        b.stop()
+
+
+def test_mailbox_quota_refuses_past_it_and_nothing_acknowledged_is_lost(tmp_path, peers):
+    b = broker_with(tmp_path, "--mailbox-quota", "5")
+    try:
+        a, away = peers(b), peers(b)
+        ok(a.register("sender"))
+        ok(a.login("sender"))
+        ok(away.register("awayuser"))
+        for i in range(5):
+            ok(a.send("awayuser", f"m{i}"))
+        full = err(a.send("awayuser", "one too many"), "E_MAILBOX_FULL")
+        assert full["full"] == ["awayuser"] and full["ids"] == {}
+        ok(away.login("awayuser"))
+        assert [m.text for m in away.wait_msgs(5)] == [f"m{i}" for i in range(5)]
+        ok(away.ack_all())
+        ok(a.send("awayuser", "room again"))
+    finally:
+        b.stop()
+
+
+def test_registrations_and_failed_logins_are_limited_per_address(tmp_path, peers):
+    b = broker_with(tmp_path, "--max-registrations-per-ip", "2", "--max-failed-logins-per-ip", "3")
+    try:
+        here = peers(b, source="127.0.0.11")
+        ok(here.register("first1"))
+        ok(here.register("second2"))
+        err(here.register("third3"), "E_RATE_LIMITED")
+        ok(peers(b, source="127.0.0.12").register("third3"))  # another address may
+        guesser = peers(b, source="127.0.0.13")
+        err(guesser.login("nosuch1"), "E_UNKNOWN_USER")
+        err(guesser.login("first1", "wrong password"), "E_BAD_CREDENTIALS")
+        err(guesser.login("second2", "wrong password"), "E_BAD_CREDENTIALS")
+        blocked = err(guesser.login("third3"), "E_BLOCKED")  # even the right password, from there
+        assert blocked["retry_after"] > 0
+        ok(peers(b, source="127.0.0.14").login("third3"))
+    finally:
+        b.stop()
+
+
+def test_a_fresh_address_logs_in_during_a_storm_from_100_addresses(tmp_path, peers, ctx):
+    b = broker_with(tmp_path, "--max-registrations-per-ip", "100", "--max-failed-logins-per-ip", "1000",
+                    "--max-login-attempts", "1000")
+    stop = threading.Event()
+    answered = [0]
+    try:
+        setup = peers(b, source="127.0.1.1")
+        ok(setup.register("victimx"))
+        ok(setup.register("stormed"))
+        attackers = []
+        for i in range(100):
+            d = Peer(ctx, b, source=f"127.0.2.{i + 1}")
+            attackers.append(d)
+
+        def storm() -> None:  # every address keeps one wrong-password login in flight
+            poller = zmq.Poller()
+            for d in attackers:
+                poller.register(d.dealer, zmq.POLLIN)
+                d.send_raw([b"login", b'{"req": 1, "version": 1, "user": "stormed", "password": "wrong!!!"}'])
+            while not stop.is_set():
+                for sock, _ in poller.poll(50):
+                    sock.recv_multipart()
+                    answered[0] += 1
+                    sock.send_multipart([b"login", b'{"req": 1, "version": 1, "user": "stormed", "password": "wrong!!!"}'])
+
+        thread = threading.Thread(target=storm, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while answered[0] < 100:  # the storm is on
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = answered[0]
+        legit = peers(b, source="127.0.3.1")
+        reply = legit.call("login", timeout=30, user="victimx", password="correct horse")
+        during = answered[0] - before
+        ok(reply)
+        assert thread.is_alive() and during < 100, during  # it did not wait for a round of the storm
+    finally:
+        stop.set()
+        b.stop()
+        for d in locals().get("attackers", []):
+            d.close()
