@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from broker.accounts import Accounts, AuthJob
-from broker.commands import Commands
+from broker.commands import MAX_COUNTER, Commands
 from broker.config import Config
 from broker.connections import Conn, ConnTable
 from broker.links import Links
@@ -235,7 +235,7 @@ class BrokerCore(Commands, Accounts, Links):
             self._presence(s, presence)
 
     def _presence(self, s: Session, event: str) -> None:
-        if not s.hidden:
+        if not s.hidden and self.seq < MAX_COUNTER:  # past 2^53 presence is no longer published
             self._publish(m.Event(self.seq + 1, self.clock(), "presence", s.user, event=event))
 
     def _publish(self, event: m.Event) -> None:

@@ -786,5 +786,8 @@ def test_spec_mentions_every_type_code_reason_and_event():
         assert f"`{reason}`" in text
     for event in m.PRESENCE_EVENTS:
         assert f'"{event}"' in text
-    for fragment in ("4119", "262144", "2^53", "10080", "10000", "1..64", "1..100", "1..1000", "[A-Za-z0-9]{3,32}"):
+    for fragment in ("4119", "4121", "65536", "2^53", "10080", "10000", "1..64", "1..100", "1..1000",
+                     "[A-Za-z0-9]{3,32}", "CURVE", "SHA256:", "Z85", "welcome.", '[b"hb"'):
         assert fragment in text
+    from broker.config import Config
+    assert f"**{Config().max_msg_bytes} bytes" in text  # the ROUTER's ZMQ_MAXMSGSIZE as specified
