@@ -284,8 +284,7 @@ class Accounts:
                 self._err(job.rid, job.req, ErrorCode.BAD_CREDENTIALS,
                           f"wrong password ({left} {'try' if left == 1 else 'tries'} left)", {"attempts_left": left})
             return
-        self.guard.succeed(job.user, job.ip)
-        self.throttle.succeeded(job.user)
+        self.guard.succeed(job.user, job.ip)  # (the account throttle stays: an attack goes on)
         ips = self.known_ips.setdefault(job.user, [])
         if job.ip not in ips:
             ips.append(job.ip)

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="no encryption (NULL mechanism): passwords and messages in clear text, sessions not bound to keys; for debugging on a trusted network only")
     p.add_argument("--allow-readable-store", action="store_true", help="start even when group or others can read the data directory or the store")
     p.add_argument("--max-connections-per-ip", type=_positive(int), default=d.max_conns_per_ip, help="TCP connections one IP address may hold (default 64; a client uses 2)")
+    p.add_argument("--connection-rate", type=_positive(float), default=d.conn_rate, help="new connections one IP address may make per second, 4 seconds' worth at once (default 10)")
     p.add_argument("--login-timeout", type=_positive(float), default=d.login_timeout, help="seconds a connection may stay silent without logging in before it is cut (default 60)")
     p.add_argument("--rate-limit", type=float, default=d.rate_limit, help="requests per second one connection may make, acks not counted; more get E_RATE_LIMITED (default 20; 0 = no limit)")
     p.add_argument("--rate-burst", type=_positive(int), default=d.rate_burst, help="requests one connection may make at once above --rate-limit (default 100)")
@@ -78,7 +79,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
         max_clients=args.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
         key_port=args.key_port, insecure=args.insecure, allow_readable_store=args.allow_readable_store,
-        max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout,
+        max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout, conn_rate=args.connection_rate,
         rate_limit=args.rate_limit, rate_burst=args.rate_burst, mailbox_quota=args.mailbox_quota,
         max_registrations_per_ip=args.max_registrations_per_ip, max_failed_logins_per_ip=args.max_failed_logins_per_ip,
         account_verify_interval=args.account_verify_interval, max_queued_auth_per_ip=args.max_queued_logins_per_ip,

@@ -37,6 +37,7 @@ class Config:
     key_port: int | None = None  # key endpoint port; None = port + 2 (or ephemeral when port is 0)
     allow_readable_store: bool = False  # start even when others can read the data dir
     max_conns_per_ip: int = 64  # TCP connections one IP may hold (ROUTER + PUB + key endpoint)
+    conn_rate: float = 10.0  # new connections one IP may make per second (4 s worth at once)
     login_timeout: float = 60.0  # seconds a connection may stay without a session and silent
     key_timeout: float = 10.0  # seconds a key-endpoint connection may stay silent
     pending_limit: int = 16 * 1024 * 1024  # bytes a connection may have buffered beyond its last message

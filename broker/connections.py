@@ -50,6 +50,7 @@ class Conn:
     the complete messages read; ref, consumed_at_scan: the pending-bytes reference (see
     ConnTable.scanned); key: the client's CURVE public key (Z85) seen on its messages, "" before;
     rid: the routing id of its last request (ROUTER); bucket: its flood control (made on first use);
+    refused: requests refused by flood control in a row;
     bound: a session uses this connection (ROUTER) or it subscribed (PUB); subs: subscriptions.
     """
 
@@ -67,6 +68,7 @@ class Conn:
     bound: bool = False
     subs: int = 0
     bucket: TokenBucket | None = None
+    refused: int = 0
 
 
 class ConnTable:

@@ -24,7 +24,7 @@ from broker.commands import MAX_COUNTER, Commands
 from broker.config import Config
 from broker.connections import Conn, ConnTable
 from broker.links import Links
-from broker.ratelimit import TokenBucket
+from broker.ratelimit import KeyedBuckets, TokenBucket
 from broker.session import Session
 from broker.store import Store
 from protocol import messages as m
@@ -35,6 +35,9 @@ log = logging.getLogger("broker")
 
 NO_SESSION_NEEDED = frozenset({b"hello", b"register", b"login", b"logout", b"ping"})
 NOT_A_COMMAND = frozenset({b"ping", b"ack", b"history"})  # these do not reset the idle timer
+FLOOD_CUT = 1
+"""A connection refused this many bursts' worth of requests in a row (--rate-burst each) is cut
+off: its backlog in libzmq goes with it, so a flooder stops costing the loop a reply per request."""
 CUT_GRACE = 2.0
 """Seconds between ending a silent session and cutting its connection (the `end` push goes first)."""
 
@@ -91,6 +94,7 @@ class BrokerCore(Commands, Accounts, Links):
         self._out = Output()
         self._later_cuts: list[tuple[float, Conn]] = []
         self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
+        self.user_buckets = KeyedBuckets(config.rate_limit, config.rate_burst)  # flood control per user
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
             b"who": self._who,
             b"last": self._last,
@@ -150,11 +154,11 @@ class BrokerCore(Commands, Accounts, Links):
         try:
             kind, request = wire.decode_request(frames)
             self._current_req = request.req
-            if conn is not None and kind != b"ack":  # acks are free: they only ever shrink state
-                self._flood_control(conn, now)
             session = self.sessions.get(rid)
             if session is not None and session.key != key:
                 session = None  # someone else presents this routing id: not the session's owner
+            if conn is not None and kind != b"ack":  # acks are free: they only ever shrink state
+                self._flood_control(conn, session, now)
             if session is not None:
                 self._attach(session, fd, conn)
                 session.last_heard = now
@@ -180,16 +184,27 @@ class BrokerCore(Commands, Accounts, Links):
         finally:
             self.store.end_request(ok)
 
-    def _flood_control(self, conn: Conn, now: float) -> None:
-        """Take a token of the connection's bucket (--rate-limit per second, --rate-burst at once;
-        a rate of 0 is no limit). Raises ProtocolError(E_RATE_LIMITED) with retry_after when it is
-        empty."""
+    def _flood_control(self, conn: Conn, session: Session | None, now: float) -> None:
+        """Take a token of the user's bucket in a session, else of the connection's (--rate-limit
+        per second, --rate-burst at once; a rate of 0 is no limit): a user's bucket outlives
+        reconnects and new sessions, so cutting a flooder never refills it. Raises
+        ProtocolError(E_RATE_LIMITED) with retry_after when it is empty; a connection refused
+        FLOOD_CUT bursts' worth in a row is cut off."""
         if self.cfg.rate_limit <= 0:
             return
-        if conn.bucket is None:
-            conn.bucket = TokenBucket(self.cfg.rate_limit, self.cfg.rate_burst)
-        wait = conn.bucket.take(now)
-        if wait > 0:
+        if session is not None:
+            wait = self.user_buckets.take(session.user, now)
+        else:
+            if conn.bucket is None:
+                conn.bucket = TokenBucket(self.cfg.rate_limit, self.cfg.rate_burst)
+            wait = conn.bucket.take(now)
+        if wait == 0:
+            conn.refused = 0
+        else:
+            conn.refused += 1
+            if conn.refused == FLOOD_CUT * self.cfg.rate_burst:
+                log.warning("cut connection ip=%s: %d requests in a row over its rate limit", conn.ip, conn.refused)
+                self._out.cuts.append(conn)
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
@@ -266,6 +281,7 @@ class BrokerCore(Commands, Accounts, Links):
                 self._end(s, "timeout", "idle_timeout",
                           f"logged out after {self.cfg.idle_timeout / 60:g} minutes without a command")
         self._purge_guards(now)
+        self.user_buckets.purge(now)
         if self._later_cuts:
             due = [c for when, c in self._later_cuts if when <= now and self.conns.get(c.fd) is c and not c.bound]
             self._later_cuts = [(w, c) for w, c in self._later_cuts if w > now]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from broker.connections import KEY, PUB, ROUTER, Conn
+from broker.ratelimit import KeyedBuckets
 from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
 from protocol import wire
 
@@ -36,6 +37,7 @@ class Links:
 
     def __init__(self: "BrokerCore") -> None:
         self._next_pub_heartbeat = 0.0
+        self.new_conns = KeyedBuckets(self.cfg.conn_rate, max(1.0, self.cfg.conn_rate * 4))
 
     # -- ZAP ------------------------------------------------------------------------------------
     def authorize(self: "BrokerCore", domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
@@ -50,6 +52,9 @@ class Links:
         if self.conns.over_limit(address):
             log.info("refused connection ip=%s: more than %d connections", address, self.cfg.max_conns_per_ip)
             return 400, "too many connections from this address", ""
+        if self.new_conns.take(address, self.clock()) > 0:
+            log.info("refused connection ip=%s: more than %g new connections a second", address, self.cfg.conn_rate)
+            return 400, "too many new connections from this address", ""
         expected = "NULL" if self.cfg.insecure or domain == DOMAIN_KEY else "CURVE"
         if mechanism != expected:
             return 400, f"mechanism {mechanism} is not accepted here", ""
@@ -137,6 +142,7 @@ class Links:
             self._next_pub_heartbeat = now + self.cfg.pub_heartbeat
             self._out.pub.append((wire.TOPIC_HEARTBEAT, _encoder.encode({"seq": self.seq, "ts": now})))
         self._forget_registrations(now)
+        self.new_conns.purge(now)
 
     def connection_kinds(self: "BrokerCore") -> dict[str, int]:
         """Open connections per socket kind (for logs and tests)."""

@@ -80,7 +80,9 @@ class LoginGuard:
 class AccountThrottle:
     """Per account: wrong passwords from any address; once `max_attempts` of them came within
     `forget_after` seconds of each other, a verification may start only `interval` seconds after
-    the previous one (the scheduler holds the others). A correct password clears it.
+    the previous one (the scheduler holds the others). A correct password does not clear it (an
+    attack may go on; the owner's logins go first, broker.authqueue): it ends `forget_after`
+    seconds after the last wrong password.
 
     Args:
         max_attempts: wrong passwords before the throttle (>= 1).
@@ -117,11 +119,6 @@ class AccountThrottle:
         if now - last >= self.forget_after:
             count = 0
         self._fails[user] = (count + 1, now)
-
-    def succeeded(self, user: str) -> None:
-        """The right password for `user`: forget its failures."""
-        self._fails.pop(user, None)
-        self._next.pop(user, None)
 
     def purge(self, now: float) -> None:
         """Forget accounts without a wrong password for forget_after seconds."""

@@ -38,6 +38,10 @@ log = logging.getLogger("broker")
 
 BATCH = 2000
 """Most requests handled per wake-up before committing and sending."""
+PER_PEER_BATCH = 64
+"""A wake-up ends early once one connection has sent this many of its requests: the ROUTER reads
+its peers round robin, so everyone else's requests are in by then, and a flooder's backlog would
+otherwise delay their replies by a whole batch of its own."""
 PRUNE_EVERY = 60.0
 """Seconds between trims of the event log and of old send ids."""
 RSS_CHECK_EVERY = 0.02
@@ -180,6 +184,7 @@ class BrokerLoop:
         on_request = self.core.on_request
         curve = self.curve
         max_frames = self.cfg.max_frames
+        per_peer: dict[int, int] = {}
         for _ in range(BATCH):
             try:
                 head = recv(NOBLOCK, copy=False)
@@ -193,13 +198,17 @@ class BrokerLoop:
             while frame.more:
                 frame = recv(NOBLOCK, copy=False)
                 count += 1
-                data = frame.buffer
-                size += wire_size(len(data), curve)
-                if count <= 3:
+                size += wire_size(len(frame.buffer), curve)
+                if count <= max_frames:
                     parts.append(frame.bytes)
-            if count > max_frames:
+            if count > max_frames:  # not kept: the first two and the last say enough (E_FRAMES)
+                parts = [*parts[:2], frame.bytes]
                 self.core.on_too_many_frames(fd)
             on_request(head.bytes, parts, fd, key, size)
+            seen = per_peer.get(fd, 0) + 1
+            if seen >= PER_PEER_BATCH:
+                return
+            per_peer[fd] = seen
 
     def _drain_subscriptions(self) -> None:
         recv = self.socks.pub.recv

@@ -29,7 +29,7 @@ class BrokerStartError(RuntimeError):
     """The broker subprocess exited or did not print its start line in time (message: one line)."""
 
 
-LOAD_LIMITS = ["--max-connections-per-ip", "1000000", "--rate-limit", "0", "--max-registrations-per-ip", "1000000",
+LOAD_LIMITS = ["--max-connections-per-ip", "1000000", "--connection-rate", "1000000", "--rate-limit", "0", "--max-registrations-per-ip", "1000000",
                "--max-failed-logins-per-ip", "1000000", "--max-queued-logins-per-ip", "100000"]
 """Per-IP and per-connection limits lifted for a spawned broker: every load client comes from
 127.0.0.1 and sends as fast as it may (later flags in extra_args override these)."""
