@@ -1,6 +1,6 @@
 """What one hostile peer can cost the broker (issue #7), measured on a real broker on 127.0.0.1.
 
-    python bench/attacks.py [--json FILE] [--only mflc]
+    python bench/attacks.py [--json FILE] [--only mfl]
 
 m  memory: the broker's RSS growth caused by one connection sending endless MORE frames, one
    announcing a 1 GiB frame on the PUB, one asking 300 history pages and never reading, and 500
@@ -9,9 +9,10 @@ f  flood: a canary pair's private-message latency p50/p99 alone, then while one 
    sends requests as fast as it can (target: p99 within 2x);
 l  logins: a storm of wrong passwords from 100 loopback addresses; 20 logins from fresh addresses
    during it, each timed (target: 19 of 20 within 5 s); and 30 addresses guessing one account's
-   password for 9 s (verifications counted; the owner's login timed);
-c  CURVE against NULL: one private round trip loop (the same two clients) with and without
-   encryption, for the cost of CURVE per message.
+   password for 9 s (verifications counted; the owner's login timed).
+
+The cost of CURVE against NULL is measured by bench/run.py (scenario 1) and chat-loadtest
+--compare-insecure.
 
 Traffic goes to 127.0.0.1 only (the storms use 127.0.x.y source addresses); every phase is bounded
 in time. Figures vary with the machine; the script prints each with its target.
@@ -73,7 +74,8 @@ def raw(b: Broker, port: int | None = None, **kw) -> ZmtpPeer:
 # -- m: memory ---------------------------------------------------------------------------------------
 
 def memory(ctx: zmq.Context) -> None:
-    b = broker("--max-message-chars", "5000", "--max-connections-per-ip", "1000", "--login-timeout", "5", "--rate-limit", "0")
+    b = broker("--max-message-chars", "5000", "--max-connections-per-ip", "1000", "--login-timeout", "5", "--rate-limit", "0",
+               "--connection-rate", "100000")
     try:
         speaker = user(ctx, b, "speaker")
         for i in range(200):
@@ -105,7 +107,7 @@ def memory(ctx: zmq.Context) -> None:
             except OSError:
                 pass
             attacker.wait_closed(10)
-        grown = rss(pid) - base
+        grown = max(0, rss(pid) - base)
         row("1 GiB frame announced on the PUB: RSS growth", grown / MIB, "MiB", "<64 MiB", grown < 64 * MIB)
         ok(speaker.register("reader"))
         with raw(b) as reader:
@@ -315,30 +317,9 @@ def guessing(ctx: zmq.Context) -> None:
         b.stop()
 
 
-# -- c: CURVE against NULL ---------------------------------------------------------------------------
-
-def curve_cost(ctx: zmq.Context, seconds: float) -> None:
-    rates = {}
-    for label, flags in (("CURVE", ()), ("NULL", ("--insecure",))):
-        b = broker("--mailbox-quota", "100000000", *flags, relaxed=True)
-        try:
-            a, c = user(ctx, b, "pinga"), user(ctx, b, "pingb")
-            n = 0
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                ok(a.call("send", id=f"s{n}", to=["pingb"], text="x" * 100))
-                n += 1
-            rates[label] = n / seconds
-        finally:
-            b.stop()
-    row("private send round trips/s, CURVE", rates["CURVE"], "req/s")
-    row("private send round trips/s, NULL (--insecure)", rates["NULL"], "req/s")
-    row("CURVE cost per round trip", (1 / rates["CURVE"] - 1 / rates["NULL"]) * 1e6, "us")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="mflc", help="parts to run: m memory, f flood, l logins, c CURVE cost")
+    p.add_argument("--only", default="mfl", help="parts to run: m memory, f flood, l logins")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each latency phase")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args()
@@ -351,8 +332,6 @@ def main() -> int:
     if "l" in args.only:
         storm(ctx)
         guessing(ctx)
-    if "c" in args.only:
-        curve_cost(ctx, args.seconds)
     if args.json:
         Path(args.json).write_text(json.dumps(ROWS, indent=2))
     ctx.destroy(0)

@@ -96,6 +96,15 @@ def scenario_private(args) -> float:
         row("1", f"private N={n}: p50 latency", res.private.latency.p50, "ms", relay["p50_ms"])
         row("1", f"private N={n}: p99 latency", res.private.latency.p99, "ms", relay["p99_ms"])
         row("1", f"private N={n}: acknowledged but lost", res.private.lost, "msgs", None, "0", res.private.lost == 0)
+        if n == 100:  # the cost of CURVE: the same load on a broker without encryption
+            plain = broker_with_accounts(f"p{n}", n, ["--insecure"])
+            try:
+                res0 = load(plain, f"p{n}", n, args.duration, window=window, broadcast_ratio=0.0)
+            finally:
+                plain.stop()
+            row("1", f"private N={n} NULL (--insecure): msgs/s", res0.private.throughput, "msg/s", relay["msgs_per_s"])
+            row("1", f"private N={n}: CURVE throughput / NULL", rate / max(1.0, res0.private.throughput), "x")
+            row("1", f"private N={n} NULL: p99 latency", res0.private.latency.p99, "ms", relay["p99_ms"])
     return best100
 
 
