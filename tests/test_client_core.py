@@ -401,3 +401,64 @@ def test_ping_reply_without_session_ends_the_session():
     ping = core.request(m.Ping(req=0))
     out = core.receive_dealer(wire.encode_ok(ping, {"ts": 2.0, "session": False}))
     assert any(isinstance(o, SessionEnded) for o in out) and core.session is None
+
+
+# -- the PUB welcome and heartbeat (docs 7.4), acks before logout, retried history -----------------
+
+def mark(topic: bytes, seq: int) -> list[bytes]:
+    return [topic, msgspec.json.encode({"seq": seq, "ts": 1.0e9})]
+
+
+def test_catch_up_waits_for_the_welcome_of_its_own_topic():
+    core, clock = logged_in()
+    assert core.welcome_topic in core.sub_topics() and b"" not in core.sub_topics()
+    core.sub_opened()
+    assert core.receive_event(mark(b"welcome." + b"0" * 32, 10)) == []  # someone else's welcome
+    assert sent(core) == []
+    core.receive_event(mark(core.welcome_topic, 10))
+    assert [(k, r.after) for k, r in sent(core)] == [(b"history", 7)]
+
+
+def test_catch_up_is_asked_anyway_without_a_welcome():
+    core, clock = logged_in()
+    core.sub_opened()
+    clock.advance(2.9)
+    core.tick()
+    assert [k for k, _ in sent(core) if k == b"history"] == []
+    clock.advance(0.2)
+    core.tick()
+    assert [k for k, _ in sent(core) if k == b"history"] == [b"history"]
+
+
+def test_a_pub_heartbeat_ahead_of_the_last_seq_repairs_at_once():
+    core, clock = logged_in()
+    core.catch_up()
+    (_, hist), = sent(core)
+    core.receive_dealer(wire.encode_ok(hist.req, {"events": [], "seq": 7, "complete": True}))
+    assert core.receive_event(mark(b"hb", 7)) == [] and sent(core) == []  # nothing missed
+    core.receive_event(mark(b"hb", 9))  # events 8 and 9 were lost before a quiet period
+    assert [(k, r.after) for k, r in sent(core)] == [(b"history", 7)]
+
+
+def test_history_refused_for_a_while_is_asked_again_after_retry_after():
+    core, clock = logged_in()
+    core.catch_up()
+    (_, hist), = sent(core)
+    core.receive_dealer(wire.encode_error(hist.req, ErrorCode.OVERLOADED, "later", {"retry_after": 1.5}))
+    core.tick()
+    assert sent(core) == []
+    clock.advance(1.5)
+    core.tick()
+    assert [(k, r.after) for k, r in sent(core)] == [(b"history", 7)]
+
+
+def test_flush_acks_makes_caller_requests_for_every_queued_id():
+    core, clock = logged_in()
+    for mid in (1, 2, 3):
+        core.receive_dealer(wire.encode_msg(m.PrivateMessage(mid, "bob", "alice", 1.0, "x", f"c{mid}")))
+    reqs = core.flush_acks()
+    (kind, ack), = sent(core)
+    assert kind == b"ack" and ack.ids == [1, 2, 3] and reqs == [ack.req]
+    out = core.receive_dealer(wire.encode_ok(ack.req, {"removed": 3}))
+    assert [o.req for o in out if isinstance(o, ReplyReceived)] == reqs  # the caller can wait for it
+    assert core.queued_acks() == []

@@ -410,6 +410,7 @@ class Fuzzer:
         self.throwaways: list[str] = []
         self.throwaway_password = ""
         self.trace: list[str] = []  # the requests and replies of the current round, for findings
+        self.broker_sockets: dict[str, str] = {}  # broker-side socket inode -> the round that made it
 
     def finding(self, what: str, frames: list[bytes] | None = None, reply=None) -> None:
         text = f"[seed {SEED}] {self.where}: {what}"
@@ -609,6 +610,13 @@ class Fuzzer:
 
     def must_close(self, p: ZmtpPeer, within: float = CLOSE_WITHIN) -> None:
         self.pending.append((p, time.monotonic() + within, self.where))
+        try:  # remember which broker socket serves this connection, to name it if it leaks
+            mine, theirs = p.sock.getsockname()[1], p.sock.getpeername()[1]
+        except OSError:
+            return
+        for inode, ports in tcp_table().items():
+            if ports == (theirs, mine) and inode != "0":
+                self.broker_sockets[inode] = self.where
 
     def reap(self) -> None:
         """Check the raw peers the broker must have closed by their deadline."""
@@ -935,6 +943,42 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def tcp_table() -> dict[str, tuple[int, int]]:
+    """Every IPv4/IPv6 TCP socket the kernel lists: inode -> (local port, remote port)."""
+    table = {}
+    for name in ("tcp", "tcp6"):
+        with open(f"/proc/net/{name}") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                table[cols[9]] = (int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16))
+    return table
+
+
+def dead_sockets(pid: int) -> set[str]:
+    """Inodes of the sockets process `pid` holds open that no /proc/net table lists any more: TCP
+    connections that ended (closed or reset) while the process kept their file descriptor."""
+    listed = set(tcp_table())
+    for name in ("udp", "udp6", "unix", "raw", "raw6", "netlink", "packet"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    listed.add(cols[6] if name == "unix" else cols[9] if len(cols) > 9 else cols[-1])
+        except OSError:
+            continue
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            held.add(link[8:-1])
+    return held - listed
+
+
 def poll_until(done, timeout: float, keepalive) -> bool:
     """Poll `done()` until it is true or `timeout` seconds passed, calling `keepalive()` every 2 s
     meanwhile (the canaries' sessions end after 15 s without a request). Returns done()."""
@@ -1058,6 +1102,11 @@ def test_fuzz_every_port_while_the_canaries_chat(tmp_path, ctx):
                 f"fds {now_fds} (baseline {base_fds}, allowed +{FD_SLACK}), "
                 f"RSS {now_rss / MIB:.1f} MiB (baseline {base_rss / MIB:.1f} MiB, allowed +{RSS_SLACK // MIB})")
         now_fds, now_rss = fds(pid), rss(pid)
+        if not poll_until(lambda: not dead_sockets(pid), 5, canary.keepalive):
+            for inode in sorted(dead_sockets(pid)):
+                where = fuzzer.broker_sockets.get(inode, "a connection the fuzzer did not map")
+                fuzzer.findings.append(f"[seed {SEED}] {where}: the broker still holds the file descriptor of "
+                                       f"this connection (socket inode {inode}), which ended on both sides")
         canary.exchange("final")
         log = broker.log_text()
         if broker.proc.poll() is not None:

@@ -276,3 +276,39 @@ def test_the_data_dir_is_private_and_a_readable_one_is_refused(tmp_path):
     assert printed.returncode == 0
     assert b.server_key.decode() in printed.stdout and "fingerprint: SHA256:" in printed.stdout
     assert "secret" not in printed.stdout.lower()
+
+
+def test_every_socket_enforces_its_zap_domain_and_fails_closed(tmp_path):
+    from broker.config import Config
+    from broker.keys import load_or_create
+    from broker.sockets import open_sockets
+
+    keys, _ = load_or_create(tmp_path)
+    ctx = zmq.Context()
+    socks = open_sockets(ctx, Config(port=0, bind="127.0.0.1", data_dir=str(tmp_path)), keys)
+    client = ctx.socket(zmq.DEALER)
+    try:
+        for sock in (socks.router, socks.pub, socks.key):
+            assert sock.getsockopt(zmq.ZAP_ENFORCE_DOMAIN) == 1 and sock.getsockopt_string(zmq.ZAP_DOMAIN)
+        assert socks.router.getsockopt(zmq.CURVE_SERVER) == 1 and socks.pub.getsockopt(zmq.CURVE_SERVER) == 1
+        socks.zap.close(0)  # no authenticator answers any more
+        public, secret = zmq.curve_keypair()
+        client.setsockopt(zmq.LINGER, 0)
+        client.curve_serverkey, client.curve_publickey, client.curve_secretkey = keys.public, public, secret
+        client.connect(socks.endpoints["router"])
+        client.send_multipart([b"hello", b'{"req": 1, "version": 1}'])
+        assert nothing_arrives(socks.router, 1.0)  # refused, not admitted: ZAP fails closed
+    finally:
+        client.close(0)
+        for sock in socks.all():
+            if not sock.closed:
+                sock.close(0)
+        ctx.term()
+
+
+def test_insecure_says_so_at_every_start(tmp_path):
+    b = Broker(tmp_path, "--insecure")
+    try:
+        b.wait_log("INSECURE")
+    finally:
+        b.stop()
