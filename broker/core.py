@@ -38,6 +38,8 @@ NOT_A_COMMAND = frozenset({b"ping", b"ack", b"history"})  # these do not reset t
 FLOOD_CUT = 1
 """A connection refused this many bursts' worth of requests in a row (--rate-burst each) is cut
 off: its backlog in libzmq goes with it, so a flooder stops costing the loop a reply per request."""
+FLOOD_CUT_GRACE = 0.05
+"""Seconds between deciding to cut a flooder and cutting it (its last replies leave first)."""
 CUT_GRACE = 2.0
 """Seconds between ending a silent session and cutting its connection (the `end` push goes first)."""
 
@@ -92,7 +94,7 @@ class BrokerCore(Commands, Accounts, Links):
         self.stopping = False
         self._current_req: int | None = None
         self._out = Output()
-        self._later_cuts: list[tuple[float, Conn]] = []
+        self._later_cuts: list[tuple[float, Conn, bool]] = []  # (when, connection, even if in use)
         self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
         self.user_buckets = KeyedBuckets(config.rate_limit, config.rate_burst)  # flood control per user
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
@@ -115,6 +117,11 @@ class BrokerCore(Commands, Accounts, Links):
     def drain(self) -> Output:
         """Take the collected output (ROUTER and PUB messages, auth jobs, cuts)."""
         self._dispatch_jobs()
+        if self._later_cuts:
+            now = self.clock()
+            self._out.cuts.extend(c for when, c, force in self._later_cuts
+                                  if when <= now and self.conns.get(c.fd) is c and (force or not c.bound))
+            self._later_cuts = [entry for entry in self._later_cuts if entry[0] > now]
         out, self._out = self._out, Output()
         self._batch_bytes.clear()
         return out
@@ -202,9 +209,9 @@ class BrokerCore(Commands, Accounts, Links):
             conn.refused = 0
         else:
             conn.refused += 1
-            if conn.refused == FLOOD_CUT * self.cfg.rate_burst:
+            if conn.refused == FLOOD_CUT * self.cfg.rate_burst:  # cut shortly: the replies leave first
                 log.warning("cut connection ip=%s: %d requests in a row over its rate limit", conn.ip, conn.refused)
-                self._out.cuts.append(conn)
+                self._later_cuts.append((now + FLOOD_CUT_GRACE, conn, True))
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
@@ -242,7 +249,7 @@ class BrokerCore(Commands, Accounts, Links):
         if conn is not None:
             conn.bound = False
             if cut:  # after a grace period, so the `end` push can still leave
-                self._later_cuts.append((self.clock() + CUT_GRACE, conn))
+                self._later_cuts.append((self.clock() + CUT_GRACE, conn, False))
         self.store.set_last_seen(s.user, self.clock(), s.hidden, s.busy_seq if s.busy else self.seq)
         if reason:
             self._push(s.rid, wire.encode_end(reason, message))
@@ -282,10 +289,6 @@ class BrokerCore(Commands, Accounts, Links):
                           f"logged out after {self.cfg.idle_timeout / 60:g} minutes without a command")
         self._purge_guards(now)
         self.user_buckets.purge(now)
-        if self._later_cuts:
-            due = [c for when, c in self._later_cuts if when <= now and self.conns.get(c.fd) is c and not c.bound]
-            self._later_cuts = [(w, c) for w, c in self._later_cuts if w > now]
-            self._out.cuts.extend(due)
         self._links_tick(now)
 
     def prune(self) -> None:

@@ -275,8 +275,6 @@ class BrokerLoop:
                     self.core.on_accepted(fd, kind, peer[0], peer[1])
                 elif event["event"] == zmq.EVENT_DISCONNECTED:
                     self.core.on_disconnected(fd)
-                else:
-                    log.debug("handshake failed on %s: %s (%d)", kind, event["event"], fd)
 
     def _scan(self) -> None:
         """Read the bytes received on every connection; the core cuts those that buffer too much."""

@@ -28,8 +28,10 @@ SUBSCRIPTION_MAX_BYTES = 1024
 and the CURVE handshake commands (INITIATE is about 300 bytes), which the limit also covers."""
 KEY_REQUEST_MAX_BYTES = 1024
 """ZMQ_MAXMSGSIZE of the key endpoint."""
-MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH \
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+"""Only these two: with EVENT_HANDSHAKE_FAILED_PROTOCOL monitored, libzmq 4.3.5 never closes a
+CURVE connection that sends a frame it cannot decrypt after the handshake (its descriptor leaks
+and it is never reported DISCONNECTED); found by tests/test_fuzz_integration.py."""
 
 
 @dataclass
