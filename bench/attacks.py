@@ -33,7 +33,7 @@ from hdrh.histogram import HdrHistogram
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Broker, Peer, ok  # noqa: E402
+from tests.harness import Broker, Peer, ok, rss  # noqa: E402
 from tests.zmtp import PeerClosed, ZmtpPeer, z85_to_raw  # noqa: E402
 
 ROWS: list[dict] = []
@@ -44,11 +44,6 @@ def row(figure: str, value: float, unit: str, target: str = "", met: bool | None
     verdict = "" if met is None else ("met" if met else "MISSED")
     ROWS.append({"figure": figure, "value": value, "unit": unit, "target": target, "verdict": verdict})
     print(f"{figure:<58} {value:>12,.2f} {unit:<8} {target:<22} {verdict}", flush=True)
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def broker(*flags: str, relaxed: bool = False) -> Broker:

@@ -27,7 +27,7 @@ from broker import netio
 from broker.auth import lower_thread_priority, run_job
 from broker.accounts import AuthJob
 from broker.config import Config
-from broker.connections import CURVE_FRAME_OVERHEAD, KEY, PUB, ROUTER, wire_size
+from broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_size
 from broker.core import BrokerCore
 from broker.keys import BrokerKeys
 from broker.sockets import open_sockets, port_of

@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from client import sockets, trust
 from client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
@@ -37,26 +36,9 @@ HELLO_TIMEOUT = 3.5
 """Seconds to wait for the `hello` reply before declaring the broker unreachable."""
 OVERLOADED_PATIENCE = 20.0
 """Seconds a login or registration is retried while the broker answers E_OVERLOADED."""
-DIAGNOSE_TIMEOUT = 1.0
-"""Seconds to wait for the key endpoint when finding out why the broker did not answer."""
-HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
-TrustPrompt = Callable[[str, str], Awaitable[bool]]
-"""Asked at first use of a broker: (address "host:port", key fingerprint) -> trust it?"""
 DEFAULT_TIMEOUT = 5.0
 """Request timeout in seconds before a session gives the heartbeat timeout."""
-
-
-async def _handshake_failure(monitor: zmq.asyncio.Socket) -> bool:
-    """Watch a DEALER's monitor until the handshake succeeds (returns False) or fails or the
-    connection drops before it succeeded (True): a wrong key, a refused connection, the other mode."""
-    while True:
-        event = parse_monitor_message(await monitor.recv_multipart())["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            return False
-        if event & HANDSHAKE_FAILED or event == zmq.EVENT_DISCONNECTED:
-            return True
 
 
 class Connection:
@@ -84,7 +66,7 @@ class Connection:
     def __init__(self, host: str, port: int = sockets.DEFAULT_PORT, *, core: ClientCore | None = None,
                  client_name: str = "chat-client", server_key: bytes | None = None, insecure: bool = False,
                  key_port: int | None = None, known: trust.KnownBrokers | None = None,
-                 trust_prompt: TrustPrompt | None = None) -> None:
+                 trust_prompt: trust.TrustPrompt | None = None) -> None:
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
@@ -132,7 +114,8 @@ class Connection:
         self._ip, self._ipv6 = await loop.run_in_executor(None, sockets.resolve_host, self.host, self.port, 2.0)
         choice = trust.choose_key(self.address, self._server_key, self._insecure, self.known)
         if choice is None:
-            choice = await self._first_use(min(trust.KEY_TIMEOUT, started + 4.0 - loop.time()))
+            choice = await trust.first_use(self.address, self._ip, self._key_port, self._ipv6,
+                                           min(trust.KEY_TIMEOUT, started + 4.0 - loop.time()), self._trust_prompt)
         self.key_choice = choice
         self._keys = sockets.CurveKeys.new(choice.key)
         timeout = max(1.0, min(timeout, started + 4.0 - loop.time()))  # whole connect within ~5 s
@@ -142,12 +125,11 @@ class Connection:
                                                self._ipv6, keys=self._keys)
         except zmq.ZMQError as exc:
             raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
-        monitor = self._dealer.get_monitor_socket(HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED
-                                                  | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = self._dealer.get_monitor_socket(trust.HANDSHAKE_EVENTS)
         self._tasks = [asyncio.create_task(self._dealer_loop()), asyncio.create_task(self._timer_loop())]
         hello = asyncio.ensure_future(
             self.request(m.Hello(req=0, version=PROTOCOL_VERSION, client=self._client_name), timeout))
-        watch = asyncio.ensure_future(_handshake_failure(monitor))
+        watch = asyncio.ensure_future(trust.handshake_failure(monitor))
         try:
             await asyncio.wait({hello, watch}, return_when=asyncio.FIRST_COMPLETED)
             if watch.done() and not watch.result():  # the handshake succeeded: wait for hello
@@ -155,7 +137,8 @@ class Connection:
             failed = watch.done() and watch.result()
             if failed or (hello.done() and isinstance(hello.exception(), RequestTimeout)):
                 hello.cancel()
-                raise await self._diagnose(choice, loop.time() - started)
+                raise await trust.explain(self.address, self._ip, self._key_port, self._ipv6, choice, self.known,
+                                          loop.time() - started)
             reply = hello.result()
         finally:
             watch.cancel()
@@ -178,27 +161,6 @@ class Connection:
                 log.warning("could not record the broker key in %s: %s", self.known.path, exc)
         self.hello = reply
         return reply
-
-    async def _first_use(self, timeout: float) -> trust.KeyChoice:
-        """Take the broker key from its key endpoint, if the trust prompt accepts its fingerprint."""
-        loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, trust.fetch_key, self._ip, self._key_port, self._ipv6, max(0.5, timeout))
-        if info is None:
-            raise ConnectError(f"no chat broker answered at {self.address} (its key endpoint, port {self._key_port}, "
-                               "is silent: is it running? right host and port? or pass --server-key)")
-        if not info.curve:
-            raise ConnectError(f"the broker at {self.address} runs without encryption (--insecure): refusing to "
-                               "send passwords and messages in clear text (pass --insecure to connect anyway)")
-        fp = trust.key_fingerprint(info.public_key)
-        if self._trust_prompt is None or not await self._trust_prompt(self.address, fp):
-            raise ConnectError(f"the key of {self.address} ({fp}) is not trusted; verify it with the broker's "
-                               "operator (chat-broker --print-key) and pass --server-key")
-        return trust.KeyChoice(info.public_key, "first use")
-
-    async def _diagnose(self, choice: trust.KeyChoice, waited: float) -> ConnectError:
-        loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, trust.fetch_key, self._ip, self._key_port, self._ipv6, DIAGNOSE_TIMEOUT)
-        return trust.diagnose(self.address, choice, info, self.known, waited)
 
     async def close(self, linger: bool = True) -> None:
         """Stop the receive tasks and close the sockets and the context. Idempotent; waiting

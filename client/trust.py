@@ -12,15 +12,19 @@ The known-brokers file is `$XDG_CONFIG_HOME/zmq-chat/known_brokers` (default `~/
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import zmq
+import zmq.asyncio
 import zmq.utils.z85
+from zmq.utils.monitor import parse_monitor_message
 
 from client.errors import ConnectError
 from protocol.keys import fingerprint
@@ -28,6 +32,15 @@ from protocol.keys import fingerprint
 SERVER_KEY_ENV = "CHAT_SERVER_KEY"
 KEY_TIMEOUT = 3.0
 """Seconds to wait for the key endpoint's answer."""
+DIAGNOSE_TIMEOUT = 1.0
+"""Seconds to wait for the key endpoint when finding out why the broker did not answer."""
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+HANDSHAKE_EVENTS = HANDSHAKE_FAILED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+"""What a client's DEALER monitor reports while `handshake_failure` watches it."""
+
+TrustPrompt = Callable[[str, str], Awaitable[bool]]
+"""Asked at first use of a broker: (address "host:port", key fingerprint) -> trust it?"""
 
 
 class KeyMismatch(ConnectError):
@@ -211,3 +224,42 @@ def diagnose(address: str, choice: KeyChoice, info: KeyInfo | None, known: Known
                             "verify the fingerprint with the broker's operator and pass --server-key")
     return ConnectError(f"the CURVE handshake with {address} failed although the broker presents the "
                         f"expected key {key_fingerprint(choice.key)} (too many connections from your address?)")
+
+
+async def handshake_failure(monitor: zmq.asyncio.Socket) -> bool:
+    """Watch a DEALER's monitor until the handshake succeeds (returns False) or fails or the
+    connection drops before it succeeded (True): a wrong key, a refused connection, the other mode."""
+    while True:
+        event = parse_monitor_message(await monitor.recv_multipart())["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return False
+        if event & HANDSHAKE_FAILED or event == zmq.EVENT_DISCONNECTED:
+            return True
+
+
+async def first_use(address: str, ip: str, key_port: int, ipv6: bool, timeout: float,
+                    prompt: TrustPrompt | None) -> KeyChoice:
+    """The broker key from its key endpoint (tcp://ip:key_port), if `prompt` accepts its
+    fingerprint. Raises ConnectError: nothing answered, the broker runs --insecure, not trusted."""
+    loop = asyncio.get_running_loop()
+    info = await loop.run_in_executor(None, fetch_key, ip, key_port, ipv6, max(0.5, timeout))
+    if info is None:
+        raise ConnectError(f"no chat broker answered at {address} (its key endpoint, port {key_port}, "
+                           "is silent: is it running? right host and port? or pass --server-key)")
+    if not info.curve:
+        raise ConnectError(f"the broker at {address} runs without encryption (--insecure): refusing to "
+                           "send passwords and messages in clear text (pass --insecure to connect anyway)")
+    fp = key_fingerprint(info.public_key)
+    if prompt is None or not await prompt(address, fp):
+        raise ConnectError(f"the key of {address} ({fp}) is not trusted; verify it with the broker's "
+                           "operator (chat-broker --print-key) and pass --server-key")
+    return KeyChoice(info.public_key, "first use")
+
+
+async def explain(address: str, ip: str, key_port: int, ipv6: bool, choice: KeyChoice, known: KnownBrokers,
+                  waited: float) -> ConnectError:
+    """Why the broker did not answer `hello` with `choice` (see `diagnose`), asking the key
+    endpoint for at most DIAGNOSE_TIMEOUT seconds."""
+    loop = asyncio.get_running_loop()
+    info = await loop.run_in_executor(None, fetch_key, ip, key_port, ipv6, DIAGNOSE_TIMEOUT)
+    return diagnose(address, choice, info, known, waited)

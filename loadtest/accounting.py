@@ -519,7 +519,8 @@ class Results:
     (LoginResults), private / broadcast (KindResults), subscribers (logged-in SUB clients),
     timeline (list of SecondStats), sessions_ended {reason: count}, broker_lost, skipped,
     bad_frames, drained (all workers ended with nothing outstanding), options (dict of the
-    options used), prepare (dict from the account preparation, if it ran), start_ns (monotonic ns
+    options used), prepare (dict from the account preparation, if it ran), null_run (the figures of
+    the --compare-insecure run, if any), start_ns (monotonic ns
     at which second 0 of the timeline begins). Not in to_dict: the per-second latency histograms
     behind `latency_between`.
     """
@@ -542,6 +543,7 @@ class Results:
     drained: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     prepare: dict[str, Any] = field(default_factory=dict)
+    null_run: dict[str, Any] | None = None  # --compare-insecure: the same load without encryption
     start_ns: int = 0
     seconds: dict[str, dict[int, list[bytes]]] = field(default_factory=dict, repr=False)
 

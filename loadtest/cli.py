@@ -7,6 +7,7 @@ unreachable broker or a run that could not be carried out (one line on stderr, n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import NoReturn
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-key", help="the broker's public key, 40 Z85 characters (chat-broker --print-key); default: "
                    "$CHAT_SERVER_KEY, else the key chat-client recorded for this broker; taken from the broker itself with --spawn-broker")
     p.add_argument("--insecure", action="store_true", help="the broker runs --insecure: no encryption (with --spawn-broker: spawn it so)")
+    p.add_argument("--compare-insecure", action="store_true", help="with --spawn-broker: run the same load again on an --insecure broker and print the cost of CURVE against NULL")
     p.add_argument("--prepare-only", action="store_true", help="create the accounts, then exit")
     p.add_argument("--skip-prepare", action="store_true", help="assume the accounts exist")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             return _fail("error: --plot needs matplotlib: pip install matplotlib")
+    if args.compare_insecure and (not args.spawn_broker or args.insecure):
+        return _fail("error: --compare-insecure needs --spawn-broker (and no --insecure)")
     raise_fd_limit()
     broker = None
     try:
@@ -114,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--max-clients", str(max(10000, options.clients + 100))] + (["--insecure"] if args.insecure else [])
             broker = SpawnedBroker(extra).start()
             options.host, options.port, options.server_key = broker.host, broker.port, broker.server_key
-        return _run(args, options, broker)
+        code = _run(args, options, broker)
+        if args.compare_insecure and code in (0, 1):
+            broker.stop()
+            broker = SpawnedBroker([*extra, "--insecure"]).start()
+            plain = dataclasses.replace(options, port=broker.port, server_key=None, insecure=True)
+            print("the same load without encryption (--insecure broker):")
+            code = max(code, _run(args, plain, broker, compare_to=LAST[0]))
+        return code
     except BrokerStartError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -125,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
 
 
-def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None) -> int:
+LAST: list = [None]
+"""The Results of the last run (for --compare-insecure)."""
+
+
+def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None, compare_to=None) -> int:
+    """Check the broker, prepare the accounts, run, report. `compare_to`: the Results of the CURVE
+    run, when this is the --compare-insecure run (its figures go in the JSON as "null_run")."""
     from loadtest.report import LiveDisplay, PlotUnavailable, plot, print_summary, write_json
     from loadtest.runner import LoadTestError, run_load
 
@@ -173,6 +190,14 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
     if prepare is not None:
         results.prepare = prepare.to_dict()
     print_summary(results)
+    LAST[0] = results
+    if compare_to is not None:
+        curve, plain = compare_to.private, results.private
+        print(f"CURVE against NULL: private {curve.throughput:,.0f} against {plain.throughput:,.0f} msg/s "
+              f"({curve.throughput / max(1.0, plain.throughput):.2f}x); p99 {curve.latency.p99:.1f} against "
+              f"{plain.latency.p99:.1f} ms")
+        compare_to.null_run = results.to_dict()
+        results = compare_to
     if args.json:
         try:
             write_json(results, args.json)

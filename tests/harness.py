@@ -253,3 +253,43 @@ def err(reply: dict, code: str) -> dict:
     """Assert the reply is an error with `code` and return it."""
     assert reply["status"] == "error" and reply["code"] == code, reply
     return reply
+
+
+def rss(pid: int) -> int:
+    """Resident set size of process `pid`, bytes (from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class FakeRouter:
+    """A NULL zmq ROUTER on 127.0.0.1 (random `port`) in a thread, answering each message with
+    `answer(frames)` (frames without the routing id; None: no answer); `asked` counts the answers."""
+
+    def __init__(self, answer: Callable[[list[bytes]], list[bytes] | None]) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.answer = answer
+        self.asked = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                rid, *frames = self.sock.recv_multipart()
+                reply = self.answer(frames)
+                if reply is not None:
+                    self.asked += 1
+                    self.sock.send_multipart([rid, *reply])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from broker.connections import PUB, ROUTER
+from broker.connections import PUB
 from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
-from protocol import wire
 from tests.core_harness import PASSWORD, CoreRig
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,7 +33,8 @@ def test_register_of_a_name_still_hashing_is_overloaded_not_taken(rig):
 
 
 def test_a_request_that_raises_is_undone_and_the_batch_keeps_the_others(rig, monkeypatch):
-    a, b = rig.user("alice"), rig.user("bob")
+    a = rig.user("alice")
+    rig.user("bob")
     assert rig.call(a, "send", id="m1", to=["bob"], text="first")["status"] == "ok"
     real = rig.store.add_mail
     monkeypatch.setattr(rig.store, "add_mail", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
@@ -84,7 +84,8 @@ def test_a_retried_login_gets_the_first_reply_and_logout_is_idempotent(rig):
 
 
 def test_a_routing_id_with_another_key_is_not_the_session(rig):
-    a, b = rig.user("alice"), rig.user("bob")
+    a = rig.user("alice")
+    rig.user("bob")
     thief = (a[0], a[1] + 1000, "thief" + "k" * 35)
     assert rig.call(thief, "who")["code"] == "E_NOT_LOGGED_IN"
     assert rig.call(thief, "ack", ids=[1])["code"] == "E_NOT_LOGGED_IN"
@@ -144,7 +145,8 @@ def test_session_end_cuts_its_sub_connections(rig):
 
 def test_silent_connections_without_a_session_are_cut(tmp_path):
     rig = CoreRig(tmp_path, login_timeout=10.0)
-    idle, busy = rig.connect(), rig.user("alice")
+    idle = rig.connect()
+    rig.user("alice")
     rig.clock.advance(5)
     rig.core.tick()
     assert rig.take().cuts == []

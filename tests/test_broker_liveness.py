@@ -6,7 +6,6 @@ from __future__ import annotations
 import zmq
 import pytest
 
-from protocol import wire
 from tests.harness import Broker, err, ok
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,6 +22,7 @@ import zmq
 from broker.keys import read_public_key
 from client.trust import key_fingerprint
 from protocol import wire
+from tests.harness import FakeRouter
 from protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -287,32 +288,6 @@ def test_unresolvable_host_exits_2(clients):
     child = clients(4119, host="no-such-host.invalid")
     child.expect_exact("cannot resolve host 'no-such-host.invalid'", timeout=6)
     assert wait_exit(child, timeout=6) == 2
-
-
-class FakeRouter:
-    """A zmq ROUTER on 127.0.0.1 that answers every request with `answer(frames) -> frames`."""
-
-    def __init__(self, answer) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.answer = answer
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            if self.sock.poll(50):
-                rid, *frames = self.sock.recv_multipart()
-                self.sock.send_multipart([rid, *self.answer(frames)])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
-        self.ctx.term()
 
 
 @pytest.mark.timeout(60)

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ import zmq
 from client.connection import Connection
 from client.errors import ConnectError
 from client.trust import KeyMismatch, KnownBrokers, key_fingerprint
-from tests.harness import Broker
+from tests.harness import Broker, FakeRouter
 
 CONNECT_DEADLINE = 10.0
 """Seconds asyncio.wait_for gives a whole connect(): a hang fails the test instead of blocking it."""
@@ -98,35 +97,9 @@ def connect_fails(make: Callable[[], Connection]) -> ConnectError:
     return exc
 
 
-class FakeKeyEndpoint:
-    """A pyzmq ROUTER on 127.0.0.1 (random port) in a thread, answering a key request
-    [b"key", b"{}"] with [b"key", body]; `asked` counts the requests."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.asked = 0
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            if self.sock.poll(50):
-                rid, *frames = self.sock.recv_multipart()
-                if frames == [b"key", b"{}"]:
-                    self.asked += 1
-                    self.sock.send_multipart([rid, b"key", self.body])
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        assert not self.thread.is_alive()
-        self.sock.close(0)
-        self.ctx.term()
+def fake_key_endpoint(body: bytes) -> FakeRouter:
+    """A key endpoint answering a key request [b"key", b"{}"] with [b"key", body]."""
+    return FakeRouter(lambda frames: [b"key", body] if frames == [b"key", b"{}"] else None)
 
 
 def random_key() -> bytes:
@@ -272,7 +245,7 @@ def test_other_mode_is_refused_both_ways(broker, insecure_broker, tmp_path):
 @pytest.mark.timeout(30)
 def test_lying_key_endpoint_is_caught_by_the_handshake(broker, tmp_path):
     lie = random_key()
-    fake = FakeKeyEndpoint(json.dumps({"version": 1, "curve": True, "public_key": lie.decode(),
+    fake = fake_key_endpoint(json.dumps({"version": 1, "curve": True, "public_key": lie.decode(),
                                        "fingerprint": "x", "port": broker.port}).encode())
     known = KnownBrokers(tmp_path / "known_brokers")
     asked: list[tuple[str, str]] = []
@@ -298,7 +271,7 @@ def test_lying_key_endpoint_is_caught_by_the_handshake(broker, tmp_path):
 
 @pytest.mark.timeout(30)
 def test_garbage_from_the_key_endpoint(broker, tmp_path):
-    fake = FakeKeyEndpoint(b"not json")
+    fake = fake_key_endpoint(b"not json")
     known = KnownBrokers(tmp_path / "known_brokers")
     try:
         exc = connect_fails(lambda: Connection("127.0.0.1", broker.port, key_port=fake.port,

@@ -44,7 +44,7 @@ import zmq
 
 from protocol.errors import ErrorCode
 from protocol.wire import REQUEST_TYPES
-from tests.harness import Broker, Peer, ok
+from tests.harness import Broker, Peer, ok, rss
 from tests.zmtp import COMMAND, LONG, MORE, ZmtpError, ZmtpPeer, z85_to_raw
 
 SEED = int(os.environ.get("FUZZ_SEED", "20241122"))
@@ -943,15 +943,6 @@ class Fuzzer:
 
 
 # -- the broker's resources ----------------------------------------------------------------------------
-
-def rss(pid: int) -> int:
-    """Resident set size of process `pid`, bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
 
 def fds(pid: int) -> int:
     """Open file descriptors of process `pid`."""

@@ -65,6 +65,22 @@ def test_cli_spawn_broker_short_run(tmp_path):
     assert "messages" in proc.stdout and "lost" in proc.stdout
 
 
+@pytest.mark.timeout(60)
+def test_cli_compares_curve_against_null_in_one_run(tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [*CLI, "--spawn-broker", "--clients", "4", "--duration", "1", "--processes", "1", "--broadcast-ratio", "0",
+         "--compare-insecure", "--quiet", "--json", str(out)],
+        capture_output=True, text=True, timeout=55, env=_env(), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CURVE against NULL: private" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["options"]["insecure"] is False and data["null_run"]["options"]["insecure"] is True
+    for run in (data, data["null_run"]):
+        assert run["lost"] == 0 and run["private"]["acked"] > 0
+
+
 @pytest.mark.timeout(45)
 def test_api_prepare_and_run_against_harness_broker(tmp_path):
     broker = Broker(tmp_path / "data")

@@ -14,22 +14,13 @@ import time
 import pytest
 import zmq
 
-from tests.harness import Broker, Peer, err, ok
+from tests.harness import Broker, Peer, err, ok, rss
 from tests.zmtp import HandshakeFailed, PeerClosed, ZmtpPeer, z85_to_raw
 
 pytestmark = pytest.mark.timeout(90)
 
 MEMORY_BOUND = 64 * 1024 * 1024
 """One connection may grow the broker's RSS by at most this much (issue #7)."""
-
-
-def rss(pid: int) -> int:
-    """Resident set size of process `pid`, bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def logged_in(peers, broker, names, **kw) -> Peer:
