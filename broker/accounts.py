@@ -42,6 +42,8 @@ IP_FAILURE_WINDOW = 600.0
 """Seconds over which --max-failed-logins-per-ip wrong passwords are allowed (tokens refill)."""
 KNOWN_IPS = 4
 """Addresses remembered per account (its last successful logins, in memory): their logins go first."""
+PER_ACCOUNT = 4
+"""Logins of one account that may wait for argon2id (those from its known addresses excepted)."""
 OVERLOADED_RETRY = 1.0
 """retry_after (seconds) of E_OVERLOADED for a full login queue."""
 
@@ -52,7 +54,9 @@ class AuthJob:
     kind "hash": hash `password` for a new account (result: the argon2id string, str).
 
     rid (bytes, ROUTER routing id), req (request id), ip (peer address), key (the client's CURVE
-    key, Z85) and fd (its connection) say where the answer goes and what the session binds to.
+    key, Z85), fd and conn (its connection and that connection's record, broker.connections.Conn,
+    compared by identity since an fd number is reused) say where the answer goes and what the
+    session binds to.
     """
 
     kind: str
@@ -65,6 +69,7 @@ class AuthJob:
     key: str = ""
     fd: int = -1
     result: bool | str | None = None
+    conn: Any = field(default=None, repr=False)
 
 
 class Accounts:
@@ -87,7 +92,7 @@ class Accounts:
         self.known_ips: dict[str, list[str]] = {}  # user -> addresses of its last successful logins
 
     def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
-                            fd: int, session: Session | None) -> None:
+                            fd: int, session: Session | None, conn: Any = None) -> None:
         if kind == b"ping":
             self._ok(rid, request.req, {"ts": self.clock(), "session": session is not None})
             return
@@ -112,14 +117,14 @@ class Accounts:
                 "curve": not self.cfg.insecure,
             })
         elif kind == b"register":
-            self._register(rid, request, ip, key, fd)
+            self._register(rid, request, ip, key, fd, conn)
         elif session is not None:
             if session.user == request.user:  # a retried login (docs 9.2): same answer again
                 self._ok(rid, request.req, {**session.login, "dup": True})
                 return
             raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {session.user}; log out first")
         else:
-            self._login(rid, request, ip, key, fd)
+            self._login(rid, request, ip, key, fd, conn)
 
     def _check_capacity(self: "BrokerCore", rid: bytes) -> None:
         if rid in self.pending_auth:
@@ -131,7 +136,13 @@ class Accounts:
 
     def _enqueue(self: "BrokerCore", job: AuthJob) -> None:
         """Queue argon2id work for a free hashing thread. Raises E_OVERLOADED when its IP has
-        --max-queued-auth-per-ip jobs waiting."""
+        --max-queued-logins-per-ip jobs waiting, or when PER_ACCOUNT logins of its account wait
+        (an account under attack verifies once a second; a login from an address the account
+        logged in from before is never refused for that)."""
+        if (job.kind == "verify" and self.auth_queue.waiting_for(job.user) >= PER_ACCOUNT
+                and job.ip not in self.known_ips.get(job.user, ())):
+            raise ProtocolError(ErrorCode.OVERLOADED, "too many logins to this account are waiting; retry in a moment",
+                                fields={"retry_after": PER_ACCOUNT * self.cfg.account_verify_interval})
         if not self.auth_queue.add(job):
             raise ProtocolError(ErrorCode.OVERLOADED, "too many logins from your address are waiting; retry in a moment",
                                 fields={"retry_after": OVERLOADED_RETRY})
@@ -150,13 +161,10 @@ class Accounts:
 
     def _dispatch_jobs(self: "BrokerCore") -> None:
         """Hand queued jobs to free hashing threads (at most --hash-workers at once), fairly
-        (broker.authqueue); jobs of closed connections are dropped unrun."""
-        if not len(self.auth_queue):
+        (broker.authqueue). Jobs of closed connections were dropped unrun (on_disconnected)."""
+        if not len(self.auth_queue) or self.hashing >= self.cfg.hash_workers:
             return
         now = self.clock()
-        for job in self.auth_queue.drop(lambda j: j.fd < 0 or self.conns.get(j.fd) is not None):
-            log.debug("dropped a login of a closed connection ip=%s", job.ip)
-            self._forget_job(job)
 
         def ready(j: AuthJob) -> bool:
             return j.kind == "hash" or self.throttle.ready_at(j.user, now) <= now
@@ -187,7 +195,7 @@ class Accounts:
     def _client_id(self: "BrokerCore", rid: bytes, key: str) -> str:
         return key or rid.hex()
 
-    def _register(self: "BrokerCore", rid: bytes, r: m.Register, ip: str, key: str, fd: int) -> None:
+    def _register(self: "BrokerCore", rid: bytes, r: m.Register, ip: str, key: str, fd: int, conn: Any) -> None:
         validate_username(r.user)
         validate_password(r.password, self.cfg.min_password_chars)
         if r.user in self.users:
@@ -203,9 +211,9 @@ class Accounts:
         if wait > 0:
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many new accounts from your address; retry in {wait:.0f} s",
                                 fields={"retry_after": round(wait, 1)})
-        self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd))
+        self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn))
 
-    def _login(self: "BrokerCore", rid: bytes, r: m.Login, ip: str, key: str, fd: int) -> None:
+    def _login(self: "BrokerCore", rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Any) -> None:
         now = self.clock()
         ip_wait = self.ip_failures.wait(ip, now)
         if ip_wait > 0:
@@ -229,7 +237,7 @@ class Accounts:
         row = self.store.get_user(r.user)
         if row is None:  # removed behind our back; treat as unknown
             raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
-        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd))
+        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd, conn=conn))
 
     def _ip_failed(self: "BrokerCore", ip: str, now: float) -> None:
         """One failed login (wrong password or unknown name) from `ip`: takes a token of its
@@ -238,9 +246,11 @@ class Accounts:
             log.info("login blocked ip=%s: too many failed logins", ip)
 
     def on_auth_result(self: "BrokerCore", job: AuthJob) -> None:
-        """Finish a login or registration whose argon2id work (job.result) is done."""
+        """Finish a login or registration whose argon2id work (job.result) is done. Like a request,
+        it changes nothing when it fails (store writes and output undone)."""
         self.hashing = max(0, self.hashing - 1)
         self._forget_job(job)
+        mark = self._mark()
         self.store.begin_request()
         ok = False
         try:
@@ -250,9 +260,11 @@ class Accounts:
                 self._finish_login(job)
             ok = True
         except ProtocolError as exc:
+            self._undo(mark)
             self._err(job.rid, job.req, exc.code, exc.message)
         except Exception:
             log.exception("internal error finishing a login")
+            self._undo(mark)
             self._err(job.rid, job.req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
         finally:
             self.store.end_request(ok)
@@ -302,7 +314,9 @@ class Accounts:
             self._end(other, "logout", "replaced", "this client logged in as another user; this session ends")
         row = self.store.get_user(job.user)
         since = row.last_seq if row else self.seq
-        s = Session(job.user, job.rid, job.ip, now, now, now, key=job.key, fd=job.fd)
+        alive = job.conn is None or self.conns.get(job.fd) is job.conn
+        s = Session(job.user, job.rid, job.ip, now, now, now, key=job.key, fd=job.fd if alive else -1,
+                    detached=not alive)  # closed while hashing: nothing is pushed until its key is back
         s.login = {
             "user": job.user,
             "pub_port": self.pub_port,
@@ -319,9 +333,8 @@ class Accounts:
         self.by_user[job.user] = s
         if job.key:
             self.by_key[job.key] = s
-        conn = self.conns.get(job.fd)
-        if conn is not None:
-            conn.bound = True
+        if alive and job.conn is not None:
+            job.conn.bound = True
         log.info("login user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, job.req, {**s.login, "dup": False})
         if old is None:

@@ -31,9 +31,23 @@ class AuthQueue:
         self._queues: dict[str, deque[AuthJob]] = {}
         self._order: deque[str] = deque()  # IPs with waiting jobs, next to serve first
         self._count = 0
+        self._per_user: dict[str, int] = {}  # waiting verify jobs per account
 
     def __len__(self) -> int:
         return self._count
+
+    def waiting_for(self, user: str) -> int:
+        """Logins (verify jobs) of account `user` waiting."""
+        return self._per_user.get(user, 0)
+
+    def _counted(self, job: AuthJob, delta: int) -> None:
+        self._count += delta
+        if job.kind == "verify":
+            left = self._per_user.get(job.user, 0) + delta
+            if left > 0:
+                self._per_user[job.user] = left
+            else:
+                self._per_user.pop(job.user, None)
 
     def add(self, job: AuthJob) -> bool:
         """Queue `job` behind its IP's others. False (nothing queued) when that IP has per_ip waiting."""
@@ -44,7 +58,7 @@ class AuthQueue:
         elif len(queue) >= self.per_ip:
             return False
         queue.append(job)
-        self._count += 1
+        self._counted(job, 1)
         return True
 
     def drop(self, keep: Callable[[AuthJob], bool]) -> list[AuthJob]:
@@ -55,8 +69,10 @@ class AuthQueue:
             queue = self._queues[ip]
             kept = deque(j for j in queue if keep(j))
             if len(kept) != len(queue):
-                gone.extend(j for j in queue if not keep(j))
-                self._count -= len(queue) - len(kept)
+                for j in queue:
+                    if j not in kept:
+                        gone.append(j)
+                        self._counted(j, -1)
                 self._set(ip, kept)
         return gone
 
@@ -71,7 +87,7 @@ class AuthQueue:
                 for job in queue:
                     if rank(job) == want and ready(job):
                         queue.remove(job)
-                        self._count -= 1
+                        self._counted(job, -1)
                         self._set(ip, queue)
                         return job
         return None

@@ -16,10 +16,17 @@ from broker.session import Session
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.validation import validate_text
+from protocol.validation import validate_text, validate_username
 
 if TYPE_CHECKING:  # pragma: no cover
     from broker.core import BrokerCore
+
+BUSY_TEXT_BUDGET = 2000
+"""Characters of auto-reply text one `send` reply carries in all: with many busy recipients each
+text is shortened to its share, so a reply stays a few KiB (docs 6.1)."""
+
+ACK_IDS_PER_TOKEN = 100
+"""An `ack` of up to 100 ids is free of flood control; a bigger one takes a token per 100 ids."""
 
 MAX_COUNTER = 2**53
 """Sequence numbers and mail ids stay at or below 2^53 (docs/protocol.md section 3): past it the
@@ -36,11 +43,17 @@ def _refusal(unknown: list[str], full: list[str], sent: list[str]) -> tuple[Erro
     name has no account (it takes precedence), else E_MAILBOX_FULL."""
     parts = []
     if unknown:
-        parts.append(f"no such user: {', '.join(unknown)}")
+        parts.append(f"no such user: {_names(unknown)}")
     if full:
-        parts.append(f"mailbox full: {', '.join(full)}")
-    message = "; ".join(parts) + (f" (sent to {', '.join(sent)})" if sent else "")
+        parts.append(f"mailbox full: {_names(full)}")
+    message = "; ".join(parts) + (f" (sent to {_names(sent)})" if sent else "")
     return (ErrorCode.UNKNOWN_USER if unknown else ErrorCode.MAILBOX_FULL), message
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    """Up to `most` names for a message, then how many more (the lists are in the reply)."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 class Commands:
@@ -133,6 +146,8 @@ class Commands:
         """
         validate_text(r.text, self.cfg.max_message_chars)
         to = list(dict.fromkeys(r.to))
+        for name in to:  # a name that breaks the rule has no account: say so before storing anything
+            validate_username(name)
         digest = content_digest(to, r.text)
         unknown = [n for n in to if n not in self.users]
         quota = self.cfg.mailbox_quota
@@ -151,7 +166,8 @@ class Commands:
         ids = {name: self.last_mail_id + k for k, name in enumerate(known, 1)}
         busy_now = [rs for rs in (self.by_user.get(n) for n in known)
                     if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
-        busy = [{"user": rs.user, "text": rs.busy_text} for rs in busy_now]
+        share = BUSY_TEXT_BUDGET // max(1, len(busy_now))  # the reply stays small: see BUSY_TEXT_BUDGET
+        busy = [{"user": rs.user, "text": rs.busy_text[:share]} for rs in busy_now]
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown or full:
             code, message = _refusal(unknown, full, known)
@@ -168,6 +184,7 @@ class Commands:
         for name, mid in ids.items():
             self.store.add_mail(mid, name, s.user, now, r.text, r.id)
             self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
+            self._req_mail.append(name)
             rs = self.by_user.get(name)
             if rs is None:
                 continue
@@ -224,6 +241,11 @@ class Commands:
         s.dropped.add(mail_id)
 
     def _ack(self: "BrokerCore", s: Session, r: m.Ack) -> None:
+        if self.cfg.rate_limit > 0 and len(r.ids) > ACK_IDS_PER_TOKEN:  # the first 100 ids are free
+            wait = self.user_buckets.take(s.user, self.clock(), len(r.ids) // ACK_IDS_PER_TOKEN)
+            if wait > 0:
+                raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
+                                    fields={"retry_after": round(wait, 3)})
         removed = self.store.delete_mail(s.user, r.ids)
         if removed:
             self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - removed)

@@ -40,7 +40,8 @@ class Config:
     conn_rate: float = 10.0  # new connections one IP may make per second (4 s worth at once)
     login_timeout: float = 60.0  # seconds a connection may stay without a session and silent
     key_timeout: float = 10.0  # seconds a key-endpoint connection may stay silent
-    pending_limit: int = 16 * 1024 * 1024  # bytes a connection may have buffered beyond its last message
+    pending_limit: int = 4 * 1024 * 1024  # wire bytes a ROUTER connection may have buffered beyond its last message
+    small_pending_limit: int = 64 * 1024  # the same for a PUB or key-endpoint connection (tiny messages)
     rss_scan_step: int = 32 * 1024 * 1024  # RSS growth (bytes) that triggers a scan of all connections
     max_frames: int = 16  # frames in one request beyond which its connection is cut
     reply_bytes: int = 256 * 1024  # largest history/who/last reply, bytes (history pages at it)

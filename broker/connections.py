@@ -11,9 +11,12 @@ memory scan runs) and its end. The table answers what to cut off:
   seconds, a key-endpoint connection silent for `key_timeout` seconds, a PUB connection that
   subscribed to nothing for `login_timeout` seconds;
 * a connection whose bytes received but not yet delivered as complete messages grew by more than
-  `pending_limit` bytes since it last delivered one: libzmq buffers a multipart message whole
-  before delivery and `ZMQ_MAXMSGSIZE` bounds only single frames, so this is what bounds the
-  memory one peer can make the broker hold (endless MORE frames, a trickled huge frame).
+  `pending_limit` bytes (ROUTER; `small_pending_limit` for the PUB and the key endpoint) since it
+  last delivered one: libzmq buffers a multipart message whole before delivery and
+  `ZMQ_MAXMSGSIZE` bounds only single frames, so this is what bounds the memory one peer can make
+  the broker hold (endless MORE frames, a trickled huge frame). libzmq keeps a 64-byte record per
+  frame: a ROUTER frame takes at least 35 bytes on the wire under CURVE, so 4 MiB on the wire is
+  at most about 8 MiB held.
 
 The wire size of a frame is computed by `wire_size` (ZMTP 3.0 framing, RFC 23, plus the CurveZMQ
 MESSAGE command around each frame, RFC 26), so the difference tracks exactly what is buffered.
@@ -50,7 +53,7 @@ class Conn:
     the complete messages read; ref, consumed_at_scan: the pending-bytes reference (see
     ConnTable.scanned); key: the client's CURVE public key (Z85) seen on its messages, "" before;
     rid: the routing id of its last request (ROUTER); bucket: its flood control (made on first use);
-    refused: requests refused by flood control in a row;
+    refused: requests refused by flood control in a row; welcomed: it subscribed to its welcome topic;
     bound: a session uses this connection (ROUTER) or it subscribed (PUB); subs: subscriptions.
     """
 
@@ -69,6 +72,7 @@ class Conn:
     subs: int = 0
     bucket: TokenBucket | None = None
     refused: int = 0
+    welcomed: bool = False
 
 
 class ConnTable:
@@ -80,16 +84,19 @@ class ConnTable:
             a complete message, or a PUB connection without a subscription.
         key_timeout: seconds a key-endpoint connection may stay silent.
         pending_limit: bytes received but not delivered as messages, beyond the level at the last
-            delivered message, that get a connection cut.
+            delivered message, that get a ROUTER connection cut.
+        small_pending_limit: the same for PUB and key-endpoint connections, whose messages are
+            a few bytes (libzmq keeps a 64-byte record per frame, so tiny frames weigh more).
         max_subscriptions: subscriptions one PUB connection may make.
     """
 
     def __init__(self, max_per_ip: int, login_timeout: float, key_timeout: float,
-                 pending_limit: int, max_subscriptions: int = 8) -> None:
+                 pending_limit: int, max_subscriptions: int = 8, small_pending_limit: int = 64 * 1024) -> None:
         self.max_per_ip = max_per_ip
         self.login_timeout = login_timeout
         self.key_timeout = key_timeout
         self.pending_limit = pending_limit
+        self.small_pending_limit = small_pending_limit
         self.max_subscriptions = max_subscriptions
         self.conns: dict[int, Conn] = {}
         self.per_ip: dict[str, int] = {}
@@ -170,7 +177,7 @@ class ConnTable:
             conn.consumed_at_scan = conn.consumed
             conn.ref = pending
             return False
-        return pending - conn.ref > self.pending_limit
+        return pending - conn.ref > (self.pending_limit if conn.kind == ROUTER else self.small_pending_limit)
 
     def idle(self, now: float) -> list[Conn]:
         """Connections to cut for silence: a ROUTER connection without a session and without a

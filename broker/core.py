@@ -86,7 +86,7 @@ class BrokerCore(Commands, Accounts, Links):
         self.by_user: dict[str, Session] = {}
         self.by_key: dict[str, Session] = {}
         self.conns = ConnTable(config.max_conns_per_ip, config.login_timeout, config.key_timeout,
-                               config.pending_limit)
+                               config.pending_limit, small_pending_limit=config.small_pending_limit)
         self.users: set[str] = store.user_names()
         self.seq = store.last_seq()
         self.last_mail_id = store.last_mail_id()
@@ -95,6 +95,7 @@ class BrokerCore(Commands, Accounts, Links):
         self._current_req: int | None = None
         self._out = Output()
         self._later_cuts: list[tuple[float, Conn, bool]] = []  # (when, connection, even if in use)
+        self._req_mail: list[str] = []  # recipients whose mail count this request raised (for _undo)
         self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
         self.user_buckets = KeyedBuckets(config.rate_limit, config.rate_burst)  # flood control per user
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
@@ -155,7 +156,7 @@ class BrokerCore(Commands, Accounts, Links):
             conn.rid = rid
             ip = conn.ip
         self._current_req = None
-        mark = (len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.last_mail_id)
+        mark = self._mark()
         self.store.begin_request()
         ok = False
         try:
@@ -164,7 +165,7 @@ class BrokerCore(Commands, Accounts, Links):
             session = self.sessions.get(rid)
             if session is not None and session.key != key:
                 session = None  # someone else presents this routing id: not the session's owner
-            if conn is not None and kind != b"ack":  # acks are free: they only ever shrink state
+            if conn is not None and (kind != b"ack" or session is None):  # a session's acks: see _ack
                 self._flood_control(conn, session, now)
             if session is not None:
                 self._attach(session, fd, conn)
@@ -174,7 +175,7 @@ class BrokerCore(Commands, Accounts, Links):
             if self.stopping:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
             if kind in NO_SESSION_NEEDED:
-                self._no_session_request(rid, kind, request, ip, key, fd, session)
+                self._no_session_request(rid, kind, request, ip, key, fd, session, conn)
             elif session is None:
                 raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
             else:
@@ -215,12 +216,26 @@ class BrokerCore(Commands, Accounts, Links):
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
-    def _undo(self, mark: tuple[int, int, int, int, int]) -> None:
-        """Drop the output queued and the counters advanced by a request that raised."""
-        n_router, n_pub, n_jobs, self.seq, self.last_mail_id = mark
+    def _mark(self) -> tuple[int, int, int, int]:
+        """Where the output and the sequence stand before a request (for _undo)."""
+        self._req_mail: list[str] = []
+        return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq
+
+    def _undo(self, mark: tuple[int, int, int, int]) -> None:
+        """Drop the output and undo the counters of a request that raised (its store writes are
+        rolled back by the store). Mail ids handed out stay used (never given twice); pushes of
+        them are taken out of their sessions' windows."""
+        n_router, n_pub, n_jobs, self.seq = mark
+        for rid, _, _, mail_id in self._out.router[n_router:]:
+            s = self.sessions.get(rid)
+            if mail_id and s is not None:
+                s.inflight.discard(mail_id)
         del self._out.router[n_router:]
         del self._out.pub[n_pub:]
         del self._out.jobs[n_jobs:]
+        for name in self._req_mail:
+            self.mail_counts[name] = max(0, self.mail_counts.get(name, 1) - 1)
+        self._req_mail = []
 
     def _attach(self, s: Session, fd: int, conn: Conn | None) -> None:
         """A request of session `s` came on connection `fd`: follow it there; if the session was

@@ -66,46 +66,62 @@ class Links:
 
     # -- connection events (socket monitors) ------------------------------------------------------
     def on_accepted(self: "BrokerCore", fd: int, kind: str, ip: str, port: int) -> None:
-        """A connection was accepted on socket `kind` (ROUTER, PUB or KEY)."""
+        """A connection was accepted on socket `kind` (ROUTER, PUB or KEY). The monitors of the
+        three sockets are not ordered with each other, so a record still on this fd belongs to
+        a connection that closed (its DISCONNECTED is still on the way): close it now."""
+        stale = self.conns.get(fd)
+        if stale is not None:
+            self.on_disconnected(fd, stale.kind)
         if not self.conns.accepted(fd, kind, ip, port, self.clock()):
             log.info("cut connection ip=%s: connection flood", ip)
             self._out.cuts.append(self.conns.get(fd))
 
-    def on_disconnected(self: "BrokerCore", fd: int) -> None:
-        """The connection on `fd` closed. A session using it is detached: nothing is pushed to its
-        routing id until a request with the session's key comes on a new connection, and its
-        unacknowledged pushes are sent again then (they may have been lost with the connection)."""
-        conn = self.conns.closed(fd)
-        if conn is None or conn.kind != ROUTER:
+    def on_disconnected(self: "BrokerCore", fd: int, kind: str) -> None:
+        """The connection of socket `kind` on `fd` closed (an event for a record of another kind
+        is late news about a connection already closed here, and is ignored). A session using it
+        is detached: nothing is pushed to its routing id until a request with the session's key
+        comes on a new connection, and its unacknowledged pushes are sent again then (they may
+        have been lost with the connection). Its waiting argon2id jobs are dropped."""
+        conn = self.conns.get(fd)
+        if conn is None or conn.kind != kind:
             return
+        self.conns.closed(fd)
+        if kind != ROUTER:
+            return
+        for job in self.auth_queue.drop(lambda j: j.conn is not conn):
+            log.debug("dropped a login of a closed connection ip=%s", job.ip)
+            self._forget_job(job)
         s = self.sessions.get(conn.rid)
         if s is not None and s.fd == fd:
             s.detached = True
+            s.fd = -1
             s.dropped.update(s.inflight)
             s.inflight.clear()
 
-    def on_subscribe(self: "BrokerCore", fd: int, key: str, data: bytes, wire_bytes: int) -> None:
-        """The XPUB read a subscription message `data` (b"\\x01" + topic; b"\\x00" unsubscribes)
-        from connection `fd` with client key `key`. Allowed topics: bcast, presence, hb and one
-        welcome.<32 hex>, which is answered at once with [topic, {"seq", "ts"}] (docs 7.4). A
-        connection without a live session, with another topic, or with more than 8
-        subscriptions is cut."""
+    def on_subscribe(self: "BrokerCore", fd: int, key: str, data: bytes, wire_bytes: int) -> bool:
+        """The XPUB (in XPUB_MANUAL mode) read a subscription message `data` (b"\\x01" + topic)
+        from connection `fd` with client key `key`. Returns True when the loop may apply it (only
+        then does the SUB receive that topic). Allowed: bcast, presence, hb and one
+        welcome.<32 hex>, which is answered at once with [topic, {"seq", "ts"}] (docs 7.4), from a
+        key with a live session, at most 8 subscriptions. Otherwise the connection is cut."""
         conn = self.conns.message(fd, wire_bytes, self.clock(), key)
-        log.debug("subscription fd=%d known=%s data=%r", fd, conn is not None, data[:48])
-        if conn is None or not data or data[0] != 1:
-            return
+        if conn is None or conn.kind != PUB or not data or data[0] != 1:
+            return False
         topic = data[1:]
         conn.subs += 1
         live = self.cfg.insecure or key in self.by_key
-        if not live or conn.subs > self.conns.max_subscriptions or not (
-            topic in EVENT_TOPICS or WELCOME_TOPIC.fullmatch(topic)
+        welcome = WELCOME_TOPIC.fullmatch(topic) is not None
+        if not live or conn.subs > self.conns.max_subscriptions or not (topic in EVENT_TOPICS or welcome) or (
+            welcome and conn.welcomed
         ):
             log.info("cut SUB connection ip=%s: %s", conn.ip, "no session" if not live else "subscription refused")
             self._out.cuts.append(conn)
-            return
+            return False
         conn.bound = True
-        if topic.startswith(b"welcome."):
+        if welcome:
+            conn.welcomed = True
             self._out.pub.append((topic, _encoder.encode({"seq": self.seq, "ts": self.clock()})))
+        return True
 
     def on_scan(self: "BrokerCore", received: dict[int, int]) -> None:
         """A memory scan read the bytes received on each connection (fd -> tcpi_bytes_received);

@@ -47,6 +47,8 @@ PRUNE_EVERY = 60.0
 RSS_CHECK_EVERY = 0.02
 """Seconds between reads of the broker's RSS (a scan of all connections runs when it grew by
 Config.rss_scan_step since the last scan)."""
+SCAN_EVERY = 10.0
+"""Seconds between scans of all connections when the RSS does not grow (slow or small attacks)."""
 
 # Plain ints: pyzmq's enum flags cost a measurable share of the loop in `flags | SNDMORE`.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -136,6 +138,7 @@ class BrokerLoop:
         next_tick = time.monotonic() + tick_every
         next_prune = time.monotonic()
         next_rss = 0.0
+        next_scan = time.monotonic() + SCAN_EVERY
         rss_base = self.rss.read()
         try:
             while not self.stop_requested:
@@ -157,9 +160,10 @@ class BrokerLoop:
                 if now >= next_rss:
                     next_rss = now + RSS_CHECK_EVERY
                     rss = self.rss.read()
-                    if rss > rss_base + self.cfg.rss_scan_step:
+                    if rss > rss_base + self.cfg.rss_scan_step or now >= next_scan:
                         self._scan()
                         rss_base = self.rss.read()
+                        next_scan = now + SCAN_EVERY
                     elif rss < rss_base:
                         rss_base = rss
                 if now >= next_tick:
@@ -222,26 +226,41 @@ class BrokerLoop:
             fd, key = _origin(frame, self.curve)
             data = frame.bytes
             size = wire_size(len(data), self.curve)
+            more = frame.more
             while frame.more:  # a subscription is one frame; discard the rest
                 frame = recv(NOBLOCK, copy=False)
                 size += wire_size(len(frame.buffer), self.curve)
+            if more:
                 self.core.on_too_many_frames(fd)
-            self.core.on_subscribe(fd, key, data, size)
+            elif self.core.on_subscribe(fd, key, data, size):  # counts every message it is given
+                self.socks.pub.setsockopt(zmq.SUBSCRIBE, data[1:])  # XPUB_MANUAL: to the pipe it came from
+            elif data[:1] == b"\x00":  # an unsubscription: removing is always safe
+                self.socks.pub.setsockopt(zmq.UNSUBSCRIBE, data[1:])
 
     def _drain_key(self) -> None:
         """Answer every key request `[b"key", body]` with `[b"key", {version, curve, public_key,
-        fingerprint, port}]` (docs/protocol.md 1.1); anything else gets no answer."""
-        sock = self.socks.key
+        fingerprint, port}]` (docs/protocol.md 1.1); anything else gets no answer. Frames are read
+        one by one and at most 3 kept; a request of more gets its connection cut."""
+        recv = self.socks.key.recv
         for _ in range(100):
             try:
-                frames = sock.recv_multipart(NOBLOCK, copy=False)
+                head = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            fd, _ = _origin(frames[0], False)
-            self.core.on_key_request(fd, sum(wire_size(len(f.buffer), False) for f in frames[1:]))
-            if len(frames) >= 2 and frames[1].bytes == b"key":
+            fd, _ = _origin(head, False)
+            first, size, count, frame = b"", 0, 0, head
+            while frame.more:
+                frame = recv(NOBLOCK, copy=False)
+                count += 1
+                size += wire_size(len(frame.buffer), False)
+                if count == 1:
+                    first = frame.bytes
+            self.core.on_key_request(fd, size)
+            if count > 3:
+                self.core.on_too_many_frames(fd)
+            elif first == b"key":
                 try:
-                    sock.send_multipart([frames[0].bytes, b"key", self._key_reply], NOBLOCK)
+                    self.socks.key.send_multipart([head.bytes, b"key", self._key_reply], NOBLOCK)
                 except zmq.ZMQError:
                     pass  # past its high-water mark or gone: it asks again
 
@@ -274,7 +293,7 @@ class BrokerLoop:
                     peer = netio.peer_of(fd) or ("", 0)
                     self.core.on_accepted(fd, kind, peer[0], peer[1])
                 elif event["event"] == zmq.EVENT_DISCONNECTED:
-                    self.core.on_disconnected(fd)
+                    self.core.on_disconnected(fd, kind)
 
     def _scan(self) -> None:
         """Read the bytes received on every connection; the core cuts those that buffer too much."""

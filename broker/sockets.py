@@ -1,7 +1,7 @@
 """The broker's zmq sockets: their security, limits and monitors (docs/security.md lists each).
 
     ROUTER  requests, replies, private pushes      CURVE server (NULL with --insecure), ZAP "chat"
-    XPUB    broadcasts, presence, heartbeats       CURVE server, ZAP "chat.pub", XPUB_VERBOSE
+    XPUB    broadcasts, presence, heartbeats       CURVE server, ZAP "chat.pub", XPUB_MANUAL
     ROUTER  key endpoint (the public key, in clear) NULL, ZAP "chat.key"
     ROUTER  inproc://zeromq.zap.01, the ZAP handler (answered by the broker's loop)
 
@@ -90,6 +90,7 @@ def open_sockets(ctx: zmq.Context, cfg: Config, keys: BrokerKeys | None) -> Brok
         made.append(pub)
         _secure(pub, cfg, keys, DOMAIN_PUB, curve)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        pub.setsockopt(zmq.XPUB_MANUAL, 1)  # a subscription counts only once the broker applies it
         pub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
         pub.setsockopt(zmq.SNDHWM, cfg.pub_sndhwm)
         pub.setsockopt(zmq.RCVHWM, 64)

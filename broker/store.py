@@ -104,6 +104,10 @@ class Store:
             self.db.execute("BEGIN")
             self._in_tx = True
         if self._req_open and not self._req_savepoint:
+            if self._req_mark:  # earlier requests' mail goes in before this request's SAVEPOINT
+                self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer[:self._req_mark])
+                del self._mail_buffer[:self._req_mark]
+                self._req_mark = 0
             self.db.execute("SAVEPOINT request")
             self._req_savepoint = True
 
@@ -113,16 +117,7 @@ class Store:
         that rolling the request back never undoes them."""
         if not self._mail_buffer:
             return
-        if self._req_open and not self._req_savepoint and self._req_mark:
-            if not self._in_tx:
-                self.db.execute("BEGIN")
-                self._in_tx = True
-            self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer[:self._req_mark])
-            del self._mail_buffer[:self._req_mark]
-            self._req_mark = 0
-            if not self._mail_buffer:
-                return
-        self._begin()
+        self._begin()  # (writes earlier requests' mail before this request's SAVEPOINT)
         self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer)
         self._mail_buffer = []
         self._req_mark = 0

@@ -49,7 +49,8 @@ class CoreRig:
         self.clock = FakeClock()
         self.behind: set[int] = set()
         self.store = Store(tmp)
-        self.core = BrokerCore(Config(**{"data_dir": str(tmp), **config}), self.store, 4120, clock=self.clock,
+        config = {"data_dir": str(tmp), "max_registrations_per_ip": 10**6, **config}  # tests register a lot
+        self.core = BrokerCore(Config(**config), self.store, 4120, clock=self.clock,
                                peer_behind=lambda fd: fd in self.behind)
         self._fds = itertools.count(100)
         self._reqs = itertools.count(1)

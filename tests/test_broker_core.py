@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from broker.connections import PUB
+from broker.connections import PUB, ROUTER
 from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
 from tests.core_harness import PASSWORD, CoreRig
 
@@ -44,7 +44,7 @@ def test_a_request_that_raises_is_undone_and_the_batch_keeps_the_others(rig, mon
     again = rig.call(a, "send", id="m2", to=["bob"], text="second")  # the claim of m2 was undone
     assert again["status"] == "ok" and again["dup"] is False
     assert [msg.text for msg in rig.store.mail_after("bob", 0, 10)] == ["first", "second"]
-    assert rig.core.last_mail_id == 2
+    assert rig.core.mail_counts["bob"] == 2 and rig.core.last_mail_id == 3  # the failed one's id stays used
 
 
 def test_a_dropped_push_frees_its_window_slot_and_is_pushed_again(tmp_path):
@@ -97,7 +97,7 @@ def test_a_detached_session_holds_pushes_until_its_key_comes_back(rig):
     a, b = rig.user("alice"), rig.user("bob")
     rig.call(b, "send", id="m1", to=["alice"], text="before")
     assert [p.text for p in rig.pushes(a)] == ["before"]
-    rig.core.on_disconnected(a[1])  # alice's TCP connection closed; the push may be lost
+    rig.core.on_disconnected(a[1], ROUTER)  # alice's TCP connection closed; the push may be lost
     rig.call(b, "send", id="m2", to=["alice"], text="while away")
     assert [p.text for p in rig.pushes(a)] == ["before"]  # nothing goes to whoever takes the id
     back = (a[0], rig.connect()[1], a[2])  # same routing id and key, new connection
@@ -184,3 +184,88 @@ def test_sequence_numbers_stop_at_2_to_the_53(rig):
     assert rig.call(a, "broadcast", id="late", text="hi")["code"] == "E_INTERNAL"
     rig.core.last_mail_id = 2**53
     assert rig.call(a, "send", id="late2", to=["alice"], text="hi")["code"] == "E_INTERNAL"
+
+
+def test_a_late_close_of_another_socket_does_not_drop_a_new_connection_on_the_same_fd(rig):
+    key_fd = rig.connect(kind="key")[1]
+    rig.core.on_accepted(key_fd, ROUTER, "10.0.0.8", 50000)  # the key connection's close is still on its way
+    rig.core.on_disconnected(key_fd, "key")  # ... and arrives now: about a connection already gone
+    conn = rig.core.conns.get(key_fd)
+    assert conn is not None and conn.kind == ROUTER and rig.core.conns.count("10.0.0.8") == 1
+
+
+def test_a_detached_session_forgets_its_fd_so_its_end_cuts_no_one_else(tmp_path):
+    rig = CoreRig(tmp_path, heartbeat_timeout=5.0)
+    a = rig.user("alice")
+    rig.core.on_disconnected(a[1], ROUTER)
+    rig.core.on_accepted(a[1], ROUTER, "10.0.0.9", 40404)  # an innocent connection gets the fd number
+    rig.clock.advance(6)
+    rig.core.tick()  # alice's session times out
+    rig.clock.advance(3)
+    rig.core.tick()
+    assert a[1] not in [c.fd for c in rig.take().cuts] and rig.core.conns.get(a[1]).ip == "10.0.0.9"
+
+
+def test_a_login_finishing_after_its_connection_closed_pushes_nothing(rig):
+    b = rig.user("bob")
+    rig.call(b, "register", user="alice", password=PASSWORD)
+    rig.call(b, "send", id="m1", to=["alice"], text="for alice")
+    a = rig.connect()
+    rig.send(a, "login", user="alice", password=PASSWORD)
+    jobs = rig.core.drain().jobs
+    rig.core.on_disconnected(a[1], ROUTER)  # gone while its password was hashing
+    rig.run_jobs(jobs)
+    assert rig.pushes(a) == []  # whoever holds the routing id now gets nothing
+    rig.call((a[0], rig.connect()[1], a[2]), "ping")  # the key comes back on a new connection
+    assert [p.text for p in rig.pushes(a)] == ["for alice"]
+
+
+def test_a_send_to_a_malformed_name_stores_nothing_and_busy_texts_are_shortened(rig):
+    a = rig.user("alice")
+    bad = rig.call(a, "send", id="x1", to=["bob", "\x01" * 60], text="hi")
+    assert bad["code"] == "E_BAD_USERNAME" and rig.store.get_send("alice", "x1") is None
+    busy = [rig.user(f"busy{i}") for i in range(20)]
+    for c in busy:
+        rig.call(c, "busy", text="z" * 1000)
+    reply = rig.call(a, "send", id="x2", to=[f"busy{i}" for i in range(20)], text="hi")
+    assert len(reply["busy"]) == 20 and sum(len(e["text"]) for e in reply["busy"]) <= 2000
+
+
+def test_acks_without_a_session_and_big_acks_are_flood_controlled(tmp_path):
+    rig = CoreRig(tmp_path, rate_limit=1.0, rate_burst=5)
+    stranger = rig.connect()
+    codes = [rig.call(stranger, "ack", ids=[1]).get("code") for _ in range(7)]
+    assert codes[:5] == ["E_NOT_LOGGED_IN"] * 5 and codes[-1] == "E_RATE_LIMITED"
+    a = rig.user("alice")
+    rig.clock.advance(100)
+    assert rig.call(a, "ack", ids=list(range(1, 101)))["status"] == "ok"  # up to 100 ids: free
+    assert rig.call(a, "ack", ids=list(range(1, 1001)))["code"] == "E_RATE_LIMITED"  # 10 tokens
+
+
+def test_logins_waiting_for_one_account_are_capped_but_its_known_address_gets_in(tmp_path):
+    rig = CoreRig(tmp_path, hash_workers=1, max_failed_logins_per_ip=1000)
+    owner = rig.connect("10.9.9.9")
+    rig.call(owner, "register", user="victim", password=PASSWORD)
+    rig.call(owner, "login", user="victim", password=PASSWORD)
+    rig.call(owner, "logout")
+    codes = []
+    for i in range(8):
+        c = rig.connect(f"10.1.0.{i}")
+        rig.send(c, "login", user="victim", password="guess")
+        codes += [r.get("code") for r in rig.replies(c)]
+    assert codes.count("E_OVERLOADED") >= 3  # 1 running + 4 waiting, the rest refused
+    rig.send(owner, "login", user="victim", password=PASSWORD)
+    assert "E_OVERLOADED" not in [r.get("code") for r in rig.replies(owner)]
+
+
+def test_earlier_mail_in_the_batch_survives_a_later_request_that_is_rolled_back(rig):
+    store = rig.store
+    store.begin_request()
+    store.add_mail(1, "away", "alice", 1.0, "kept", "c1")  # buffered by an earlier request
+    store.end_request(True)
+    store.begin_request()
+    assert store.claim_send("alice", "c2", 1.0, b"{}")  # this request's first write: its SAVEPOINT
+    store.mail_after("away", 0, 10)  # a read flushes the buffer while the SAVEPOINT is open
+    store.end_request(False)  # the request raised
+    store.commit()
+    assert [m.text for m in store.mail_after("away", 0, 10)] == ["kept"] and store.get_send("alice", "c2") is None

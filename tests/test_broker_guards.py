@@ -106,7 +106,7 @@ def test_jobs_of_a_closed_connection_are_never_run(tmp_path):
     rig.send(b, "register", user="second", password=PASSWORD)
     out = rig.core.drain()
     assert [j.user for j in out.jobs] == ["first"]  # one thread: the second waits
-    rig.core.on_disconnected(b[1])
+    rig.core.on_disconnected(b[1], "router")
     rig.run_jobs(out.jobs)
     assert rig.core.drain().jobs == [] and "second" not in rig.core.pending_names
 

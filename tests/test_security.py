@@ -303,3 +303,25 @@ def test_insecure_says_so_at_every_start(tmp_path):
         b.wait_log("INSECURE")
     finally:
         b.stop()
+
+
+def test_a_refused_subscription_never_delivers_anything(broker, peers, names, ctx):
+    speaker, nosy = logged_in(peers, broker, names), logged_in(peers, broker, names)
+    sub = nosy._socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")  # everything: refused (the welcomes of others would leak)
+    sub.connect(f"tcp://127.0.0.1:{broker.pub_port}")
+    other = logged_in(peers, broker, names)  # its welcome is published while nosy's SUB is up
+    ok(speaker.broadcast("not for the empty prefix"))
+    speaker.wait_event(lambda e: e.text == "not for the empty prefix")
+    assert other.welcome is not None
+    assert nothing_arrives(sub, 0.5)  # XPUB_MANUAL: the subscription was never applied
+    sub.close(0)
+
+
+def test_a_key_request_of_many_frames_gets_its_connection_cut(broker):
+    with ZmtpPeer("127.0.0.1", broker.key_port, mechanism="NULL") as peer:
+        peer.handshake()
+        for _ in range(10):
+            peer.send_frame(b"key", more=True)
+        peer.send_frame(b"{}")
+        assert peer.wait_closed(10)
