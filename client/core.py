@@ -12,8 +12,9 @@ sends whatever `ClientCore.data_to_send()` returns on the DEALER, in order:
     outputs = core.tick()                                        # acks, pings, lost detection
 
 What the core does: allocates request ids and matches replies to them; starts the session state on
-an ok `login` reply; tracks the PUB sequence number (drops duplicates, holds events that arrive
-after a gap and repairs the gap with a `history` request); deduplicates private messages by id and
+an ok `login` reply; tracks the PUB sequence number (client.sequence: drops duplicates, holds
+events that arrive after a gap and repairs the gap with a `history` request, asks the catch-up
+after the broker's welcome); deduplicates private messages by id and
 batches their acks; queues a `ping` when nothing was sent for `heartbeat_interval` seconds; reports
 the broker lost when a request stays unanswered for `heartbeat_timeout` seconds.
 
@@ -23,159 +24,20 @@ seconds since the epoch (only passed through).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
-import msgspec
-
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.wire import (
-    END, MSG, REPLY, TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, TYPE_OF, WELCOME_PREFIX, decode_event,
-    decode_events, decode_push, encode_request,
+from client.outputs import (  # noqa: F401 (re-exported: the drivers import them from here)
+    BrokerLost, EventReceived, EventsMissed, MessageReceived, Output, ReplyReceived, Session, SessionEnded,
 )
-
-_mark_decoder = msgspec.json.Decoder(m.PubMark)
-
-
-def decode_mark(frames: list[bytes]) -> m.PubMark:
-    """Decode a PUB heartbeat or welcome `[topic, {"seq", "ts"}]`. Raises ProtocolError."""
-    if len(frames) != 2:
-        raise ProtocolError(ErrorCode.FRAMES, f"a PUB message has 2 frames [topic, body], got {len(frames)}")
-    try:
-        return _mark_decoder.decode(frames[1])
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_JSON, "the body is not a UTF-8 JSON object") from None
+from client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
+from protocol import messages as m
+from protocol.errors import ErrorCode
+from protocol.wire import END, MSG, REPLY, TYPE_OF, decode_push, encode_request
 
 MAX_ACK_IDS = 1000
 """The protocol accepts at most 1000 ids in one `ack`."""
-
-MAX_FUTILE_HISTORY = 3
-"""History replies in a row that may end before the held events before the gap is skipped."""
-
-WELCOME_TIMEOUT = 3.0
-"""Seconds after opening the SUB without the broker's welcome before the catch-up is asked anyway."""
-
-RETRY_CODES = frozenset({ErrorCode.OVERLOADED.value, "E_RATE_LIMITED"})
-"""Error codes after which an internal history request is asked again after `retry_after` seconds."""
-
-
-@dataclass(frozen=True)
-class ReplyReceived:
-    """The reply to a request made with `ClientCore.request`.
-
-    Fields: req (int, the request id), type (bytes, the request type, e.g. b"send"), body (dict, the
-    decoded reply: "req", "status" "ok"|"error", errors add "code" and "message").
-    """
-
-    req: int
-    type: bytes
-    body: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        """True for status "ok"."""
-        return self.body.get("status") == "ok"
-
-    @property
-    def code(self) -> str:
-        """The error code string (e.g. "E_UNKNOWN_USER"), "" for an ok reply."""
-        return str(self.body.get("code", ""))
-
-    @property
-    def message(self) -> str:
-        """The broker's error message, "" for an ok reply."""
-        return str(self.body.get("message", ""))
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    """A private message seen for the first time in this session; its ack is already queued."""
-
-    message: m.PrivateMessage
-
-
-@dataclass(frozen=True)
-class EventReceived:
-    """A broadcast or presence event, delivered once and in sequence order.
-
-    `catchup` is True when the event happened before this session's login (seq <= login seq), i.e.
-    it was fetched by the catch-up `history` ("while you were away").
-    """
-
-    event: m.Event
-    catchup: bool = False
-
-
-@dataclass(frozen=True)
-class EventsMissed:
-    """Events after seq `after` and before seq `resumed` are gone from the broker (pruned history)."""
-
-    after: int
-    resumed: int
-
-
-@dataclass(frozen=True)
-class SessionEnded:
-    """The session is over: an `end` push (reason replaced | idle_timeout | heartbeat_timeout |
-    shutdown) or reason "not_logged_in" when the broker answered E_NOT_LOGGED_IN to a request made
-    in a session (the broker restarted or forgot it). `message` is prose for the user."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class BrokerLost:
-    """A request has waited `waited` seconds (more than heartbeat_timeout) for its reply."""
-
-    waited: float
-
-
-Output = Union[ReplyReceived, MessageReceived, EventReceived, EventsMissed, SessionEnded, BrokerLost]
-"""What `receive_dealer`, `receive_event` and `tick` return, in the order things happened."""
-
-
-@dataclass
-class Session:
-    """Session parameters from the ok `login` reply (see the contract): user (str), pub_port (int),
-    seq (int, newest event seq at login), since (int, catch-up start), since_ts (float, epoch s),
-    heartbeat_interval / heartbeat_timeout / idle_timeout (float seconds), max_message_chars (int)."""
-
-    user: str
-    pub_port: int
-    seq: int
-    since: int
-    since_ts: float = 0.0
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 15.0
-    idle_timeout: float = 1800.0
-    max_message_chars: int = 1000
-    pub_heartbeat: float = 2.0
-
-    @classmethod
-    def from_reply(cls, body: dict[str, Any]) -> "Session":
-        """Build from an ok login reply dict. Raises ProtocolError(E_BAD_FIELD) if a field is bad."""
-        try:
-            return cls(
-                user=str(body["user"]),
-                pub_port=int(body["pub_port"]),
-                seq=int(body.get("seq", 0)),
-                since=int(body.get("since", body.get("seq", 0))),
-                since_ts=float(body.get("since_ts", 0.0)),
-                heartbeat_interval=float(body.get("heartbeat_interval", 5.0)),
-                heartbeat_timeout=float(body.get("heartbeat_timeout", 15.0)),
-                idle_timeout=float(body.get("idle_timeout", 1800.0)),
-                max_message_chars=int(body.get("max_message_chars", 1000)),
-                pub_heartbeat=float(body.get("pub_heartbeat", 2.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"bad login reply: {exc!r}") from None
-
 
 @dataclass
 class _Pending:
@@ -185,19 +47,7 @@ class _Pending:
     ids: list[int] = field(default_factory=list)  # ack: the ids sent
 
 
-@dataclass
-class _SeqState:
-    last: int  # every event with seq <= last has been delivered or is gone
-    login_seq: int
-    held: dict[int, m.Event] = field(default_factory=dict)  # arrived after a gap, by seq
-    history_req: int | None = None  # the history request in flight, if any
-    futile: int = 0  # history replies in a row that ended before the held events
-    sub_opened: float | None = None  # when the SUB was opened (waiting for the welcome)
-    caught_up: bool = False  # the catch-up history was asked
-    retry_at: float | None = None  # ask history again at this time (after E_OVERLOADED)
-
-
-class ClientCore:
+class ClientCore(EventSequence):
     """Protocol state machine of one client connection (at most one session at a time).
 
     Args:
@@ -231,11 +81,10 @@ class ClientCore:
         self._last_sent = clock()
         self._lost_reported = False
         self.session: Session | None = None
-        self._seq: _SeqState | None = None
         self._seen_msgs: set[int] = set()
         self._ack_queue: dict[int, None] = {}  # ordered set
         self._ack_since: float | None = None
-        self.welcome_topic = WELCOME_PREFIX + os.urandom(16).hex().encode("ascii")
+        self._init_sequence()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -301,54 +150,6 @@ class ClientCore:
             return [SessionEnded(body.reason, body.message)]
         return []  # pragma: no cover - decode_push accepts only the three kinds
 
-    def receive_event(self, frames: list[bytes]) -> list[Output]:
-        """Feed one multipart message received on the SUB ([topic, Event]).
-
-        Returns:
-            EventReceived for each event now deliverable in order (none for a duplicate or for an
-            event held behind a gap; a gap queues a `history` request).
-        Raises:
-            ProtocolError: the frames are not an Event.
-        """
-        topic = bytes(frames[0]) if frames else b""
-        if topic == TOPIC_HEARTBEAT or topic == self.welcome_topic:
-            mark = decode_mark(frames)
-            if self._seq is None:
-                return []
-            return self._on_welcome(mark.seq) if topic == self.welcome_topic else self._on_pub_heartbeat(mark.seq)
-        if topic.startswith(WELCOME_PREFIX):
-            return []  # someone else's welcome (a subscription to a prefix of it): not ours
-        event = decode_event(frames)
-        if self._seq is None:
-            return []
-        return self._accept_event(event)
-
-    def sub_topics(self) -> list[bytes]:
-        """The topics to subscribe the SUB to: bcast, presence, hb and this client's welcome topic."""
-        return [TOPIC_BCAST, TOPIC_PRESENCE, TOPIC_HEARTBEAT, self.welcome_topic]
-
-    def sub_opened(self) -> None:
-        """The SUB was opened and subscribed: the catch-up `history` is asked when the broker's
-        welcome arrives (the subscription is then active, so no event falls between the two), or
-        after WELCOME_TIMEOUT seconds without it."""
-        if self._seq is not None:
-            self._seq.sub_opened = self._clock()
-
-    def _on_welcome(self, seq: int) -> list[Output]:
-        assert self._seq is not None
-        if not self._seq.caught_up:
-            self.catch_up()
-        return []
-
-    def _on_pub_heartbeat(self, seq: int) -> list[Output]:
-        """A PUB heartbeat says the newest seq is `seq`: events up to it that never came were lost
-        (e.g. the last one before a quiet period): repair now rather than at the next event."""
-        st = self._seq
-        assert st is not None
-        if st.caught_up and seq > st.last and st.history_req is None and st.retry_at is None:
-            self._request_history()
-        return []
-
     def tick(self) -> list[Output]:
         """Do what is due by time: flush batched acks, queue a heartbeat `ping`, detect a lost broker.
 
@@ -361,13 +162,7 @@ class ClientCore:
             self._flush_acks()
         if self.ping_due():
             self._queue(m.Ping(req=0), "ping")
-        st = self._seq
-        if st is not None:
-            if not st.caught_up and st.sub_opened is not None and now - st.sub_opened >= WELCOME_TIMEOUT:
-                self.catch_up()
-            if st.retry_at is not None and now >= st.retry_at and st.history_req is None:
-                st.retry_at = None
-                self._request_history()
+        self._sequence_tick(now)
         waited = self.oldest_pending_age()
         if self.session and waited > self.session.heartbeat_timeout and not self._lost_reported:
             self._lost_reported = True
@@ -397,34 +192,14 @@ class ClientCore:
             due.append(self._last_sent + self.session.heartbeat_interval)
             if self._pending:
                 due.append(min(p.sent_at for p in self._pending.values()) + self.session.heartbeat_timeout)
-        st = self._seq
-        if st is not None:
-            if not st.caught_up and st.sub_opened is not None:
-                due.append(st.sub_opened + WELCOME_TIMEOUT)
-            if st.retry_at is not None:
-                due.append(st.retry_at)
+        due.extend(self._sequence_due())
         return max(0.0, min(due) - now)
 
     # ---- session --------------------------------------------------------------------------
 
-    def catch_up(self) -> int | None:
-        """Queue the catch-up `history` request (after = login `since`); call it once the SUB socket
-        is connected and subscribed. Returns the request id, or None without a session."""
-        if self._seq is None:
-            return None
-        self._seq.caught_up = True
-        if self._seq.history_req is None:
-            self._request_history()
-        return self._seq.history_req
-
     def end_session(self) -> None:
         """Forget the session (after logout, or when the caller gives up on it). Idempotent."""
         self._end_session()
-
-    @property
-    def last_seq(self) -> int | None:
-        """The last event seq delivered in order (or skipped as gone); None without a session."""
-        return self._seq.last if self._seq else None
 
     def queued_acks(self) -> list[int]:
         """Message ids waiting to be acked (in arrival order)."""
@@ -517,85 +292,3 @@ class ClientCore:
         self._ack_since = None
         for start in range(0, len(ids), MAX_ACK_IDS):
             self._queue(m.Ack(req=0, ids=ids[start : start + MAX_ACK_IDS]), "ack")
-
-    def _request_history(self) -> None:
-        assert self._seq is not None
-        self._seq.history_req = self._queue(m.History(req=0, after=self._seq.last, limit=self._history_limit), "history")
-
-    def _deliver(self, event: m.Event) -> EventReceived:
-        assert self._seq is not None
-        self._seq.last = event.seq
-        return EventReceived(event, catchup=event.seq <= self._seq.login_seq)
-
-    def _drain_held(self) -> list[Output]:
-        st = self._seq
-        assert st is not None
-        out: list[Output] = []
-        while st.last + 1 in st.held:
-            out.append(self._deliver(st.held.pop(st.last + 1)))
-        for seq in [s for s in st.held if s <= st.last]:
-            del st.held[seq]
-        return out
-
-    def _accept_event(self, event: m.Event) -> list[Output]:
-        st = self._seq
-        assert st is not None
-        if event.seq <= st.last or event.seq in st.held:
-            return []  # duplicate
-        if event.seq == st.last + 1:
-            return [self._deliver(event), *self._drain_held()]
-        if len(st.held) < self._max_held:
-            st.held[event.seq] = event
-        if st.history_req is None:
-            self._request_history()
-        return []
-
-    def _on_history(self, req: int, body: dict[str, Any]) -> list[Output]:
-        st = self._seq
-        if st is None or st.history_req != req:
-            return []
-        st.history_req = None
-        out: list[Output] = []
-        progressed = False
-        if body.get("code") in RETRY_CODES:  # the broker asks to come back later: nothing is lost
-            wait = body.get("retry_after", 1.0)
-            st.retry_at = self._clock() + (float(wait) if isinstance(wait, (int, float)) else 1.0)
-            return out
-        if body.get("status") == "ok":
-            try:
-                events = sorted(decode_events(body.get("events", [])), key=lambda e: e.seq)
-            except ProtocolError:
-                events = []
-            for event in events:
-                if event.seq <= st.last:
-                    continue
-                if event.seq > st.last + 1:
-                    out.append(EventsMissed(st.last, event.seq))
-                out.append(self._deliver(event))
-                progressed = True
-            out.extend(self._drain_held())
-            newest = body.get("seq")
-            if progressed and isinstance(newest, int) and st.last < newest:
-                st.futile = 0
-                self._request_history()  # the limit cut the page: fetch the next one
-                return out
-            if (
-                st.held
-                and isinstance(newest, int)
-                and newest < min(st.held) - 1
-                and st.futile < MAX_FUTILE_HISTORY
-            ):
-                # The missing events are newer than the broker's answer (it answered before they
-                # were published): ask again rather than skip them.
-                st.futile += 1
-                self._request_history()
-                return out
-        st.futile = 0
-        if st.held:  # what is still missing is gone: skip to the held events
-            first = min(st.held)
-            out.append(EventsMissed(st.last, first))
-            st.last = first - 1
-            out.extend(self._drain_held())
-            if st.held and st.history_req is None:
-                self._request_history()
-        return out
