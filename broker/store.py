@@ -81,6 +81,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the send-id index hot
+            self.db.execute("PRAGMA temp_store=MEMORY")  # a request's SAVEPOINT journal stays in memory
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
@@ -90,6 +91,7 @@ class Store:
         self._req_open = False  # between begin_request() and end_request()
         self._req_savepoint = False  # the request's SAVEPOINT is open
         self._req_mark = 0  # mail buffer entries before this index belong to earlier requests
+        self._reinsert: list[tuple[int, str, str, float, str, str]] = []  # (see _flush_mail)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -104,21 +106,19 @@ class Store:
             self.db.execute("BEGIN")
             self._in_tx = True
         if self._req_open and not self._req_savepoint:
-            if self._req_mark:  # earlier requests' mail goes in before this request's SAVEPOINT
-                self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer[:self._req_mark])
-                del self._mail_buffer[:self._req_mark]
-                self._req_mark = 0
             self.db.execute("SAVEPOINT request")
             self._req_savepoint = True
 
     def _flush_mail(self) -> None:
         """Write buffered mailbox inserts (one executemany) before anything reads the mailbox.
-        Inside a request, the entries of earlier requests are written before its SAVEPOINT, so
-        that rolling the request back never undoes them."""
+        Inside a request, the entries of earlier requests written under its SAVEPOINT are
+        remembered, and written again if the request is rolled back (end_request)."""
         if not self._mail_buffer:
             return
-        self._begin()  # (writes earlier requests' mail before this request's SAVEPOINT)
+        self._begin()
         self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._mail_buffer)
+        if self._req_savepoint and self._req_mark:
+            self._reinsert.extend(self._mail_buffer[:self._req_mark])
         self._mail_buffer = []
         self._req_mark = 0
 
@@ -135,8 +135,11 @@ class Store:
             if not ok:
                 self.db.execute("ROLLBACK TO request")
             self.db.execute("RELEASE request")
+            if not ok and self._reinsert:  # earlier requests' mail that the rollback took along
+                self.db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)", self._reinsert)
         if not ok:
             del self._mail_buffer[self._req_mark:]
+        self._reinsert = []
         self._req_open = False
         self._req_savepoint = False
 
