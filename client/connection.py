@@ -230,12 +230,20 @@ class Connection:
     async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> dict[str, Any]:
         """Send the request `make()` builds; while the broker answers E_OVERLOADED (its login queue
         is full), send it again after retry_after seconds, doubling up to 8 s, for at most
-        OVERLOADED_PATIENCE seconds in all. Returns the last reply."""
+        OVERLOADED_PATIENCE seconds in all; after a first timeout send it once more (a retried
+        login or registration gets the first answer, docs 9.2). Returns the last reply."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + OVERLOADED_PATIENCE
         delay = 0.0
+        retried = False
         while True:
-            reply = await self.request(make(), timeout)
+            try:
+                reply = await self.request(make(), timeout)
+            except RequestTimeout:
+                if retried:
+                    raise
+                retried = True  # lost with a connection the broker cut while we were idle: once more
+                continue
             if reply.get("code") != ErrorCode.OVERLOADED.value or loop.time() >= give_up:
                 return reply
             hint = reply.get("retry_after")

@@ -381,15 +381,18 @@ class LoadWorker:
 
     # ---- login phase -------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, c: _Client) -> None:
+        """Connect the client's DEALER (just before its first login: a broker cuts connections that
+        stay silent without logging in for --login-timeout seconds, and a login sent just as its
+        connection is cut would be lost)."""
         cfg = self.cfg
-        url = endpoint(cfg.address, cfg.port, cfg.ipv6)
-        for c in self.clients:
-            c.dealer = open_dealer(self.ctx, url, cfg.ipv6, keys=c.keys)
-            self.poller.register(c.dealer, zmq.POLLIN)
-            self.owner[c.dealer] = (c, False)
+        c.dealer = open_dealer(self.ctx, endpoint(cfg.address, cfg.port, cfg.ipv6), cfg.ipv6, keys=c.keys)
+        self.poller.register(c.dealer, zmq.POLLIN)
+        self.owner[c.dealer] = (c, False)
 
     def _start_login(self, c: _Client) -> None:
+        if c.dealer is None:
+            self._open(c)
         c.login_t0 = time.monotonic_ns()
         if not self.login.first_ns:
             self.login.first_ns = c.login_t0
@@ -677,7 +680,6 @@ class LoadWorker:
 
     def run(self) -> None:
         """Every phase, in order; the report goes to the parent before the logouts."""
-        self._open()
         self._login_phase()
         self._send(("ready", self.login.ok, dict(self.login.failed)))
         self._run_phase()
