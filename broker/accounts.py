@@ -143,7 +143,7 @@ class Accounts:
                 and job.ip not in self.known_ips.get(job.user, ())):
             raise ProtocolError(ErrorCode.OVERLOADED, "too many logins to this account are waiting; retry in a moment",
                                 fields={"retry_after": PER_ACCOUNT * self.cfg.account_verify_interval})
-        if not self.auth_queue.add(job):
+        if not self.auth_queue.add(job, self._rank(job)):
             raise ProtocolError(ErrorCode.OVERLOADED, "too many logins from your address are waiting; retry in a moment",
                                 fields={"retry_after": OVERLOADED_RETRY})
         self.pending_auth.add(job.rid)
@@ -169,21 +169,23 @@ class Accounts:
         def ready(j: AuthJob) -> bool:
             return j.kind == "hash" or self.throttle.ready_at(j.user, now) <= now
 
-        def rank(j: AuthJob) -> int:
-            if j.kind == "verify" and j.ip in self.known_ips.get(j.user, ()):
-                return 0  # this account logged in from here before
-            if self.ip_failures.wait(j.ip, now, 0.999 * self.cfg.max_failed_logins_per_ip) > 0:
-                return 2  # some wrong password from this address lately
-            return 2 if j.kind == "verify" and self.guard.failures(j.user, j.ip) else 1
-
         while self.hashing < self.cfg.hash_workers:
-            job = self.auth_queue.pick(ready, rank)
+            job = self.auth_queue.pick(ready)
             if job is None:
                 return
             self.hashing += 1
             if job.kind == "verify":
                 self.throttle.started(job.user, now)
             self._out.jobs.append(job)
+
+    def _rank(self: "BrokerCore", job: AuthJob) -> int:
+        """The queue rank of a job (broker.authqueue): 0 from an address its account logged in from
+        before, 2 from an address with recent wrong passwords (or one for this account), else 1."""
+        if job.kind == "verify" and job.ip in self.known_ips.get(job.user, ()):
+            return 0
+        if self.ip_failures.wait(job.ip, self.clock(), 0.999 * self.cfg.max_failed_logins_per_ip) > 0:
+            return 2
+        return 2 if job.kind == "verify" and self.guard.failures(job.user, job.ip) else 1
 
     def _purge_guards(self: "BrokerCore", now: float) -> None:
         """Forget expired lockouts, throttles and full buckets (call about once a second)."""

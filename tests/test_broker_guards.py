@@ -37,12 +37,12 @@ def test_auth_queue_serves_addresses_round_robin_clean_first():
     for ip in ("a", "a", "b", "b"):
         assert q.add(_job(ip))
     assert not q.add(_job("a"))  # per-IP cap
-    order = [q.pick(lambda j: True, lambda j: 1).ip for _ in range(4)]
+    order = [q.pick(lambda j: True).ip for _ in range(4)]
     assert order == ["a", "b", "a", "b"]
     for i in range(100):
-        q.add(_job(f"bad{i}"))
-    q.add(_job("fresh"))
-    first = q.pick(lambda j: True, lambda j: 2 if j.ip.startswith("bad") else 1)
+        q.add(_job(f"bad{i}"), rank=2)
+    q.add(_job("fresh"), rank=1)
+    first = q.pick(lambda j: True)
     assert first.ip == "fresh"  # a clean address does not wait for the 100 dirty ones
     assert len(q) == 100
     gone = q.drop(lambda j: j.ip != "bad7")
