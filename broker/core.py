@@ -213,6 +213,7 @@ class BrokerCore(Commands, Accounts, Links):
             if conn.refused == FLOOD_CUT * self.cfg.rate_burst:  # cut shortly: the replies leave first
                 log.warning("cut connection ip=%s: %d requests in a row over its rate limit", conn.ip, conn.refused)
                 self._later_cuts.append((now + FLOOD_CUT_GRACE, conn, True))
+                self.new_conns.drain(conn.ip, now)  # and no new connection from there for a few seconds
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 

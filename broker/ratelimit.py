@@ -16,11 +16,11 @@ class TokenBucket:
 
     rate: float
     burst: float
-    tokens: float = -1.0
+    tokens: float | None = None  # None: full, from the first use on
     stamp: float = 0.0
 
     def _refill(self, now: float) -> None:
-        if self.tokens < 0:
+        if self.tokens is None:
             self.tokens, self.stamp = self.burst, now
             return
         if now > self.stamp:
@@ -65,6 +65,12 @@ class KeyedBuckets:
             while len(self._buckets) > self.max_keys:
                 del self._buckets[next(iter(self._buckets))]
         return bucket.take(now, cost)
+
+    def drain(self, key: str, now: float) -> None:
+        """Empty the bucket of `key` and put it a full burst in debt (a penalty: nothing passes
+        until it has refilled twice over, 2 x burst / rate seconds)."""
+        self.take(key, now, 0.0)
+        self._buckets[key].tokens = -self.burst
 
     def wait(self, key: str, now: float, cost: float = 1.0) -> float:
         """Seconds until `key` may take `cost` tokens (0.0 when unknown or now)."""

@@ -167,3 +167,18 @@ def test_mailbox_quota_refuses_with_mailbox_full_and_frees_on_ack(tmp_path):
     assert rig.call(away, "login", user="away", password=PASSWORD)["status"] == "ok"
     rig.call(away, "ack", ids=[p.id for p in rig.pushes(away)])
     assert rig.call(a, "send", id="5", to=["away"], text="five")["status"] == "ok"
+
+
+def test_a_flood_cut_keeps_the_address_out_for_a_while(tmp_path):
+    from broker.zap import DOMAIN_ROUTER
+
+    rig = CoreRig(tmp_path, rate_limit=1.0, rate_burst=5, conn_rate=10.0)
+    a = rig.user("alice", ip="10.0.0.5")
+    for _ in range(20):
+        rig.send(a, "who")
+    rig.clock.advance(0.1)
+    assert a[1] in [c.fd for c in rig.take().cuts]  # 5 refused in a row: cut
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.5", "CURVE", "k" * 40)[0] == 400
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.6", "CURVE", "k" * 40)[0] == 200  # others are not
+    rig.clock.advance(8.1)  # the debt of a full burst (40) at 10 per second is paid
+    assert rig.core.authorize(DOMAIN_ROUTER, "10.0.0.5", "CURVE", "k" * 40)[0] == 200
