@@ -214,17 +214,22 @@ class Connection:
             msg = msg(req=0, **fields)
         if timeout is None:
             timeout = self.core.session.heartbeat_timeout if self.core.session else DEFAULT_TIMEOUT
-        req = self.core.request(msg)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters[req] = fut
+        return (await self._replies([self.core.request(msg)], TYPE_OF[type(msg)], timeout))[0]
+
+    async def _replies(self, reqs: list[int], type_: bytes, timeout: float) -> list[dict[str, Any]]:
+        """Send what the core queued and wait for the replies to `reqs` (RequestTimeout after
+        `timeout` seconds; late replies are ignored)."""
+        loop = asyncio.get_running_loop()
+        futs = [self._waiters.setdefault(req, loop.create_future()) for req in reqs]
         try:
             await self._flush()
-            return await asyncio.wait_for(fut, timeout)
+            return list(await asyncio.wait_for(asyncio.gather(*futs), timeout))
         except asyncio.TimeoutError:
-            raise RequestTimeout(TYPE_OF[type(msg)], timeout) from None
+            raise RequestTimeout(type_, timeout) from None
         finally:
-            self._waiters.pop(req, None)
-            self.core.forget(req)
+            for req in reqs:
+                self._waiters.pop(req, None)
+                self.core.forget(req)
             self._wake_timer()
 
     async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> dict[str, Any]:
@@ -286,23 +291,8 @@ class Connection:
         """Send the acks not sent yet and wait for their replies, so that the private messages
         shown in this session are not shown again at the next login."""
         reqs = self.core.flush_acks()
-        if not reqs:
-            return
-        loop = asyncio.get_running_loop()
-        futs = []
-        for req in reqs:
-            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-            self._waiters[req] = fut
-            futs.append(fut)
-        try:
-            await self._flush()
-            await asyncio.wait_for(asyncio.gather(*futs), timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(b"ack", timeout) from None
-        finally:
-            for req in reqs:
-                self._waiters.pop(req, None)
-                self.core.forget(req)
+        if reqs:
+            await self._replies(reqs, b"ack", timeout)
 
     # ---- events ---------------------------------------------------------------------------
 
