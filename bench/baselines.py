@@ -239,7 +239,7 @@ def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 1
 def argon2_capacity(seconds: float = 3.0, threads: int | None = None) -> float:
     """argon2id verifications per second on this machine, one thread per core (INTERACTIVE limits,
     as the broker uses). Returns a rate (1/s)."""
-    from broker.auth import hash_password, verify_password
+    from zmq_chat.broker.auth import hash_password, verify_password
 
     threads = threads or (os.cpu_count() or 1)
     stored = hash_password("benchmark password")

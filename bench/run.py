@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import argon2_capacity, held_baseline, pub_load, relay_load, rss_kib  # noqa: E402
-from broker.store import Store  # noqa: E402
-from loadtest import LoadOptions, SpawnedBroker, prepare_accounts, run_load  # noqa: E402
-from loadtest.spawn import raise_fd_limit  # noqa: E402
-from loadtest.options import DEFAULT_PASSWORD, user_name  # noqa: E402
+from zmq_chat.broker.store import Store  # noqa: E402
+from zmq_chat.loadtest import LoadOptions, SpawnedBroker, prepare_accounts, run_load  # noqa: E402
+from zmq_chat.loadtest.spawn import raise_fd_limit  # noqa: E402
+from zmq_chat.loadtest.options import DEFAULT_PASSWORD, user_name  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -224,7 +224,7 @@ def scenario_held(args) -> None:
 
 def scenario_restart(args) -> None:
     """6: broker start time (to the first hello reply) with 100,000 stored mailbox messages."""
-    from loadtest.connect import check_broker
+    from zmq_chat.loadtest.connect import check_broker
 
     data_dir = tempfile.mkdtemp(prefix="chat-bench-")
     cheap_accounts(data_dir, "r", 100)

@@ -22,19 +22,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from broker.authqueue import AuthQueue
-from broker.lockout import AccountThrottle, LoginGuard
-from broker.ratelimit import KeyedBuckets
-from broker.session import Session
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.validation import validate_password, validate_username
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.broker.authqueue import AuthQueue
+from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
+from zmq_chat.broker.ratelimit import KeyedBuckets
+from zmq_chat.broker.session import Session
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.validation import validate_password, validate_username
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
-    from broker.core import BrokerCore
+    from zmq_chat.broker.core import BrokerCore
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 REGISTER_MEMORY = 3600.0
 """Seconds a successful registration is remembered for answering its retry (docs 9.2)."""

@@ -13,7 +13,7 @@ import threading
 import nacl.exceptions
 import nacl.pwhash
 
-from broker.accounts import AuthJob
+from zmq_chat.broker.accounts import AuthJob
 
 
 def lower_thread_priority(increment: int) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from broker.accounts import AuthJob
+    from zmq_chat.broker.accounts import AuthJob
 
 RANKS = (0, 1, 2)
 

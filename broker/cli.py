@@ -11,15 +11,15 @@ from pathlib import Path
 
 import zmq
 
-from broker.auth import hash_password
-from broker.config import Config
-from broker.keys import KeyFileError, check_private, load_or_create, make_data_dir, private_umask
-from broker.limits import FDS_PER_CLIENT, raise_open_files_limit
-from broker.store import Store, StoreError
-from protocol.errors import ProtocolError
-from protocol.validation import validate_password, validate_username
+from zmq_chat.broker.auth import hash_password
+from zmq_chat.broker.config import Config
+from zmq_chat.broker.keys import KeyFileError, check_private, load_or_create, make_data_dir, private_umask
+from zmq_chat.broker.limits import FDS_PER_CLIENT, raise_open_files_limit
+from zmq_chat.broker.store import Store, StoreError
+from zmq_chat.protocol.errors import ProtocolError
+from zmq_chat.protocol.validation import validate_password, validate_username
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 
 def _positive(kind):
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
         print(f"imported {added} users, skipped {skipped} lines")
         return 0
-    from broker.loop import BrokerLoop
+    from zmq_chat.broker.loop import BrokerLoop
 
     check_fd_limit(config.max_clients)
     try:

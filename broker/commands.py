@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from broker.session import Session
-from protocol import messages as m
-from protocol import wire
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.validation import validate_text, validate_username
+from zmq_chat.broker.session import Session
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.validation import validate_text, validate_username
 
 if TYPE_CHECKING:  # pragma: no cover
-    from broker.core import BrokerCore
+    from zmq_chat.broker.core import BrokerCore
 
 BUSY_TEXT_BUDGET = 2000
 """Characters of auto-reply text one `send` reply carries in all: with many busy recipients each

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from broker.ratelimit import TokenBucket
+from zmq_chat.broker.ratelimit import TokenBucket
 
 ROUTER = "router"
 PUB = "pub"

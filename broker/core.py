@@ -19,19 +19,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from broker.accounts import Accounts, AuthJob
-from broker.commands import MAX_COUNTER, Commands
-from broker.config import Config
-from broker.connections import Conn, ConnTable
-from broker.links import Links
-from broker.ratelimit import KeyedBuckets, TokenBucket
-from broker.session import Session
-from broker.store import Store
-from protocol import messages as m
-from protocol import wire
-from protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.broker.accounts import Accounts, AuthJob
+from zmq_chat.broker.commands import MAX_COUNTER, Commands
+from zmq_chat.broker.config import Config
+from zmq_chat.broker.connections import Conn, ConnTable
+from zmq_chat.broker.links import Links
+from zmq_chat.broker.ratelimit import KeyedBuckets, TokenBucket
+from zmq_chat.broker.session import Session
+from zmq_chat.broker.store import Store
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 NO_SESSION_NEEDED = frozenset({b"hello", b"register", b"login", b"logout", b"ping"})
 NOT_A_COMMAND = frozenset({b"ping", b"ack", b"history"})  # these do not reset the idle timer

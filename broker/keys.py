@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq.auth
 import zmq.utils.z85
 
-from protocol.keys import fingerprint
+from zmq_chat.protocol.keys import fingerprint
 
 KEY_NAME = "broker"
 PUBLIC_FILE = KEY_NAME + ".key"

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from broker.connections import KEY, PUB, ROUTER, Conn
-from broker.ratelimit import KeyedBuckets
-from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
-from protocol import wire
+from zmq_chat.broker.connections import KEY, PUB, ROUTER, Conn
+from zmq_chat.broker.ratelimit import KeyedBuckets
+from zmq_chat.broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
+from zmq_chat.protocol import wire
 
 if TYPE_CHECKING:  # pragma: no cover
-    from broker.core import BrokerCore
+    from zmq_chat.broker.core import BrokerCore
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 WELCOME_TOPIC = re.compile(rb"welcome\.[0-9a-f]{32}")
 """A client's own welcome topic: b"welcome." and 32 lowercase hex digits (docs 7.4)."""

@@ -23,18 +23,18 @@ import zmq
 import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
-from broker import netio
-from broker.auth import lower_thread_priority, run_job
-from broker.accounts import AuthJob
-from broker.config import Config
-from broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_size
-from broker.core import BrokerCore
-from broker.keys import BrokerKeys
-from broker.sockets import open_sockets, port_of
-from broker.store import Store
-from broker.zap import ZapFormatError, encode_reply, parse_request
+from zmq_chat.broker import netio
+from zmq_chat.broker.auth import lower_thread_priority, run_job
+from zmq_chat.broker.accounts import AuthJob
+from zmq_chat.broker.config import Config
+from zmq_chat.broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_size
+from zmq_chat.broker.core import BrokerCore
+from zmq_chat.broker.keys import BrokerKeys
+from zmq_chat.broker.sockets import open_sockets, port_of
+from zmq_chat.broker.store import Store
+from zmq_chat.broker.zap import ZapFormatError, encode_reply, parse_request
 
-log = logging.getLogger("broker")
+log = logging.getLogger(__name__)
 
 BATCH = 2000
 """Most requests handled per wake-up before committing and sending."""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import zmq
 
-from broker.config import Config
-from broker.connections import KEY, PUB, ROUTER
-from broker.keys import BrokerKeys
-from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER, ZAP_ENDPOINT
+from zmq_chat.broker.config import Config
+from zmq_chat.broker.connections import KEY, PUB, ROUTER
+from zmq_chat.broker.keys import BrokerKeys
+from zmq_chat.broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER, ZAP_ENDPOINT
 
 HANDSHAKE_IVL_MS = 10_000
 """A connection must finish its ZMTP/CURVE handshake within this many milliseconds."""

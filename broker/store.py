@@ -12,8 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from protocol import messages as m
-from protocol.wire import decode_stored_event, encode_json
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import decode_stored_event, encode_json
 
 SCHEMA_VERSION = 1
 

@@ -15,15 +15,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, TypeVar
 
-from client import view
-from client.connection import Connection
-from client.core import BrokerLost, EventReceived, EventsMissed, MessageReceived, SessionEnded
-from client.errors import ConnectionClosed, RequestTimeout
-from client.login import LoginFlow
-from client.prompts import Interrupted, Prompter
-from protocol import messages as m
-from protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
-from protocol.errors import ErrorCode, UsageError
+from zmq_chat.client import view
+from zmq_chat.client.connection import Connection
+from zmq_chat.client.core import BrokerLost, EventReceived, EventsMissed, MessageReceived, SessionEnded
+from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
+from zmq_chat.client.login import LoginFlow
+from zmq_chat.client.prompts import Interrupted, Prompter
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
+from zmq_chat.protocol.errors import ErrorCode, UsageError
 
 T = TypeVar("T")
 

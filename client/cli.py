@@ -21,14 +21,14 @@ import sys
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.utils import is_dumb_terminal
 
-from client.app import run_app
-from client.connection import Connection
-from client.errors import ConnectError
-from client.prompts import Interrupted, Prompter
-from client.sockets import DEFAULT_PORT
-from client.trust import SERVER_KEY_ENV
+from zmq_chat.client.app import run_app
+from zmq_chat.client.connection import Connection
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.prompts import Interrupted, Prompter
+from zmq_chat.client.sockets import DEFAULT_PORT
+from zmq_chat.client.trust import SERVER_KEY_ENV
 
-log = logging.getLogger("client")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,13 +22,13 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
-from client import sockets, trust
-from client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
-from client.errors import ConnectError, ConnectionClosed, RequestTimeout
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.version import PROTOCOL_VERSION
-from protocol.wire import TYPE_OF
+from zmq_chat.client import sockets, trust
+from zmq_chat.client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
+from zmq_chat.client.errors import ConnectError, ConnectionClosed, RequestTimeout
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.version import PROTOCOL_VERSION
+from zmq_chat.protocol.wire import TYPE_OF
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from client.outputs import (  # noqa: F401 (re-exported: the drivers import them from here)
+from zmq_chat.client.outputs import (  # noqa: F401 (re-exported: the drivers import them from here)
     BrokerLost, EventReceived, EventsMissed, MessageReceived, Output, ReplyReceived, Session, SessionEnded,
 )
-from client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
-from protocol import messages as m
-from protocol.errors import ErrorCode
-from protocol.wire import END, MSG, REPLY, TYPE_OF, decode_push, encode_request
+from zmq_chat.client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.wire import END, MSG, REPLY, TYPE_OF, decode_push, encode_request
 
 MAX_ACK_IDS = 1000
 """The protocol accepts at most 1000 ids in one `ack`."""

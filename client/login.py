@@ -5,12 +5,12 @@ with retries after a wrong password; also the typed commands `login <user> <pass
 
 from __future__ import annotations
 
-from client import view
-from client.connection import Connection
-from client.prompts import Interrupted, Prompter
-from protocol.commands import Credentials, Reg, Simple, parse_command
-from protocol.errors import ErrorCode, ProtocolError, UsageError
-from protocol.validation import DEFAULT_MIN_PASSWORD_CHARS, validate_password, validate_username
+from zmq_chat.client import view
+from zmq_chat.client.connection import Connection
+from zmq_chat.client.prompts import Interrupted, Prompter
+from zmq_chat.protocol.commands import Credentials, Reg, Simple, parse_command
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
+from zmq_chat.protocol.validation import DEFAULT_MIN_PASSWORD_CHARS, validate_password, validate_username
 
 PRE_LOGIN_HELP = """\
   y                          create a new account, then log in

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from client.outputs import EventReceived, EventsMissed, Output
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.wire import TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, WELCOME_PREFIX, decode_event, decode_events
+from zmq_chat.client.outputs import EventReceived, EventsMissed, Output
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.wire import TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, WELCOME_PREFIX, decode_event, decode_events
 
 if TYPE_CHECKING:  # pragma: no cover
-    from client.core import ClientCore
+    from zmq_chat.client.core import ClientCore
 
 _mark_decoder = msgspec.json.Decoder(m.PubMark)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from client.errors import ConnectError
+from zmq_chat.client.errors import ConnectError
 
 DEFAULT_PORT = 4119
 LINGER_MS = 500

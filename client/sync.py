@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import zmq
 
-from client import sockets
-from client.core import ClientCore, Output, SessionEnded
-from protocol import messages as m
-from protocol.errors import ProtocolError
+from zmq_chat.client import sockets
+from zmq_chat.client.core import ClientCore, Output, SessionEnded
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ProtocolError
 
 
 class SyncConnection:

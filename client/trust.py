@@ -26,8 +26,8 @@ import zmq.asyncio
 import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
-from client.errors import ConnectError
-from protocol.keys import fingerprint
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.protocol.keys import fingerprint
 
 SERVER_KEY_ENV = "CHAT_SERVER_KEY"
 KEY_TIMEOUT = 3.0

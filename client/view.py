@@ -11,7 +11,7 @@ import time
 import unicodedata
 from typing import Any, Iterable
 
-from protocol import messages as m
+from zmq_chat.protocol import messages as m
 
 PRESENCE_WORDS = {
     "login": "logged in",

@@ -1,8 +1,8 @@
 """chat-loadtest: many real clients against a broker; throughput, latency, losses.
 
-Python API (imported lazily, so `import loadtest` stays cheap):
+Python API (imported lazily, so `import zmq_chat.loadtest` stays cheap):
 
-    from loadtest import LoadOptions, SpawnedBroker, check_broker, prepare_accounts, run_load
+    from zmq_chat.loadtest import LoadOptions, SpawnedBroker, check_broker, prepare_accounts, run_load
 
     with SpawnedBroker() as broker:                       # or any running broker
         check_broker("127.0.0.1", broker.port)            # hello within 4 s, else BrokerUnreachable
@@ -20,19 +20,19 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "LoadOptions": "loadtest.options",
-    "OptionsError": "loadtest.options",
-    "user_name": "loadtest.options",
-    "run_load": "loadtest.runner",
-    "Progress": "loadtest.runner",
-    "LoadTestError": "loadtest.runner",
-    "Results": "loadtest.accounting",
-    "prepare_accounts": "loadtest.accounts",
-    "PrepareResult": "loadtest.accounts",
-    "check_broker": "loadtest.connect",
-    "BrokerUnreachable": "loadtest.connect",
-    "SpawnedBroker": "loadtest.spawn",
-    "BrokerStartError": "loadtest.spawn",
+    "LoadOptions": "zmq_chat.loadtest.options",
+    "OptionsError": "zmq_chat.loadtest.options",
+    "user_name": "zmq_chat.loadtest.options",
+    "run_load": "zmq_chat.loadtest.runner",
+    "Progress": "zmq_chat.loadtest.runner",
+    "LoadTestError": "zmq_chat.loadtest.runner",
+    "Results": "zmq_chat.loadtest.accounting",
+    "prepare_accounts": "zmq_chat.loadtest.accounts",
+    "PrepareResult": "zmq_chat.loadtest.accounts",
+    "check_broker": "zmq_chat.loadtest.connect",
+    "BrokerUnreachable": "zmq_chat.loadtest.connect",
+    "SpawnedBroker": "zmq_chat.loadtest.spawn",
+    "BrokerStartError": "zmq_chat.loadtest.spawn",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import zmq
 
-from client.core import ReplyReceived
-from client.sync import SyncConnection
-from loadtest.connect import resolve
-from loadtest.options import DEFAULT_PASSWORD, user_names
-from protocol import messages as m
-from protocol.errors import ErrorCode
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.client.core import ReplyReceived
+from zmq_chat.client.sync import SyncConnection
+from zmq_chat.loadtest.connect import resolve
+from zmq_chat.loadtest.options import DEFAULT_PASSWORD, user_names
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 RETRY_DELAY = 0.05
 """Seconds before a registration answered E_OVERLOADED is sent again."""

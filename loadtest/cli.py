@@ -13,12 +13,12 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from client.errors import ConnectError
-from client.trust import KnownBrokers, choose_key
-from loadtest.accounts import prepare_accounts
-from loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
-from loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
-from loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.trust import KnownBrokers, choose_key
+from zmq_chat.loadtest.accounts import prepare_accounts
+from zmq_chat.loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
+from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
+from zmq_chat.loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
 
 PROG = "chat-loadtest"
 
@@ -143,8 +143,8 @@ LAST: list = [None]
 def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None, compare_to=None) -> int:
     """Check the broker, prepare the accounts, run, report. `compare_to`: the Results of the CURVE
     run, when this is the --compare-insecure run (its figures go in the JSON as "null_run")."""
-    from loadtest.report import LiveDisplay, PlotUnavailable, plot, print_summary, write_json
-    from loadtest.runner import LoadTestError, run_load
+    from zmq_chat.loadtest.report import LiveDisplay, PlotUnavailable, plot, print_summary, write_json
+    from zmq_chat.loadtest.runner import LoadTestError, run_load
 
     err = Console(stderr=True)
     try:

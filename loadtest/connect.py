@@ -8,13 +8,13 @@ import time
 
 import zmq
 
-from client.core import ReplyReceived
-from client.errors import ConnectError
-from client.sockets import resolve_host
-from client.sync import SyncConnection
-from protocol import messages as m
-from protocol.errors import ErrorCode
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.client.core import ReplyReceived
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.sockets import resolve_host
+from zmq_chat.client.sync import SyncConnection
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 HELLO_TIMEOUT = 4.0
 """Seconds to wait for the `hello` reply before calling the broker unreachable."""

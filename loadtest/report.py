@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loadtest.accounting import KindResults, LatencySummary, Results
-from loadtest.runner import Progress
+from zmq_chat.loadtest.accounting import KindResults, LatencySummary, Results
+from zmq_chat.loadtest.runner import Progress
 
 
 class PlotUnavailable(RuntimeError):

@@ -23,10 +23,10 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
-from loadtest.accounting import Results, WorkerReport, merge_reports
-from loadtest.connect import resolve
-from loadtest.options import LoadOptions, user_names
-from loadtest.worker import WorkerConfig
+from zmq_chat.loadtest.accounting import Results, WorkerReport, merge_reports
+from zmq_chat.loadtest.connect import resolve
+from zmq_chat.loadtest.options import LoadOptions, user_names
+from zmq_chat.loadtest.worker import WorkerConfig
 
 START_DELAY_S = 0.3
 """Seconds between the start signal and the first send (all processes start together)."""
@@ -94,7 +94,7 @@ class _Pool:
                 mine, theirs = socket.socketpair()
                 log = tempfile.TemporaryFile()
                 try:
-                    proc = subprocess.Popen([sys.executable, "-m", "loadtest.worker", str(theirs.fileno())],
+                    proc = subprocess.Popen([sys.executable, "-m", "zmq_chat.loadtest.worker", str(theirs.fileno())],
                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=log, env=env)
                 finally:

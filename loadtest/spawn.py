@@ -18,8 +18,8 @@ import tempfile
 import threading
 from collections import deque
 
-from broker.keys import read_public_key
-from broker.limits import raise_open_files_limit
+from zmq_chat.broker.keys import read_public_key
+from zmq_chat.broker.limits import raise_open_files_limit
 
 STARTED_RE = re.compile(r"broker started router=tcp://(\S+):(\d+) pub=tcp://(\S+):(\d+)")
 """The broker's first INFO line on stderr names the bound endpoints."""
@@ -83,7 +83,7 @@ class SpawnedBroker:
         raise_fd_limit()
         if self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="chat-loadtest-")
-        cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", "0", "--pub-port", "0",
+        cmd = [sys.executable, "-m", "zmq_chat.broker", "--bind", "127.0.0.1", "--port", "0", "--pub-port", "0",
                "--key-port", "0", "--data-dir", self.data_dir, *LOAD_LIMITS, *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, errors="replace",

@@ -36,9 +36,9 @@ from typing import Any
 
 import zmq
 
-from client.core import BrokerLost, ClientCore, EventReceived, EventsMissed, MessageReceived, ReplyReceived, SessionEnded
-from client.sockets import CurveKeys, endpoint, open_dealer, open_sub
-from loadtest.accounting import (
+from zmq_chat.client.core import BrokerLost, ClientCore, EventReceived, EventsMissed, MessageReceived, ReplyReceived, SessionEnded
+from zmq_chat.client.sockets import CurveKeys, endpoint, open_dealer, open_sub
+from zmq_chat.loadtest.accounting import (
     BroadcastLedger,
     LatencyRecorder,
     LoginPart,
@@ -48,10 +48,10 @@ from loadtest.accounting import (
     new_histogram,
     send_ns_of,
 )
-from loadtest.spawn import raise_fd_limit
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.loadtest.spawn import raise_fd_limit
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 TICK_S = 0.1
 """Seconds between ClientCore.tick() rounds (ack flush, heartbeat pings)."""
@@ -722,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from multiprocessing.connection import Connection
 
-    from loadtest import worker as this  # run the package module's code, not a __main__ copy
+    from zmq_chat.loadtest import worker as this  # run the package module's code, not a __main__ copy
 
     args = sys.argv[1:] if argv is None else argv
     control = Connection(int(args[0]))

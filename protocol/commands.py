@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocol.errors import ProtocolError, UsageError
-from protocol.validation import DEFAULT_MAX_MESSAGE_CHARS, validate_text, validate_username
+from zmq_chat.protocol.errors import ProtocolError, UsageError
+from zmq_chat.protocol.validation import DEFAULT_MAX_MESSAGE_CHARS, validate_text, validate_username
 
 USAGE: dict[str, str] = {
     "who": "who",

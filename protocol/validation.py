@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 """A username is 3 to 32 ASCII letters or digits, case-sensitive (seed 002: 3 to 32 characters)."""

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from protocol import messages as m
-from protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
 REQUEST_TYPES: dict[bytes, type[m.Request]] = {
     b"hello": m.Hello,

@@ -11,14 +11,14 @@ from typing import Any
 
 import nacl.pwhash
 
-from broker.accounts import AuthJob
-from broker.config import Config
-from broker.connections import ROUTER
-from broker.core import BrokerCore, Output
-from broker.store import Store
-from protocol import messages as m
-from protocol import wire
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.broker.accounts import AuthJob
+from zmq_chat.broker.config import Config
+from zmq_chat.broker.connections import ROUTER
+from zmq_chat.broker.core import BrokerCore, Output
+from zmq_chat.broker.store import Store
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 PASSWORD = "correct horse"
 

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import zmq
 
-from broker.keys import read_public_key
-from protocol import messages as m
-from protocol import wire
-from protocol.version import PROTOCOL_VERSION
+from zmq_chat.broker.keys import read_public_key
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]+:(\d+) key=tcp://[^:]+:(\d+)")
 PASSWORD = "correct horse"
@@ -48,7 +48,7 @@ class Broker:
         self.server_key = None if self.insecure else read_public_key(data_dir)
 
     def _start(self, port: int, pub_port: int, key_port: int = 0) -> None:
-        cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", str(port),
+        cmd = [sys.executable, "-m", "zmq_chat.broker", "--bind", "127.0.0.1", "--port", str(port),
                "--pub-port", str(pub_port), "--key-port", str(key_port), "--data-dir", str(self.data_dir), *self.flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})

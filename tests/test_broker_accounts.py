@@ -127,7 +127,7 @@ def test_import_users(tmp_path, peers):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "broker", "--data-dir", str(tmp_path / "d"), "--import-users", str(users_file)],
+    run = subprocess.run([sys.executable, "-m", "zmq_chat.broker", "--data-dir", str(tmp_path / "d"), "--import-users", str(users_file)],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert "imported 2 users, skipped 3 lines" in run.stdout

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from broker.connections import PUB, ROUTER
-from broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
+from zmq_chat.broker.connections import PUB, ROUTER
+from zmq_chat.broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
 from tests.core_harness import PASSWORD, CoreRig
 
 pytestmark = pytest.mark.timeout(30)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.accounts import AuthJob
-from broker.authqueue import AuthQueue
-from broker.lockout import AccountThrottle
-from broker.ratelimit import KeyedBuckets, TokenBucket
+from zmq_chat.broker.accounts import AuthJob
+from zmq_chat.broker.authqueue import AuthQueue
+from zmq_chat.broker.lockout import AccountThrottle
+from zmq_chat.broker.ratelimit import KeyedBuckets, TokenBucket
 from tests.core_harness import PASSWORD, CoreRig
 
 pytestmark = pytest.mark.timeout(30)
@@ -170,7 +170,7 @@ def test_mailbox_quota_refuses_with_mailbox_full_and_frees_on_ack(tmp_path):
 
 
 def test_a_flood_cut_keeps_the_address_out_for_a_while(tmp_path):
-    from broker.zap import DOMAIN_ROUTER
+    from zmq_chat.broker.zap import DOMAIN_ROUTER
 
     rig = CoreRig(tmp_path, rate_limit=1.0, rate_burst=5, conn_rate=10.0)
     a = rig.user("alice", ip="10.0.0.5")

@@ -7,8 +7,8 @@ import resource
 
 import pytest
 
-from broker.cli import check_fd_limit
-from broker.limits import raise_open_files_limit
+from zmq_chat.broker.cli import check_fd_limit
+from zmq_chat.broker.limits import raise_open_files_limit
 
 
 @pytest.mark.timeout(5)
@@ -25,7 +25,7 @@ def test_raise_open_files_limit_reaches_at_least_the_hard_limit():
 
 @pytest.mark.timeout(5)
 def test_check_fd_limit_warns_only_when_max_clients_do_not_fit(caplog):
-    caplog.set_level(logging.WARNING, logger="broker")
+    caplog.set_level(logging.WARNING, logger="zmq_chat.broker")
     soft = check_fd_limit(1)
     assert not caplog.records
     if 0 < soft < 10**9:

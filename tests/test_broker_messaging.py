@@ -132,7 +132,7 @@ def test_acknowledged_message_survives_kill_9(tmp_path, peers, names):
 
 
 def history_events(reply):
-    from protocol.wire import decode_events
+    from zmq_chat.protocol.wire import decode_events
 
     return decode_events(reply["events"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from client.core import (
+from zmq_chat.client.core import (
     MAX_ACK_IDS,
     BrokerLost,
     ClientCore,
@@ -15,9 +15,9 @@ from client.core import (
     ReplyReceived,
     SessionEnded,
 )
-from protocol import messages as m
-from protocol import wire
-from protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -387,9 +387,9 @@ def test_request_frames_use_the_wire_format():
 
 
 def test_ping_reply_without_session_ends_the_session():
-    from client.core import ClientCore, SessionEnded
-    from protocol import messages as m
-    from protocol import wire
+    from zmq_chat.client.core import ClientCore, SessionEnded
+    from zmq_chat.protocol import messages as m
+    from zmq_chat.protocol import wire
 
     core = ClientCore()
     req = core.request(m.Login(req=0, version=1, user="alice", password="password1"))

@@ -19,11 +19,11 @@ import pexpect
 import pytest
 import zmq
 
-from broker.keys import read_public_key
-from client.trust import key_fingerprint
-from protocol import wire
+from zmq_chat.broker.keys import read_public_key
+from zmq_chat.client.trust import key_fingerprint
+from zmq_chat.protocol import wire
 from tests.harness import FakeRouter
-from protocol.errors import ErrorCode
+from zmq_chat.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,7 +36,7 @@ class BrokerProcess:
     start log line, `server_key` (Z85 str) from its data directory."""
 
     def __init__(self, data_dir: Path, *flags: str) -> None:
-        cmd = [sys.executable, "-m", "broker", "--port", "0", "--pub-port", "0", "--key-port", "0",
+        cmd = [sys.executable, "-m", "zmq_chat.broker", "--port", "0", "--pub-port", "0", "--key-port", "0",
                "--bind", "127.0.0.1", "--data-dir", str(data_dir), *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -92,7 +92,7 @@ def clients(tmp_path):
         env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
                "XDG_CONFIG_HOME": str(tmp_path / "config")}
         env.pop("CHAT_SERVER_KEY", None)
-        child = pexpect.spawn(sys.executable, ["-m", "client", "--host", host, "--port", str(port), *flags],
+        child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", "--host", host, "--port", str(port), *flags],
                               encoding="utf-8", env=env, timeout=15, dimensions=(50, 200))
         child.transcript = []  # type: ignore[attr-defined]
         child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
@@ -313,10 +313,10 @@ def test_version_mismatch_and_non_chat_peer_exit_2(clients):
 @pytest.mark.timeout(60)
 def test_sync_connections_on_one_poller(broker):
     """The core + sync adapter (no terminal, no asyncio) can chat: what a load tester builds on."""
-    from client.core import EventReceived, MessageReceived, ReplyReceived
-    from client.sync import SyncConnection
-    from protocol import messages as m
-    from protocol.version import PROTOCOL_VERSION
+    from zmq_chat.client.core import EventReceived, MessageReceived, ReplyReceived
+    from zmq_chat.client.sync import SyncConnection
+    from zmq_chat.protocol import messages as m
+    from zmq_chat.protocol.version import PROTOCOL_VERSION
 
     ctx, poller = zmq.Context(), zmq.Poller()
     conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port, server_key=broker.server_key.encode())

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from client.connection import Connection
-from client.core import MessageReceived
-from client.trust import KnownBrokers
+from zmq_chat.client.connection import Connection
+from zmq_chat.client.core import MessageReceived
+from zmq_chat.client.trust import KnownBrokers
 from tests.harness import ok
 
 pytestmark = pytest.mark.timeout(30)

@@ -24,9 +24,9 @@ import pexpect
 import pytest
 import zmq
 
-from client.connection import Connection
-from client.errors import ConnectError
-from client.trust import KeyMismatch, KnownBrokers, key_fingerprint
+from zmq_chat.client.connection import Connection
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.trust import KeyMismatch, KnownBrokers, key_fingerprint
 from tests.harness import Broker, FakeRouter
 
 CONNECT_DEADLINE = 10.0
@@ -335,7 +335,7 @@ def test_real_client_refuses_a_changed_key_with_exit_2(broker, tmp_path):
     env = {**os.environ, "TERM": "dumb", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
            "XDG_CONFIG_HOME": str(cfg)}
     env.pop("CHAT_SERVER_KEY", None)
-    child = pexpect.spawn(sys.executable, ["-m", "client", "--host", "127.0.0.1", "--port", str(broker.port),
+    child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", "--host", "127.0.0.1", "--port", str(broker.port),
                                            "--key-port", str(broker.key_port)],
                           cwd=str(Path(__file__).resolve().parent.parent), encoding="utf-8", env=env,
                           timeout=15, dimensions=(50, 200))

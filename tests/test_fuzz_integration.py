@@ -42,8 +42,8 @@ import msgspec
 import pytest
 import zmq
 
-from protocol.errors import ErrorCode
-from protocol.wire import REQUEST_TYPES
+from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.wire import REQUEST_TYPES
 from tests.harness import Broker, Peer, ok, rss
 from tests.zmtp import COMMAND, LONG, MORE, ZmtpError, ZmtpPeer, z85_to_raw
 

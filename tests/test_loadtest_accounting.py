@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loadtest.accounting import (
+from zmq_chat.loadtest.accounting import (
     BroadcastLedger,
     LatencyRecorder,
     LatencySummary,
@@ -23,8 +23,8 @@ from loadtest.accounting import (
     parse_text,
     quantize_us,
 )
-from loadtest.options import LoadOptions, OptionsError, user_name, user_names
-from loadtest.runner import split_users
+from zmq_chat.loadtest.options import LoadOptions, OptionsError, user_name, user_names
+from zmq_chat.loadtest.runner import split_users
 
 S = 1_000_000_000  # ns per second
 MS = 1_000_000  # ns per millisecond

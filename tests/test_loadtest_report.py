@@ -8,9 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-from loadtest.accounting import BroadcastLedger, LoginPart, PrivateLedger, WorkerReport, merge_reports, new_histogram
-from loadtest.report import LiveDisplay, plot, print_summary, write_json
-from loadtest.runner import Progress
+from zmq_chat.loadtest.accounting import BroadcastLedger, LoginPart, PrivateLedger, WorkerReport, merge_reports, new_histogram
+from zmq_chat.loadtest.report import LiveDisplay, plot, print_summary, write_json
+from zmq_chat.loadtest.runner import Progress
 
 S = 1_000_000_000
 MS = 1_000_000

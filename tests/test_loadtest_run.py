@@ -13,12 +13,12 @@ import time
 import pytest
 import zmq
 
-from loadtest.accounts import prepare_accounts
-from loadtest.options import LoadOptions
-from loadtest.runner import run_load
+from zmq_chat.loadtest.accounts import prepare_accounts
+from zmq_chat.loadtest.options import LoadOptions
+from zmq_chat.loadtest.runner import run_load
 from tests.harness import Broker
 
-CLI = [sys.executable, "-c", "import sys; from loadtest.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from zmq_chat.loadtest.cli import main; sys.exit(main())"]
 
 
 def _env() -> dict[str, str]:

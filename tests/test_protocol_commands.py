@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.commands import (
+from zmq_chat.protocol.commands import (
     DESCRIPTIONS,
     MAX_LAST_MINUTES,
     USAGE,
@@ -19,8 +19,8 @@ from protocol.commands import (
     help_text,
     parse_command,
 )
-from protocol.errors import UsageError
-from protocol.validation import DEFAULT_MAX_MESSAGE_CHARS
+from zmq_chat.protocol.errors import UsageError
+from zmq_chat.protocol.validation import DEFAULT_MAX_MESSAGE_CHARS
 
 SIMPLE_WORDS = ["who", "idle", "hide", "appear", "status", "logout", "dereg", "help"]
 

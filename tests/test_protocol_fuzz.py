@@ -17,12 +17,12 @@ import msgspec.inspect as mi
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from protocol import commands as c
-from protocol import messages as m
-from protocol.commands import MAX_LAST_MINUTES, USAGE, Command, parse_command
-from protocol.errors import ErrorCode, ProtocolError, UsageError
-from protocol.validation import is_valid_username
-from protocol.wire import END, MSG, REPLY, REQUEST_TYPES, decode_event, decode_push, decode_request, encode_request
+from zmq_chat.protocol import commands as c
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.commands import MAX_LAST_MINUTES, USAGE, Command, parse_command
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
+from zmq_chat.protocol.validation import is_valid_username
+from zmq_chat.protocol.wire import END, MSG, REPLY, REQUEST_TYPES, decode_event, decode_push, decode_request, encode_request
 
 MAX_REQ = 2**53
 DECODE_CODES = {ErrorCode.FRAMES, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_JSON, ErrorCode.BAD_FIELD}

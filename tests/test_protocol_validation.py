@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from protocol import PROTOCOL_VERSION
-from protocol.errors import ErrorCode, ProtocolError, UsageError
-from protocol.validation import (
+from zmq_chat.protocol import PROTOCOL_VERSION
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
+from zmq_chat.protocol.validation import (
     DEFAULT_MAX_MESSAGE_CHARS,
     DEFAULT_MIN_PASSWORD_CHARS,
     MAX_PASSWORD_BYTES,

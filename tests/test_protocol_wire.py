@@ -12,10 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from protocol import messages as m
-from protocol import wire
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.wire import (
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.wire import (
     REQUEST_TYPES,
     TYPE_OF,
     decode_event,
@@ -789,5 +789,5 @@ def test_spec_mentions_every_type_code_reason_and_event():
     for fragment in ("4119", "4121", "65536", "2^53", "10080", "10000", "1..64", "1..100", "1..1000",
                      "[A-Za-z0-9]{3,32}", "CURVE", "SHA256:", "Z85", "welcome.", '[b"hb"'):
         assert fragment in text
-    from broker.config import Config
+    from zmq_chat.broker.config import Config
     assert f"**{Config().max_msg_bytes} bytes" in text  # the ROUTER's ZMQ_MAXMSGSIZE as specified

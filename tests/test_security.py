@@ -260,7 +260,7 @@ def test_the_data_dir_is_private_and_a_readable_one_is_refused(tmp_path):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
     os.chmod(data, 0o755)
     os.chmod(data / "chat.sqlite3", 0o644)
-    cmd = [sys.executable, "-m", "broker", "--bind", "127.0.0.1", "--port", "0", "--data-dir", str(data)]
+    cmd = [sys.executable, "-m", "zmq_chat.broker", "--bind", "127.0.0.1", "--port", "0", "--data-dir", str(data)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "readable by other users" in proc.stderr and "chmod 700" in proc.stderr
     printed = subprocess.run([*cmd, "--allow-readable-store", "--print-key"], capture_output=True, text=True, timeout=30)
@@ -270,9 +270,9 @@ def test_the_data_dir_is_private_and_a_readable_one_is_refused(tmp_path):
 
 
 def test_every_socket_enforces_its_zap_domain_and_fails_closed(tmp_path):
-    from broker.config import Config
-    from broker.keys import load_or_create
-    from broker.sockets import open_sockets
+    from zmq_chat.broker.config import Config
+    from zmq_chat.broker.keys import load_or_create
+    from zmq_chat.broker.sockets import open_sockets
 
     keys, _ = load_or_create(tmp_path)
     ctx = zmq.Context()
