@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import argon2_capacity, held_baseline, pub_load, relay_load, rss_kib  # noqa: E402
-from zmq_chat.broker.store import Store  # noqa: E402
+from zmq_chat.broker.storage import UserRecord, WriteBatch  # noqa: E402
+from zmq_chat.broker.store import SqliteStore  # noqa: E402
+from zmq_chat.protocol.messages import PrivateMessage  # noqa: E402
 from zmq_chat.loadtest import LoadOptions, SpawnedBroker, prepare_accounts, run_load  # noqa: E402
 from zmq_chat.loadtest.spawn import raise_fd_limit  # noqa: E402
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, user_name  # noqa: E402
@@ -55,10 +57,8 @@ def cheap_accounts(data_dir: str, prefix: str, count: int) -> None:
     """Write `count` accounts user_name(prefix, i) with one minimum-cost argon2id hash."""
     pwhash = nacl.pwhash.argon2id.str(DEFAULT_PASSWORD.encode(), opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
                                       memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN).decode()
-    store = Store(data_dir)
-    for i in range(count):
-        store.add_user(user_name(prefix, i), pwhash, time.time(), 0)
-    store.commit()
+    store = SqliteStore(data_dir)
+    store.commit(WriteBatch(users=[UserRecord(user_name(prefix, i), pwhash, time.time()) for i in range(count)]))
     store.close()
 
 
@@ -228,11 +228,10 @@ def scenario_restart(args) -> None:
 
     data_dir = tempfile.mkdtemp(prefix="chat-bench-")
     cheap_accounts(data_dir, "r", 100)
-    store = Store(data_dir)
+    store = SqliteStore(data_dir)
     now = time.time()
-    for i in range(args.mailbox):
-        store.add_mail(i + 1, user_name("r", i % 100), user_name("r", (i + 1) % 100), now, "stored message " * 4, f"c{i}")
-    store.commit()
+    store.commit(WriteBatch(mail=[PrivateMessage(i + 1, user_name("r", (i + 1) % 100), user_name("r", i % 100), now,
+                                                 "stored message " * 4, f"c{i}") for i in range(args.mailbox)]))
     store.close()
     started = time.monotonic()
     broker = SpawnedBroker([], data_dir=data_dir).start()

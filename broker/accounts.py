@@ -26,6 +26,7 @@ from zmq_chat.broker.authqueue import AuthQueue
 from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.session import Session
+from zmq_chat.broker.storage import UserRecord
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.validation import validate_password, validate_username
@@ -236,10 +237,8 @@ class Accounts:
             raise ProtocolError(ErrorCode.OVERLOADED, "a login to this account from your address is in progress",
                                 fields={"retry_after": OVERLOADED_RETRY})
         self._check_capacity(rid)
-        row = self.store.get_user(r.user)
-        if row is None:  # removed behind our back; treat as unknown
-            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no account named '{r.user}'")
-        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, row.hash, ip, key, fd, conn=conn))
+        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, self.users[r.user].hash, ip, key, fd,
+                              conn=conn))
 
     def _ip_failed(self: "BrokerCore", ip: str, now: float) -> None:
         """One failed login (wrong password or unknown name) from `ip`: takes a token of its
@@ -253,14 +252,11 @@ class Accounts:
         self.hashing = max(0, self.hashing - 1)
         self._forget_job(job)
         mark = self._mark()
-        self.store.begin_request()
-        ok = False
         try:
             if job.kind == "hash":
                 self._finish_register(job)
             else:
                 self._finish_login(job)
-            ok = True
         except ProtocolError as exc:
             self._undo(mark)
             self._err(job.rid, job.req, exc.code, exc.message)
@@ -268,15 +264,16 @@ class Accounts:
             log.exception("internal error finishing a login")
             self._undo(mark)
             self._err(job.rid, job.req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
-        finally:
-            self.store.end_request(ok)
 
     def _finish_register(self: "BrokerCore", job: AuthJob) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
-        if not self.store.add_user(job.user, str(job.result), self.clock(), self.seq):
+        if job.user in self.users:
             raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{job.user}' is taken")
-        self.users.add(job.user)
+        record = UserRecord(job.user, str(job.result), self.clock(), last_seq=self.seq)
+        self.users[job.user] = record
+        self.batch.users.append(record)
+        self._req_users.append(job.user)
         self.registered[(self._client_id(job.rid, job.key), job.user)] = self.clock()
         log.info("registered user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, job.req, {"user": job.user, "dup": False})
@@ -314,7 +311,7 @@ class Accounts:
         if job.key and job.key in self.by_key:  # the same client key logged in as someone else
             other = self.by_key[job.key]
             self._end(other, "logout", "replaced", "this client logged in as another user; this session ends")
-        row = self.store.get_user(job.user)
+        row = self.users.get(job.user)
         since = row.last_seq if row else self.seq
         alive = job.conn is None or self.conns.get(job.fd) is job.conn
         s = Session(job.user, job.rid, job.ip, now, now, now, key=job.key, fd=job.fd if alive else -1,

@@ -69,7 +69,10 @@ class Commands:
         and the caller; a user who is online and hidden now is left out (docs 6.1, 9.6)."""
         names = {o.user for o in self.sessions.values() if not o.hidden}
         hidden_now = {o.user for o in self.sessions.values() if o.hidden}
-        names.update(n for n in self.store.seen_since(self.clock() - r.minutes * 60) if n not in hidden_now)
+        since = self.clock() - r.minutes * 60
+        names.update(u.name for u in self.users.values()
+                     if u.last_seen is not None and u.last_seen >= since and not u.last_seen_hidden
+                     and u.name not in hidden_now)
         names.add(s.user)
         self._names_reply(s, r.req, names)
 
@@ -111,8 +114,8 @@ class Commands:
         Raises ProtocolError(E_DUPLICATE_ID) when the id was used for a different message
         (`digest` is content_digest() of the request).
         """
-        stored = self.store.get_send(s.user, cid)
-        fields = msgspec.json.decode(stored) if stored else {"status": "ok"}
+        stored = self.sends.get(s.user, cid)
+        fields = msgspec.json.decode(stored.reply) if stored else {"status": "ok"}
         if fields.pop("digest", digest) != digest:
             raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
         status = fields.pop("status")
@@ -130,7 +133,7 @@ class Commands:
             raise ProtocolError(ErrorCode.INTERNAL, "the sequence numbers are exhausted (2^53)")
         event = m.Event(self.seq + 1, self.clock(), "bcast", s.user, text=r.text, cid=r.id)
         fields = {"seq": event.seq, "ts": event.ts}
-        if not self.store.claim_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields})):
+        if not self._claim_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields})):
             self._replay(s, r.req, r.id, digest)
             return
         self._publish(event)
@@ -154,7 +157,7 @@ class Commands:
         full = [n for n in to if n in self.users and self.mail_counts.get(n, 0) >= quota]
         known = [n for n in to if n in self.users and self.mail_counts.get(n, 0) < quota]
         if not known:
-            if self.store.get_send(s.user, r.id) is not None:
+            if self.sends.get(s.user, r.id) is not None:
                 self._replay(s, r.req, r.id, digest)
                 return
             code, message = _refusal(unknown, full, [])
@@ -175,14 +178,15 @@ class Commands:
             record = {"status": "error", "code": code.value, "message": message, "digest": digest, **fields}
         else:
             record = {"status": "ok", "digest": digest, **fields}
-        if not self.store.claim_send(s.user, r.id, now, wire.encode_json(record)):
+        if not self._claim_send(s.user, r.id, now, wire.encode_json(record)):
             self._replay(s, r.req, r.id, digest)
             return
         self.last_mail_id += len(known)
         for rs in busy_now:
             rs.auto_replied.add(s.user)
         for name, mid in ids.items():
-            self.store.add_mail(mid, name, s.user, now, r.text, r.id)
+            msg = m.PrivateMessage(mid, s.user, name, now, r.text, r.id)
+            self.batch.mail.append(msg)
             self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
             self._req_mail.append(name)
             rs = self.by_user.get(name)
@@ -191,7 +195,7 @@ class Commands:
             if rs.busy or rs.detached:
                 rs.backlog = True
             else:
-                self._deliver_new(rs, m.PrivateMessage(mid, s.user, name, now, r.text, r.id))
+                self._deliver_new(rs, msg)
         if unknown or full:
             self._err(s.rid, r.req, code, message, {**fields, "dup": False})
         else:
@@ -216,13 +220,13 @@ class Commands:
         if room > 0 and s.dropped:
             ids = sorted(s.dropped)[:room]
             s.dropped.difference_update(ids)
-            for msg in self.store.mail_by_ids(s.user, ids):
+            for msg in self._mail_by_ids(s.user, ids):
                 s.inflight.add(msg.id)
                 self._push(s.rid, wire.encode_msg(msg), msg.id)
             room = self.cfg.mail_window - len(s.inflight)
         if room <= 0 or not s.backlog:
             return
-        rows = self.store.mail_after(s.user, s.cursor, room)
+        rows = self._mail_after(s.user, s.cursor, room)
         for msg in rows:
             s.inflight.add(msg.id)
             s.cursor = msg.id
@@ -246,13 +250,26 @@ class Commands:
             if wait > 0:
                 raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                     fields={"retry_after": round(wait, 3)})
-        removed = self.store.delete_mail(s.user, r.ids)
+        removed = self._delete_mail(s, r.ids)
         if removed:
             self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - removed)
         s.inflight.difference_update(r.ids)
         s.dropped.difference_update(r.ids)
         self._ok(s.rid, r.req, {"removed": removed})
         self._pump(s)
+
+    def _delete_mail(self: "BrokerCore", s: Session, ids: list[int]) -> int:
+        """Delete acked mail of `s.user` (with the batch); returns how many of `ids` were in the
+        mailbox. Ids pushed in this session and unacked are known to be there; the store is asked
+        only about the others (an ack of a push of an earlier session)."""
+        wanted = set(ids) - self.batch.acked(s.user)
+        known = {i for i in wanted if i in s.inflight or i in s.dropped}
+        others = sorted(wanted - known)
+        if others:
+            known.update(x.id for x in self._mail_by_ids(s.user, others))
+        if known:
+            self.batch.acks.append((s.user, sorted(known)))
+        return len(known)
 
     def _busy(self: "BrokerCore", s: Session, r: m.Busy) -> None:
         if len(r.text) > self.cfg.max_message_chars:
@@ -265,7 +282,8 @@ class Commands:
         self._ok(s.rid, r.req, {"text": r.text})
 
     def _idle(self: "BrokerCore", s: Session, r: m.Idle) -> None:
-        held = self.store.count_mail_after(s.user, s.cursor)
+        # every message up to the cursor was pushed in this session: unacked, it is in flight or dropped
+        held = max(0, self.mail_counts.get(s.user, 0) - len(s.inflight) - len(s.dropped))
         s.busy = False
         s.busy_text = ""
         s.auto_replied = set()
@@ -289,7 +307,7 @@ class Commands:
         """The oldest kept events after `after`: at most `limit` (capped at --history) and at most
         --reply-bytes of event JSON (at least one event); `complete` tells whether they reach `seq`."""
         limit = min(r.limit, self.cfg.history)
-        rows = self.store.event_bodies_after(r.after, limit) if r.after < self.seq else []
+        rows = self._event_bodies_after(r.after, limit) if r.after < self.seq else []
         events, size = [], 0
         for seq, body in rows:
             size += len(body) + 1

@@ -3,9 +3,11 @@
 Input: requests as frame lists `[type, body]` with the sender's routing id, connection (fd) and
 CURVE key; argon2id job results; ZAP requests; connection events of the socket monitors; PUB
 subscriptions; clock ticks; unreachable peers; shutdown. Output, collected until `drain()`:
-ROUTER messages, PUB messages, AuthJobs to run and connections to cut off (broker.core.Output).
-The loop (broker.loop) commits the store *before* sending any output, so every ok reply that
-acknowledges a message follows its commit.
+ROUTER messages, PUB messages, AuthJobs to run, connections to cut off, and the batch of store
+writes (broker.storage.WriteBatch) they depend on (broker.core.Output). The loop (broker.loop)
+commits that batch *before* sending any output, so every ok reply that acknowledges a message
+follows its commit. The core reads the store only for message and event bodies; everything else it
+needs (accounts, counters, mailbox sizes, send ids) is loaded at start and kept in memory.
 
 The handlers are split by concern over mixins of the one BrokerCore class: broker.commands (session
 commands, mailbox delivery), broker.accounts (hello, register, login, argon2id results) and
@@ -25,8 +27,9 @@ from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import Conn, ConnTable
 from zmq_chat.broker.links import Links
 from zmq_chat.broker.ratelimit import KeyedBuckets, TokenBucket
+from zmq_chat.broker.sendids import SendIds
 from zmq_chat.broker.session import Session
-from zmq_chat.broker.store import Store
+from zmq_chat.broker.storage import SendRecord, Store, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
@@ -51,15 +54,17 @@ class Output:
     router: (routing id, kind, body, mail id or 0) per ROUTER message; a nonzero mail id marks a
     `msg` push (on EAGAIN the loop calls on_push_dropped). pub: (topic, body) per PUB message.
     jobs: argon2id work. cuts: connections to shut down (the loop checks fd, IP and port first).
+    writes: the store writes to commit before any of the above leaves.
     """
 
     router: list[tuple[bytes, bytes, bytes, int]] = field(default_factory=list)
     pub: list[tuple[bytes, bytes]] = field(default_factory=list)
     jobs: list[AuthJob] = field(default_factory=list)
     cuts: list[Conn] = field(default_factory=list)
+    writes: WriteBatch = field(default_factory=WriteBatch)
 
     def __bool__(self) -> bool:
-        return bool(self.router or self.pub or self.jobs or self.cuts)
+        return bool(self.router or self.pub or self.jobs or self.cuts or self.writes)
 
 
 class BrokerCore(Commands, Accounts, Links):
@@ -67,7 +72,8 @@ class BrokerCore(Commands, Accounts, Links):
 
     Args:
         config: the settings (broker.config.Config).
-        store: the open Store; the core writes to it, the loop commits it.
+        store: the open store (broker.storage.Store): loaded here once; read for mail and event
+            bodies; its writes leave in Output.writes, which the loop commits.
         pub_port: the bound PUB port, told to clients in the login reply.
         clock: returns seconds since the epoch (injected for tests).
         peer_behind: tells whether the peer on a connection fd leaves more than --backlog-limit
@@ -87,15 +93,19 @@ class BrokerCore(Commands, Accounts, Links):
         self.by_key: dict[str, Session] = {}
         self.conns = ConnTable(config.max_conns_per_ip, config.login_timeout, config.key_timeout,
                                config.pending_limit, small_pending_limit=config.small_pending_limit)
-        self.users: set[str] = store.user_names()
-        self.seq = store.last_seq()
-        self.last_mail_id = store.last_mail_id()
-        self.mail_counts: dict[str, int] = store.mail_counts()
+        snap = store.load(clock() - config.sends_keep_seconds)
+        self.users: dict[str, UserRecord] = snap.users
+        self.seq = snap.seq
+        self.last_mail_id = snap.last_mail_id
+        self.mail_counts: dict[str, int] = snap.mail_counts
+        self.sends = SendIds(snap.sends)
         self.stopping = False
         self._current_req: int | None = None
         self._out = Output()
         self._later_cuts: list[tuple[float, Conn, bool]] = []  # (when, connection, even if in use)
         self._req_mail: list[str] = []  # recipients whose mail count this request raised (for _undo)
+        self._req_sends: list[SendRecord] = []  # send ids this request claimed (for _undo)
+        self._req_users: list[str] = []  # accounts this request created (for _undo)
         self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
         self.user_buckets = KeyedBuckets(config.rate_limit, config.rate_burst)  # flood control per user
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
@@ -127,6 +137,11 @@ class BrokerCore(Commands, Accounts, Links):
         self._batch_bytes.clear()
         return out
 
+    @property
+    def batch(self) -> WriteBatch:
+        """The store writes of the requests handled since the last drain()."""
+        return self._out.writes
+
     def _ok(self, rid: bytes, req: int | None, fields: dict[str, Any] | None = None) -> None:
         kind, body = wire.encode_ok(req, fields)
         self._out.router.append((rid, kind, body, 0))
@@ -147,7 +162,7 @@ class BrokerCore(Commands, Accounts, Links):
         A session answers only to requests carrying its own key: a request on its routing id with
         another key is treated as coming from a connection without a session. Never raises:
         protocol errors become error replies, a bug becomes E_INTERNAL and a log line; either way
-        the request's store writes (a SAVEPOINT) and queued output are undone first.
+        the request's store writes and queued output are undone first.
         """
         now = self.clock()
         conn = self.conns.message(fd, wire_bytes, now, key)
@@ -157,8 +172,6 @@ class BrokerCore(Commands, Accounts, Links):
             ip = conn.ip
         self._current_req = None
         mark = self._mark()
-        self.store.begin_request()
-        ok = False
         try:
             kind, request = wire.decode_request(frames)
             self._current_req = request.req
@@ -180,7 +193,6 @@ class BrokerCore(Commands, Accounts, Links):
                 raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "log in first")
             else:
                 self._handlers[kind](session, request)
-            ok = True
         except ProtocolError as exc:  # refused: the request changes nothing
             self._undo(mark)
             self._err(rid, exc.req if self._current_req is None else self._current_req, exc.code, exc.message,
@@ -189,8 +201,6 @@ class BrokerCore(Commands, Accounts, Links):
             log.exception("internal error handling a request")
             self._undo(mark)
             self._err(rid, self._current_req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
-        finally:
-            self.store.end_request(ok)
 
     def _flood_control(self, conn: Conn, session: Session | None, now: float) -> None:
         """Take a token of the user's bucket in a session, else of the connection's (--rate-limit
@@ -217,16 +227,23 @@ class BrokerCore(Commands, Accounts, Links):
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
-    def _mark(self) -> tuple[int, int, int, int]:
-        """Where the output and the sequence stand before a request (for _undo)."""
-        self._req_mail: list[str] = []
-        return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq
+    def _mark(self) -> tuple[int, int, int, int, tuple[int, int, int, int, int]]:
+        """Where the output, the sequence and the store writes stand before a request (for _undo)."""
+        self._req_mail = []
+        self._req_sends = []
+        self._req_users = []
+        return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.batch.mark()
 
-    def _undo(self, mark: tuple[int, int, int, int]) -> None:
-        """Drop the output and undo the counters of a request that raised (its store writes are
-        rolled back by the store). Mail ids handed out stay used (never given twice); pushes of
-        them are taken out of their sessions' windows."""
-        n_router, n_pub, n_jobs, self.seq = mark
+    def _undo(self, mark: tuple[int, int, int, int, tuple[int, int, int, int, int]]) -> None:
+        """Drop the output, the store writes and the counters of a request that raised (ends of
+        sessions excepted: they happened). Mail ids handed out stay used (never given twice);
+        pushes of them are taken out of their sessions' windows."""
+        n_router, n_pub, n_jobs, self.seq, writes = mark
+        self.batch.rollback(writes)
+        for record in self._req_sends:
+            self.sends.remove(record.sender, record.cid)
+        for name in self._req_users:
+            self.users.pop(name, None)
         for rid, _, _, mail_id in self._out.router[n_router:]:
             s = self.sessions.get(rid)
             if mail_id and s is not None:
@@ -236,7 +253,7 @@ class BrokerCore(Commands, Accounts, Links):
         del self._out.jobs[n_jobs:]
         for name in self._req_mail:
             self.mail_counts[name] = max(0, self.mail_counts.get(name, 1) - 1)
-        self._req_mail = []
+        self._req_mail, self._req_sends, self._req_users = [], [], []
 
     def _attach(self, s: Session, fd: int, conn: Conn | None) -> None:
         """A request of session `s` came on connection `fd`: follow it there; if the session was
@@ -266,11 +283,52 @@ class BrokerCore(Commands, Accounts, Links):
             conn.bound = False
             if cut:  # after a grace period, so the `end` push can still leave
                 self._later_cuts.append((self.clock() + CUT_GRACE, conn, False))
-        self.store.set_last_seen(s.user, self.clock(), s.hidden, s.busy_seq if s.busy else self.seq)
+        self._record_end(s.user, self.clock(), s.hidden, s.busy_seq if s.busy else self.seq)
         if reason:
             self._push(s.rid, wire.encode_end(reason, message))
         if presence:
             self._presence(s, presence)
+
+    def _record_end(self, user: str, when: float, hidden: bool, last_seq: int) -> None:
+        """Remember the end of `user`'s session (seconds; hidden then; the last event seen)."""
+        record = self.users.get(user)
+        if record is not None:
+            record.last_seen, record.last_seen_hidden, record.last_seq = when, hidden, last_seq
+        self.batch.last_seen.append((user, when, hidden, last_seq))
+
+    def _claim_send(self, sender: str, cid: str, ts: float, reply: bytes) -> bool:
+        """Remember a new send id with its first reply's fields (JSON bytes; stored with the
+        batch). False, and nothing changes, when the sender already used this id: a retry."""
+        if self.sends.get(sender, cid) is not None:
+            return False
+        record = SendRecord(sender, cid, ts, reply)
+        self.sends.add(record)
+        self.batch.sends.append(record)
+        self._req_sends.append(record)
+        return True
+
+    def _mail_after(self, user: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
+        """Up to `limit` messages of `user`'s mailbox with id > after_id, oldest first: the store's
+        and those of the batch not yet committed, less what the batch deletes."""
+        acked = self.batch.acked(user)
+        stored = [x for x in self.store.mail_after(user, after_id, limit + len(acked)) if x.id not in acked]
+        return (stored + self.batch.pending_mail(user, after_id))[:limit]
+
+    def _mail_by_ids(self, user: str, ids: list[int]) -> list[m.PrivateMessage]:
+        """The messages of `user`'s mailbox among `ids`, stored or in the batch, oldest first."""
+        wanted = set(ids)
+        acked = self.batch.acked(user)
+        found = [x for x in self.store.mail_by_ids(user, ids) if x.id not in acked]
+        found += [x for x in self.batch.pending_mail(user, 0) if x.id in wanted]
+        return sorted(found, key=lambda x: x.id)
+
+    def _event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` events with seq > after, oldest first, as (seq, JSON body): the logged
+        ones, then those of the batch not yet committed (their numbers are all newer)."""
+        rows = list(self.store.event_bodies_after(after, limit))
+        if len(rows) < limit:
+            rows += [e for e in self.batch.events if e[0] > after][:limit - len(rows)]
+        return rows
 
     def _presence(self, s: Session, event: str) -> None:
         if not s.hidden and self.seq < MAX_COUNTER:  # past 2^53 presence is no longer published
@@ -278,7 +336,7 @@ class BrokerCore(Commands, Accounts, Links):
 
     def _publish(self, event: m.Event) -> None:
         self.seq = event.seq
-        self.store.add_event(event)
+        self.batch.add_event(event)
         topic, body = wire.encode_event(event)
         self._out.pub.append((topic, body))
 
@@ -309,7 +367,9 @@ class BrokerCore(Commands, Accounts, Links):
 
     def prune(self) -> None:
         """Trim the event log to --history events and forget old send ids (call now and then)."""
-        self.store.prune(self.cfg.history, self.clock() - self.cfg.sends_keep_seconds)
+        before = self.clock() - self.cfg.sends_keep_seconds
+        self.sends.prune(before)
+        self.batch.prune = (self.cfg.history, before)
 
     def shutdown(self) -> None:
         """Tell every client the broker is stopping and record their last-seen times."""

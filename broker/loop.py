@@ -31,7 +31,7 @@ from zmq_chat.broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_
 from zmq_chat.broker.core import BrokerCore
 from zmq_chat.broker.keys import BrokerKeys
 from zmq_chat.broker.sockets import open_sockets, port_of
-from zmq_chat.broker.store import Store
+from zmq_chat.broker.storage import Store
 from zmq_chat.broker.zap import ZapFormatError, encode_reply, parse_request
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class BrokerLoop:
         """Commit, then send everything the core produced; repeat while sends reveal departed peers."""
         while True:
             out = self.core.drain()
-            self.store.commit()
+            self.store.commit(out.writes)
             if not out:
                 return
             for job in out.jobs:
@@ -355,7 +355,8 @@ class BrokerLoop:
                 self.core.on_unreachable(rid)
 
     def close(self) -> None:
-        """Stop the workers, commit and close the store, close sockets (lingering to flush)."""
+        """Stop the workers, close the store (every batch is committed by then) and the sockets
+        (lingering to flush)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.store.close()
         self.socks.close(self.cfg.linger_ms)

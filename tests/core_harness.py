@@ -1,4 +1,4 @@
-"""An in-process BrokerCore with a fake clock and a store in a temporary directory: requests go in
+"""An in-process BrokerCore with a fake clock and the in-memory store (or any broker.storage.Store): requests go in
 as frames, replies, pushes, PUB messages, argon2id jobs and cuts come out (no sockets, no threads).
 argon2id jobs are finished by `run_jobs` with the real hashing at minimum cost limits."""
 
@@ -15,7 +15,8 @@ from zmq_chat.broker.accounts import AuthJob
 from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import ROUTER
 from zmq_chat.broker.core import BrokerCore, Output
-from zmq_chat.broker.store import Store
+from zmq_chat.broker.memstore import MemoryStore
+from zmq_chat.broker.storage import Store
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.version import PROTOCOL_VERSION
@@ -45,15 +46,23 @@ class CoreRig:
     """A BrokerCore plus helpers. Each client is (rid, fd, key); `connect` registers its
     connection as the monitor would."""
 
-    def __init__(self, tmp: Path, **config: Any) -> None:
+    def __init__(self, tmp: Path, store: Store | None = None, **config: Any) -> None:
         self.clock = FakeClock()
         self.behind: set[int] = set()
-        self.store = Store(tmp)
-        config = {"data_dir": str(tmp), "max_registrations_per_ip": 10**6, **config}  # tests register a lot
-        self.core = BrokerCore(Config(**config), self.store, 4120, clock=self.clock,
+        self.store: Any = MemoryStore() if store is None else store
+        self.config = Config(**{"data_dir": str(tmp), "max_registrations_per_ip": 10**6, **config})  # tests register a lot
+        self.core = BrokerCore(self.config, self.store, 4120, clock=self.clock,
                                peer_behind=lambda fd: fd in self.behind)
         self._fds = itertools.count(100)
         self._reqs = itertools.count(1)
+        self.out = Output()
+
+    def restart(self) -> None:
+        """A new core on the same store, as after a broker restart (sessions and output are gone)."""
+        self.core.shutdown()
+        self.take()
+        self.core = BrokerCore(self.config, self.store, 4120, clock=self.clock,
+                               peer_behind=lambda fd: fd in self.behind)
         self.out = Output()
 
     def connect(self, ip: str = "10.0.0.1", kind: str = ROUTER) -> tuple[bytes, int, str]:
@@ -76,7 +85,7 @@ class CoreRig:
     def take(self) -> Output:
         """Everything the core produced since the last take (after a commit, as the loop does)."""
         out = self.core.drain()
-        self.store.commit()
+        self.store.commit(out.writes)
         for attr in ("router", "pub", "jobs", "cuts"):
             getattr(self.out, attr).extend(getattr(out, attr))
         return out
@@ -90,7 +99,7 @@ class CoreRig:
         """Send a request, finish its argon2id job if any, return its reply."""
         req = self.send(client, kind, **fields)
         out = self.core.drain()
-        self.store.commit()
+        self.store.commit(out.writes)
         self.out.router.extend(out.router)
         self.out.pub.extend(out.pub)
         self.out.cuts.extend(out.cuts)
@@ -107,7 +116,7 @@ class CoreRig:
                 job.result = _verifies(job)
             self.core.on_auth_result(job)
         out = self.core.drain()
-        self.store.commit()
+        self.store.commit(out.writes)
         self.out.router.extend(out.router)
         self.out.pub.extend(out.pub)
         self.out.cuts.extend(out.cuts)

@@ -45,7 +45,7 @@ def test_lower_thread_priority_affects_only_the_calling_thread():
 @pytest.mark.timeout(10)
 def test_cli_flags_for_sync_and_hash_nice_reach_the_config(tmp_path):
     from zmq_chat.broker.cli import build_parser, config_from_args
-    from zmq_chat.broker.store import Store
+    from zmq_chat.broker.store import SqliteStore as Store
 
     cfg = config_from_args(build_parser().parse_args(["--sync", "normal", "--hash-nice", "19", "--data-dir", str(tmp_path)]))
     assert (cfg.sync, cfg.hash_nice) == ("normal", 19)

@@ -1,5 +1,5 @@
-"""Unit tests of the broker core in-process (tests/core_harness.py): fake clock, a store in a temp
-directory, no sockets. Each test pins one rule of docs/protocol.md or docs/security.md."""
+"""Unit tests of the broker core in-process (tests/core_harness.py): fake clock, the in-memory store,
+no sockets. Each test pins one rule of docs/protocol.md or docs/security.md."""
 
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ def test_a_request_that_raises_is_undone_and_the_batch_keeps_the_others(rig, mon
     a = rig.user("alice")
     rig.user("bob")
     assert rig.call(a, "send", id="m1", to=["bob"], text="first")["status"] == "ok"
-    real = rig.store.add_mail
-    monkeypatch.setattr(rig.store, "add_mail", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
+    real = rig.core._deliver_new
+    monkeypatch.setattr(rig.core, "_deliver_new", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
     bad = rig.call(a, "send", id="m2", to=["bob"], text="second")
     assert bad["code"] == "E_INTERNAL"
-    monkeypatch.setattr(rig.store, "add_mail", real)
+    monkeypatch.setattr(rig.core, "_deliver_new", real)
     again = rig.call(a, "send", id="m2", to=["bob"], text="second")  # the claim of m2 was undone
     assert again["status"] == "ok" and again["dup"] is False
     assert [msg.text for msg in rig.store.mail_after("bob", 0, 10)] == ["first", "second"]
@@ -223,7 +223,8 @@ def test_a_login_finishing_after_its_connection_closed_pushes_nothing(rig):
 def test_a_send_to_a_malformed_name_stores_nothing_and_busy_texts_are_shortened(rig):
     a = rig.user("alice")
     bad = rig.call(a, "send", id="x1", to=["bob", "\x01" * 60], text="hi")
-    assert bad["code"] == "E_BAD_USERNAME" and rig.store.get_send("alice", "x1") is None
+    assert bad["code"] == "E_BAD_USERNAME" and rig.core.sends.get("alice", "x1") is None
+    assert ("alice", "x1") not in rig.store.sends
     busy = [rig.user(f"busy{i}") for i in range(20)]
     for c in busy:
         rig.call(c, "busy", text="z" * 1000)
@@ -258,14 +259,14 @@ def test_logins_waiting_for_one_account_are_capped_but_its_known_address_gets_in
     assert "E_OVERLOADED" not in [r.get("code") for r in rig.replies(owner)]
 
 
-def test_earlier_mail_in_the_batch_survives_a_later_request_that_is_rolled_back(rig):
-    store = rig.store
-    store.begin_request()
-    store.add_mail(1, "away", "alice", 1.0, "kept", "c1")  # buffered by an earlier request
-    store.end_request(True)
-    store.begin_request()
-    assert store.claim_send("alice", "c2", 1.0, b"{}")  # this request's first write: its SAVEPOINT
-    store.mail_after("away", 0, 10)  # a read flushes the buffer while the SAVEPOINT is open
-    store.end_request(False)  # the request raised
-    store.commit()
-    assert [m.text for m in store.mail_after("away", 0, 10)] == ["kept"] and store.get_send("alice", "c2") is None
+def test_earlier_mail_in_the_batch_survives_a_later_request_that_is_rolled_back(rig, monkeypatch):
+    a = rig.user("alice")
+    rig.call(rig.user("away"), "logout")
+    rig.take()
+    rig.send(a, "send", id="c1", to=["away"], text="kept")  # an earlier request of the same wake-up
+    monkeypatch.setattr(rig.core, "_names_reply", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
+    rig.send(a, "who")  # this one raises: only its own writes go
+    rig.send(a, "send", id="c2", to=["away"], text="also kept")
+    out = rig.take()
+    assert [x.text for x in out.writes.mail] == ["kept", "also kept"]
+    assert [x.text for x in rig.store.mail_after("away", 0, 10)] == ["kept", "also kept"]

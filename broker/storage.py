@@ -1,0 +1,152 @@
+"""The broker core's view of persistent state: one interface (`Store`), the batch of writes one loop
+wake-up hands over (`WriteBatch`), and what is loaded once at start (`Snapshot`).
+
+The core never waits on a read of the store for what it needs at once: accounts and their hashes,
+the sequence counter, the highest mail id, mailbox sizes and the recent send ids are loaded at start
+(`Store.load`) and kept in memory by the core. The store is read only for the bodies of stored
+messages and events (pushing a mailbox, answering `history`), which a networked store can answer
+from a replica or cache.
+
+Writes are not calls on the store: the core appends them to a WriteBatch while it handles the
+requests of one wake-up, and the loop hands the whole batch to `Store.commit`, once, before it
+releases any reply, delivery or PUB event of that wake-up. A store may commit the batch on another
+thread or over the network (one transaction, one fsync): the only rule is that `commit` returns, or
+its completion is awaited, before the output leaves. SQLite (broker.store.SqliteStore) is the
+embedded implementation; broker.memstore.MemoryStore serves the core's unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import encode_json
+
+
+class StoreError(Exception):
+    """The data directory or database cannot be opened or has a newer schema than this program."""
+
+
+@dataclass
+class UserRecord:
+    """One account. name: case-sensitive; hash: nacl argon2id string (never the password);
+    created and last_seen: seconds since the epoch (last_seen None before the first session ended);
+    last_seen_hidden: hidden at that end; last_seq: the event sequence number seen at that end."""
+
+    name: str
+    hash: str
+    created: float
+    last_seen: float | None = None
+    last_seen_hidden: bool = False
+    last_seq: int = 0
+
+
+@dataclass
+class SendRecord:
+    """A send id already used: who (sender), which id (cid, 1-64 chars), when (ts, seconds), and
+    the first reply's fields (reply: JSON bytes, with `status` and `digest`), answered to a retry."""
+
+    sender: str
+    cid: str
+    ts: float
+    reply: bytes
+
+
+@dataclass
+class Snapshot:
+    """What the core holds in memory, read once at start (Store.load).
+
+    users: every account by name. seq: the newest event sequence number (0 when none).
+    last_mail_id: the highest mail id ever handed out (ids are never reused). mail_counts: messages
+    waiting per recipient (recipients with none left out). sends: send ids stored within the
+    `sends_since` given to load(), oldest first.
+    """
+
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    seq: int = 0
+    last_mail_id: int = 0
+    mail_counts: dict[str, int] = field(default_factory=dict)
+    sends: list[SendRecord] = field(default_factory=list)
+
+
+@dataclass
+class WriteBatch:
+    """The writes of one loop wake-up, applied by Store.commit in one transaction in this order:
+    users (new accounts), sends (claimed send ids), mail (new mailbox rows), events (appended to
+    the log; the stored counter follows the last one), acks (mailbox rows to delete, per
+    recipient), last_seen (ends of sessions: name, seconds, hidden, last_seq), then prune.
+
+    A request that fails is taken out again with rollback(mark()) taken before it; the ends of
+    sessions are kept (they happened, whatever the request did after them).
+    """
+
+    users: list[UserRecord] = field(default_factory=list)
+    sends: list[SendRecord] = field(default_factory=list)
+    mail: list[m.PrivateMessage] = field(default_factory=list)
+    events: list[tuple[int, bytes]] = field(default_factory=list)
+    acks: list[tuple[str, list[int]]] = field(default_factory=list)
+    last_seen: list[tuple[str, float, bool, int]] = field(default_factory=list)
+    prune: tuple[int, float] | None = None
+    """(events to keep, forget send ids stored before this time in seconds), or None."""
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.sends or self.mail or self.events or self.acks or self.last_seen
+                    or self.prune)
+
+    def add_event(self, event: m.Event) -> None:
+        """Append `event` to the log (stored as its JSON body, docs/protocol.md 7.3)."""
+        self.events.append((event.seq, encode_json(event)))
+
+    def mark(self) -> tuple[int, int, int, int, int]:
+        """Where the rolled-back lists stand now (for rollback)."""
+        return len(self.users), len(self.sends), len(self.mail), len(self.events), len(self.acks)
+
+    def rollback(self, mark: tuple[int, int, int, int, int]) -> None:
+        """Drop what was added since `mark` (last_seen and prune excepted)."""
+        n_users, n_sends, n_mail, n_events, n_acks = mark
+        del self.users[n_users:], self.sends[n_sends:], self.mail[n_mail:]
+        del self.events[n_events:], self.acks[n_acks:]
+
+    def pending_mail(self, recipient: str, after_id: int) -> list[m.PrivateMessage]:
+        """Mail of this batch for `recipient` with id > after_id, not acked in this batch, oldest first."""
+        acked = self.acked(recipient)
+        return [x for x in self.mail if x.to == recipient and x.id > after_id and x.id not in acked]
+
+    def acked(self, recipient: str) -> set[int]:
+        """Mail ids of `recipient` deleted by this batch."""
+        return {i for name, ids in self.acks if name == recipient for i in ids}
+
+
+class Store(Protocol):
+    """Persistent state behind the broker core (implementations: SqliteStore, MemoryStore).
+
+    Reads must reflect every batch handed to commit() earlier, also one still being committed.
+    Errors: StoreError when the store cannot be opened or read; commit() raises what the backend
+    raises (the loop treats it as fatal: nothing of the batch was acknowledged).
+    """
+
+    def load(self, sends_since: float) -> Snapshot:
+        """Everything the core keeps in memory (see Snapshot); send ids stored at or after
+        `sends_since` (seconds since the epoch)."""
+        ...
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Apply `batch` in one transaction; durable (per the store's sync setting) on return."""
+        ...
+
+    def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
+        """Up to `limit` messages of `recipient`'s mailbox with id > after_id, oldest first."""
+        ...
+
+    def mail_by_ids(self, recipient: str, ids: list[int]) -> list[m.PrivateMessage]:
+        """The messages of `recipient`'s mailbox among `ids` (at most 1000), oldest first."""
+        ...
+
+    def event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` logged events with seq > after, oldest first, as (seq, JSON body bytes)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (a pending batch must have been committed first)."""
+        ...
