@@ -1,0 +1,211 @@
+"""The store contract (broker.storage.Store) pinned once and run against both implementations:
+SqliteStore in a temporary directory and MemoryStore. Each test commits WriteBatches and checks
+what load() and the reads (mail_after, mail_by_ids, event_bodies_after) return afterwards."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from zmq_chat.broker.memstore import MemoryStore
+from zmq_chat.broker.storage import SendRecord, Snapshot, StoreError, UserRecord, WriteBatch
+from zmq_chat.broker.store import SCHEMA_VERSION, SqliteStore
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import decode_stored_event
+
+pytestmark = pytest.mark.timeout(30)
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request, tmp_path):
+    s = SqliteStore(tmp_path) if request.param == "sqlite" else MemoryStore()
+    yield s
+    s.close()
+
+
+def _mail(mid: int, sender: str, to: str, text: str = "", ts: float = T0) -> m.PrivateMessage:
+    return m.PrivateMessage(mid, sender, to, ts, text or f"text {mid}", f"cid{mid}")
+
+
+def _event(seq: int) -> m.Event:
+    return m.Event(seq, T0 + seq, "bcast", "alice", text=f"bcast {seq}", cid=f"b{seq}")
+
+
+def _send(sender: str, cid: str, ts: float) -> SendRecord:
+    return SendRecord(sender, cid, ts, b'{"status":"ok","digest":1,"seq":1,"ts":1.0}')
+
+
+def _seed(store) -> None:
+    """Two accounts, three send ids, mail for bob (1, 2, 4) and alice (3, 5), events 1..5."""
+    batch = WriteBatch()
+    batch.users += [UserRecord("alice", "$argon2id$a", T0, last_seq=0), UserRecord("bob", "$argon2id$b", T0 + 1)]
+    batch.sends += [_send("alice", "s1", T0), _send("alice", "s2", T0 + 10), _send("bob", "s1", T0 + 20)]
+    batch.mail += [_mail(1, "alice", "bob"), _mail(2, "alice", "bob"), _mail(3, "bob", "alice"),
+                   _mail(4, "alice", "bob"), _mail(5, "bob", "alice")]
+    for seq in range(1, 6):
+        batch.add_event(_event(seq))
+    store.commit(batch)
+
+
+def test_an_empty_store_loads_empty_and_reads_nothing(store):
+    assert store.load(0.0) == Snapshot()
+    assert store.mail_after("bob", 0, 10) == []
+    assert store.mail_by_ids("bob", [1, 2]) == []
+    assert store.event_bodies_after(0, 10) == []
+    store.commit(WriteBatch())  # an empty batch is fine and changes nothing
+    assert store.load(0.0) == Snapshot()
+
+
+def test_a_committed_batch_is_loaded(store):
+    _seed(store)
+    snap = store.load(0.0)
+    assert snap.users == {"alice": UserRecord("alice", "$argon2id$a", T0),
+                          "bob": UserRecord("bob", "$argon2id$b", T0 + 1)}
+    assert snap.seq == 5 and snap.last_mail_id == 5
+    assert snap.mail_counts == {"bob": 3, "alice": 2}
+    assert [(x.sender, x.cid, x.ts) for x in snap.sends] == [("alice", "s1", T0), ("alice", "s2", T0 + 10),
+                                                             ("bob", "s1", T0 + 20)]
+    assert snap.sends[0].reply == _send("alice", "s1", T0).reply
+
+
+def test_mail_after_pages_one_recipients_mailbox_oldest_first(store):
+    _seed(store)
+    assert store.mail_after("bob", 0, 10) == [_mail(1, "alice", "bob"), _mail(2, "alice", "bob"),
+                                              _mail(4, "alice", "bob")]
+    assert [x.id for x in store.mail_after("bob", 0, 2)] == [1, 2]  # the limit
+    assert [x.id for x in store.mail_after("bob", 2, 2)] == [4]  # after an id (3 is alice's)
+    assert [x.id for x in store.mail_after("alice", 0, 10)] == [3, 5]
+    assert store.mail_after("bob", 4, 10) == [] and store.mail_after("carol", 0, 10) == []
+
+
+def test_mail_by_ids_returns_only_the_recipients_own_messages(store):
+    _seed(store)
+    assert [x.id for x in store.mail_by_ids("bob", [4, 3, 1, 99])] == [1, 4]  # 3 is alice's, 99 unknown
+    assert [x.id for x in store.mail_by_ids("alice", [1, 2, 4])] == []
+    assert store.mail_by_ids("bob", []) == []
+    assert store.mail_by_ids("alice", [5, 3]) == [_mail(3, "bob", "alice"), _mail(5, "bob", "alice")]
+
+
+def test_event_bodies_after_are_the_stored_json_oldest_first(store):
+    _seed(store)
+    rows = store.event_bodies_after(2, 2)
+    assert [seq for seq, _ in rows] == [3, 4]
+    assert [decode_stored_event(bytes(body)) for _, body in rows] == [_event(3), _event(4)]
+    assert [seq for seq, _ in store.event_bodies_after(0, 100)] == [1, 2, 3, 4, 5]
+    assert store.event_bodies_after(5, 10) == []
+
+
+def test_acks_delete_only_the_recipients_own_rows_and_mail_ids_are_never_reused(store):
+    _seed(store)
+    batch = WriteBatch()
+    batch.acks.append(("bob", [1, 3, 4, 99]))  # 3 is alice's, 99 unknown
+    store.commit(batch)
+    assert [x.id for x in store.mail_after("bob", 0, 10)] == [2]
+    assert [x.id for x in store.mail_after("alice", 0, 10)] == [3, 5]
+    batch = WriteBatch()
+    batch.acks += [("alice", [3, 5]), ("bob", [2])]
+    store.commit(batch)
+    snap = store.load(0.0)
+    assert snap.mail_counts == {} and snap.last_mail_id == 5  # the newest id stays used
+
+
+def test_one_batch_applies_in_order_users_mail_events_acks_last_seen(store):
+    batch = WriteBatch()
+    batch.users.append(UserRecord("carol", "$argon2id$c", T0, last_seq=7))
+    batch.mail += [_mail(1, "carol", "carol"), _mail(2, "carol", "carol")]
+    batch.add_event(_event(1))
+    batch.acks.append(("carol", [1]))  # mail of the same batch, deleted by it
+    batch.last_seen.append(("carol", T0 + 50, True, 1))  # the account of the same batch
+    store.commit(batch)
+    snap = store.load(0.0)
+    assert snap.users["carol"] == UserRecord("carol", "$argon2id$c", T0, T0 + 50, True, 1)
+    assert snap.mail_counts == {"carol": 1} and snap.last_mail_id == 2 and snap.seq == 1
+    assert [x.id for x in store.mail_after("carol", 0, 10)] == [2]
+
+
+def test_last_seen_updates_an_account_and_ignores_unknown_names(store):
+    _seed(store)
+    batch = WriteBatch()
+    batch.last_seen += [("bob", T0 + 100, False, 4), ("bob", T0 + 200, True, 5), ("nobody", T0, False, 1)]
+    store.commit(batch)
+    snap = store.load(0.0)
+    assert snap.users["bob"] == UserRecord("bob", "$argon2id$b", T0 + 1, T0 + 200, True, 5)  # the last one wins
+    assert snap.users["alice"].last_seen is None and set(snap.users) == {"alice", "bob"}
+
+
+def test_a_stored_account_and_a_stored_send_id_keep_their_first_record(store):
+    _seed(store)
+    batch = WriteBatch()
+    batch.users.append(UserRecord("alice", "$argon2id$other", T0 + 99))
+    batch.sends.append(SendRecord("alice", "s1", T0 + 30, b'{"status":"ok","digest":2}'))
+    store.commit(batch)
+    snap = store.load(0.0)
+    assert snap.users["alice"].hash == "$argon2id$a"
+    assert [(x.cid, x.ts) for x in snap.sends if x.sender == "alice"] == [("s1", T0), ("s2", T0 + 10)]
+
+
+def test_send_ids_are_loaded_only_since_sends_since_oldest_first(store):
+    _seed(store)
+    assert [(x.sender, x.cid) for x in store.load(T0 + 10).sends] == [("alice", "s2"), ("bob", "s1")]
+    assert [(x.sender, x.cid) for x in store.load(T0 + 10.5).sends] == [("bob", "s1")]
+    assert store.load(T0 + 21).sends == []
+
+
+def test_prune_keeps_the_newest_events_and_forgets_old_send_ids(store):
+    _seed(store)
+    batch = WriteBatch()
+    for seq in range(6, 11):
+        batch.add_event(_event(seq))
+    batch.prune = (3, T0 + 10)  # keep 3 events; forget send ids stored before T0 + 10
+    store.commit(batch)
+    assert [seq for seq, _ in store.event_bodies_after(0, 100)] == [8, 9, 10]
+    snap = store.load(0.0)
+    assert snap.seq == 10  # the counter does not go back
+    assert [(x.sender, x.cid) for x in snap.sends] == [("alice", "s2"), ("bob", "s1")]
+    assert snap.mail_counts == {"bob": 3, "alice": 2}  # mail is not pruned
+    batch = WriteBatch()
+    batch.prune = (100, T0)  # more events to keep than there are: nothing goes
+    store.commit(batch)
+    assert [seq for seq, _ in store.event_bodies_after(0, 100)] == [8, 9, 10]
+
+
+def test_a_reopened_sqlite_store_sees_the_same_state(tmp_path):
+    first = SqliteStore(tmp_path)
+    _seed(first)
+    batch = WriteBatch()
+    batch.acks.append(("bob", [2]))
+    batch.last_seen.append(("alice", T0 + 5, False, 3))
+    batch.prune = (4, T0 + 1)
+    first.commit(batch)
+    before = _state(first)
+    first.close()
+    again = SqliteStore(tmp_path)
+    try:
+        assert _state(again) == before
+        assert before[0].seq == 5 and before[0].mail_counts == {"bob": 2, "alice": 2} and len(before[0].sends) == 2
+    finally:
+        again.close()
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path):
+    SqliteStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "chat.sqlite3")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore(tmp_path)
+
+
+def test_sqlite_refuses_an_unknown_sync_mode(tmp_path):
+    with pytest.raises(ValueError):
+        SqliteStore(tmp_path, synchronous="OFF")
+
+
+def _state(store) -> tuple:
+    """Everything the contract lets a caller see (for comparing two opens of one database)."""
+    snap = store.load(0.0)
+    mail = {name: store.mail_after(name, 0, 1000) for name in snap.users}
+    return snap, mail, [(s, bytes(b)) for s, b in store.event_bodies_after(0, 1000)]
