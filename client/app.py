@@ -13,7 +13,7 @@ import contextlib
 import signal
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from zmq_chat.client import view
 from zmq_chat.client.connection import Connection
@@ -24,6 +24,7 @@ from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
 from zmq_chat.protocol.errors import ErrorCode, UsageError
+from zmq_chat.protocol.replies import UNSET, ErrorReply, IdleReply, Reply, SendReply, StatusReply
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ class ChatSession:
         try:
             with contextlib.suppress(_Stop, RequestTimeout):
                 status = await self._race(self.conn.request(m.Status))
-                self.busy = bool(status.get("busy"))
+                self.busy = isinstance(status, StatusReply) and status.busy
             return await self._loop()
         except _Stop as stop:
             if stop.result == 0 and self.conn.core.session is not None:
@@ -149,10 +150,10 @@ class ChatSession:
             await self._send(list(cmd.to), cmd.text)
         elif isinstance(cmd, Last):
             reply = await self.conn.request(m.Last, minutes=cmd.minutes)
-            self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r['users'], self.me)}")
+            self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r.users, self.me)}")
         elif isinstance(cmd, Busy):
             reply = await self.conn.request(m.Busy, text=cmd.text)
-            if reply.get("status") == "ok":
+            if reply.ok:
                 self.busy = True
             auto = f"; auto-reply: {view.safe(cmd.text)}" if cmd.text else ""
             self._show(reply, lambda r: f"you are busy{auto}; private messages wait until idle")
@@ -165,7 +166,7 @@ class ChatSession:
             print(f"you are logged in as {self.me}; use dereg first")
         elif word == "who":
             reply = await self.conn.request(m.Who)
-            self._show(reply, lambda r: f"online: {view.users_line(r['users'], self.me)}")
+            self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me)}")
         elif word == "idle":
             await self._idle()
         elif word == "hide":
@@ -174,8 +175,8 @@ class ChatSession:
             self._show(await self.conn.request(m.Appear), lambda r: "you are visible")
         elif word == "status":
             reply = await self.conn.request(m.Status)
-            if reply.get("status") == "ok":
-                self.busy = bool(reply.get("busy"))
+            if isinstance(reply, StatusReply):
+                self.busy = reply.busy
             self._show(reply, view.status_line)
         elif word == "help":
             print(help_text())
@@ -186,16 +187,17 @@ class ChatSession:
         return _CONTINUE
 
     @staticmethod
-    def _show(reply: dict[str, Any], ok_line: Any) -> None:
-        print(ok_line(reply) if reply.get("status") == "ok" else view.error_line(reply))
+    def _show(reply: Reply, ok_line: Callable[[Any], str]) -> None:
+        """Print `ok_line(reply)` for an ok reply (its typed Struct), the error line otherwise."""
+        print(view.error_line(reply) if isinstance(reply, ErrorReply) else ok_line(reply))
 
     async def _idle(self) -> None:
         reply = await self.conn.request(m.Idle)
-        if reply.get("status") != "ok":
+        if not isinstance(reply, IdleReply):
             print(view.error_line(reply))
             return
         self.busy = False
-        held = int(reply.get("held", 0))
+        held = reply.held
         print(f"you are available; {held} held private message(s) follow" if held else "you are available")
         held_events, self._held = self._held, []
         for event in held_events:
@@ -213,26 +215,29 @@ class ChatSession:
         except RequestTimeout:
             reply = await self.conn.request(msg, attempt_timeout)  # same id: stored once
         for _ in range(3):
-            wait = reply.get("retry_after")
-            if reply.get("code") != ErrorCode.RATE_LIMITED.value or not isinstance(wait, (int, float)) or wait > 5:
+            if not isinstance(reply, ErrorReply) or reply.code != ErrorCode.RATE_LIMITED:
+                break
+            wait = reply.retry_after
+            if wait is UNSET or wait > 5:
                 break
             await asyncio.sleep(wait)
             reply = await self.conn.request(msg, attempt_timeout)
-        ts = float(reply.get("ts", 0.0))
-        if reply.get("status") == "ok":
-            print(view.sent_line(ts, to, text))
+        if not isinstance(reply, ErrorReply):
+            print(view.sent_line(reply.ts, to, text))  # BroadcastReply or SendReply
         else:
             print(view.error_line(reply))
-            if reply.get("code") in (ErrorCode.UNKNOWN_USER.value, ErrorCode.MAILBOX_FULL.value):
-                if reply.get("unknown"):
-                    print(f"unknown: {', '.join(map(view.safe, reply.get('unknown', [])))}")
-                if reply.get("full"):
-                    print(f"mailbox full: {', '.join(map(view.safe, reply.get('full', [])))}")
-                got = list(reply.get("ids", {}))
+            if reply.code in (ErrorCode.UNKNOWN_USER, ErrorCode.MAILBOX_FULL):
+                if reply.unknown:
+                    print(f"unknown: {', '.join(map(view.safe, reply.unknown))}")
+                if reply.full:
+                    print(f"mailbox full: {', '.join(map(view.safe, reply.full))}")
+                got = list(reply.ids or {})
+                ts = 0.0 if reply.ts is UNSET else reply.ts
                 print(view.sent_line(ts, got, text) if got else "nobody got it")
-        for entry in reply.get("busy", []) or []:
-            auto = view.safe(str(entry.get("text", "")))
-            print(f"{view.safe(str(entry.get('user', '?')))} is busy" + (f": {auto}" if auto else ""))
+        busy = reply.busy if isinstance(reply, (SendReply, ErrorReply)) and reply.busy else []
+        for entry in busy:
+            auto = view.safe(entry.text)
+            print(f"{view.safe(entry.user)} is busy" + (f": {auto}" if auto else ""))
 
     async def _print_events(self) -> None:
         """Print what arrives; end the session on SessionEnded / BrokerLost."""

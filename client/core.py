@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from zmq_chat.client.outputs import (  # noqa: F401 (re-exported: the drivers import them from here)
     BrokerLost, EventReceived, EventsMissed, MessageReceived, Output, ReplyReceived, Session, SessionEnded,
 )
 from zmq_chat.client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import ErrorReply, LoginReply, PingReply, decode_head, decode_reply
 from zmq_chat.protocol.wire import END, MSG, REPLY, TYPE_OF, decode_push, encode_request
 
 MAX_ACK_IDS = 1000
@@ -58,7 +59,8 @@ class ClientCore(EventSequence):
         max_held: most out-of-order events held while a gap is repaired; later ones are dropped
             (they are fetched again by the next repair).
     Attributes:
-        session: the Session of the logged-in user, or None.
+        session: the Session (the ok login reply, protocol.replies.LoginReply) of the logged-in
+            user, or None.
     """
 
     def __init__(
@@ -134,15 +136,18 @@ class ClientCore(EventSequence):
         """Feed one multipart message received on the DEALER ([kind, body]).
 
         Returns:
-            ReplyReceived for replies to `request` calls (replies to internal ack/ping/history
-            requests and replies nobody waits for any more are consumed); MessageReceived for a new
-            private message; EventReceived / EventsMissed from a history reply; SessionEnded.
+            ReplyReceived for replies to `request` calls, carrying the typed reply
+            (protocol.replies; replies to internal ack/ping/history requests and replies nobody
+            waits for any more are consumed); MessageReceived for a new private message;
+            EventReceived / EventsMissed from a history reply; SessionEnded.
         Raises:
-            ProtocolError: the frames are not a chat broker message (see protocol.wire.decode_push).
+            ProtocolError: the frames are not a chat broker message (see protocol.wire.decode_push),
+                or a reply is malformed (protocol.replies.decode_reply): the request it answers is
+                then forgotten (its waiter times out; an internal history is asked again later).
         """
+        if len(frames) == 2 and bytes(frames[0]) == REPLY:
+            return self._on_reply(frames[1])
         kind, body = decode_push(frames)
-        if kind == REPLY:
-            return self._on_reply(body)
         if kind == MSG:
             return self._on_msg(body)
         if kind == END:
@@ -218,8 +223,8 @@ class ClientCore(EventSequence):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _start_session(self, body: dict[str, Any]) -> None:
-        self.session = Session.from_reply(body)
+    def _start_session(self, reply: LoginReply) -> None:
+        self.session = reply
         self._seq = _SeqState(last=self.session.since, login_seq=self.session.seq)
         self._seen_msgs = set()
         self._ack_queue = {}
@@ -233,30 +238,36 @@ class ClientCore(EventSequence):
         self._ack_since = None
         self._pending = {r: p for r, p in self._pending.items() if p.purpose == ""}
 
-    def _on_reply(self, body: dict[str, Any]) -> list[Output]:
-        req = body.get("req")
-        pending = self._pending.pop(req, None) if isinstance(req, int) else None
+    def _on_reply(self, body: bytes) -> list[Output]:
+        head = decode_head(body)
+        req = head.req
+        pending = self._pending.pop(req, None) if req is not None else None
         if pending is None:
             return []  # stray: its waiter gave up, or an error reply without a readable id
-        out: list[Output] = []
-        assert isinstance(req, int)
+        assert req is not None
         self._expire_overtaken(req)
-        ok = body.get("status") == "ok"
+        try:
+            reply = decode_reply(pending.type, body, head)
+        except ProtocolError:
+            if pending.purpose == "history":
+                self._history_failed(req)
+            raise
+        out: list[Output] = []
         session_gone = (
-            not ok and body.get("code") == ErrorCode.NOT_LOGGED_IN.value
-            or ok and pending.type == b"ping" and body.get("session") is False
+            isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_LOGGED_IN
+            or isinstance(reply, PingReply) and not reply.session
         )
         if session_gone and self.session is not None and pending.type not in (b"login", b"register", b"hello"):
             self._end_session()
             out.append(SessionEnded("not_logged_in", "the broker no longer knows this session"))
         if pending.purpose == "history":
-            out.extend(self._on_history(req, body))
+            out.extend(self._on_history(req, reply))
         elif pending.purpose == "":
-            if ok and pending.type == b"login":
-                self._start_session(body)
-            elif ok and pending.type == b"logout":
+            if isinstance(reply, LoginReply):
+                self._start_session(reply)
+            elif reply.ok and pending.type == b"logout":
                 self._end_session()
-            out.insert(0, ReplyReceived(req, pending.type, body))
+            out.insert(0, ReplyReceived(req, pending.type, reply))
         return out
 
     def _expire_overtaken(self, req: int) -> None:

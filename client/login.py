@@ -10,6 +10,7 @@ from zmq_chat.client.connection import Connection
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol.commands import Credentials, Reg, Simple, parse_command
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
+from zmq_chat.protocol.replies import UNSET, ErrorReply, HelloReply
 from zmq_chat.protocol.validation import DEFAULT_MIN_PASSWORD_CHARS, validate_password, validate_username
 
 PRE_LOGIN_HELP = """\
@@ -34,8 +35,8 @@ class LoginFlow:
         self.conn = conn
         self.prompter = prompter
         self.preset_user = preset_user
-        hello = conn.hello or {}
-        self.min_password = int(hello.get("min_password_chars", DEFAULT_MIN_PASSWORD_CHARS))
+        hello = conn.hello  # the ok hello reply (protocol.replies.HelloReply) after connect()
+        self.min_password = hello.min_password_chars if isinstance(hello, HelloReply) else DEFAULT_MIN_PASSWORD_CHARS
 
     async def run(self) -> bool:
         """Ask until logged in. Returns True with a session open, False when the user quits
@@ -56,7 +57,7 @@ class LoginFlow:
     async def login_as(self, user: str, password: str) -> bool:
         """Log in as `user`; print the outcome. Returns True when the session is open."""
         reply = await self.conn.login(user, password)
-        if reply.get("status") == "ok":
+        if not isinstance(reply, ErrorReply):
             return True
         self._show_login_error(reply)
         return False
@@ -107,10 +108,10 @@ class LoginFlow:
         while True:
             password = await self.prompter.password("password: ")
             reply = await self.conn.login(user, password)
-            if reply.get("status") == "ok":
+            if not isinstance(reply, ErrorReply):
                 return True
             self._show_login_error(reply)
-            if reply.get("code") != ErrorCode.BAD_CREDENTIALS.value:
+            if reply.code != ErrorCode.BAD_CREDENTIALS:
                 return False
 
     async def _new_user(self) -> bool:
@@ -136,17 +137,17 @@ class LoginFlow:
             print(exc.message)
             return False
         reply = await self.conn.register(user, password)
-        if reply.get("status") != "ok":
+        if isinstance(reply, ErrorReply):
             print(view.error_line(reply))
             return False
         print(f"account {user} created")
         return await self.login_as(user, password)
 
     @staticmethod
-    def _show_login_error(reply: dict) -> None:
+    def _show_login_error(reply: ErrorReply) -> None:
         line = view.error_line(reply)
-        retry = reply.get("retry_after")
-        if reply.get("code") == ErrorCode.BLOCKED.value and isinstance(retry, (int, float)):
+        retry = reply.retry_after
+        if reply.code == ErrorCode.BLOCKED and retry is not UNSET:
             if f"{retry:.0f} s" not in line:  # the broker's message usually says it already
                 line += f" (retry after {retry:.0f} s)"
         print(line)

@@ -1,41 +1,43 @@
 """What client.core.ClientCore hands back to its driver: replies, private messages, events, missed
-events, the end of a session, a lost broker (`Output`), and the session parameters of a login."""
+events, the end of a session, a lost broker (`Output`), and the session parameters of a login
+(`Session`, the ok login reply)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import ErrorReply, LoginReply, Reply
 
 
 @dataclass(frozen=True)
 class ReplyReceived:
     """The reply to a request made with `ClientCore.request`.
 
-    Fields: req (int, the request id), type (bytes, the request type, e.g. b"send"), body (dict, the
-    decoded reply: "req", "status" "ok"|"error", errors add "code" and "message").
+    Fields: req (int, the request id), type (bytes, the request type, e.g. b"send"), body (the typed
+    reply, protocol.replies: the ok Struct of REPLY_TYPES[type], e.g. UsersReply for b"who", or an
+    ErrorReply with "code" and "message"; narrow with isinstance or test `.ok`).
     """
 
     req: int
     type: bytes
-    body: dict[str, Any]
+    body: Reply
 
     @property
     def ok(self) -> bool:
         """True for status "ok"."""
-        return self.body.get("status") == "ok"
+        return self.body.ok
 
     @property
     def code(self) -> str:
         """The error code string (e.g. "E_UNKNOWN_USER"), "" for an ok reply."""
-        return str(self.body.get("code", ""))
+        return self.body.code if isinstance(self.body, ErrorReply) else ""
 
     @property
     def message(self) -> str:
         """The broker's error message, "" for an ok reply."""
-        return str(self.body.get("message", ""))
+        return self.body.message if isinstance(self.body, ErrorReply) else ""
 
 
 @dataclass(frozen=True)
@@ -86,38 +88,8 @@ Output = Union[ReplyReceived, MessageReceived, EventReceived, EventsMissed, Sess
 """What `receive_dealer`, `receive_event` and `tick` return, in the order things happened."""
 
 
-@dataclass
-class Session:
-    """Session parameters from the ok `login` reply (see the contract): user (str), pub_port (int),
-    seq (int, newest event seq at login), since (int, catch-up start), since_ts (float, epoch s),
-    heartbeat_interval / heartbeat_timeout / idle_timeout (float seconds), max_message_chars (int)."""
-
-    user: str
-    pub_port: int
-    seq: int
-    since: int
-    since_ts: float = 0.0
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 15.0
-    idle_timeout: float = 1800.0
-    max_message_chars: int = 1000
-    pub_heartbeat: float = 2.0
-
-    @classmethod
-    def from_reply(cls, body: dict[str, Any]) -> "Session":
-        """Build from an ok login reply dict. Raises ProtocolError(E_BAD_FIELD) if a field is bad."""
-        try:
-            return cls(
-                user=str(body["user"]),
-                pub_port=int(body["pub_port"]),
-                seq=int(body.get("seq", 0)),
-                since=int(body.get("since", body.get("seq", 0))),
-                since_ts=float(body.get("since_ts", 0.0)),
-                heartbeat_interval=float(body.get("heartbeat_interval", 5.0)),
-                heartbeat_timeout=float(body.get("heartbeat_timeout", 15.0)),
-                idle_timeout=float(body.get("idle_timeout", 1800.0)),
-                max_message_chars=int(body.get("max_message_chars", 1000)),
-                pub_heartbeat=float(body.get("pub_heartbeat", 2.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"bad login reply: {exc!r}") from None
+Session = LoginReply
+"""The session parameters are the fields of the ok `login` reply (protocol.replies.LoginReply, docs
+6.1): user (str), pub_port (int), seq (int, newest event seq at login), since (int, catch-up
+start), since_ts (float, epoch s), heartbeat_interval / heartbeat_timeout / idle_timeout /
+pub_heartbeat (float seconds), max_message_chars (int)."""

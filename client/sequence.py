@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from zmq_chat.client.outputs import EventReceived, EventsMissed, Output
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.wire import TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, WELCOME_PREFIX, decode_event, decode_events
+from zmq_chat.protocol.replies import UNSET, ErrorReply, HistoryReply, Reply
+from zmq_chat.protocol.wire import TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, WELCOME_PREFIX, decode_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from zmq_chat.client.core import ClientCore
@@ -41,7 +42,7 @@ MAX_FUTILE_HISTORY = 3
 WELCOME_TIMEOUT = 3.0
 """Seconds after opening the SUB without the broker's welcome before the catch-up is asked anyway."""
 
-RETRY_CODES = frozenset({ErrorCode.OVERLOADED.value, "E_RATE_LIMITED"})
+RETRY_CODES = frozenset({ErrorCode.OVERLOADED.value, ErrorCode.RATE_LIMITED.value})
 """Error codes after which an internal history request is asked again after `retry_after` seconds."""
 
 
@@ -183,23 +184,25 @@ class EventSequence:
             self._request_history()
         return []
 
-    def _on_history(self: "ClientCore", req: int, body: dict[str, Any]) -> list[Output]:
+    def _history_failed(self: "ClientCore", req: int) -> None:
+        """The reply to history request `req` was malformed: ask again in a second."""
+        st = self._seq
+        if st is not None and st.history_req == req:
+            st.history_req = None
+            st.retry_at = self._clock() + 1.0
+
+    def _on_history(self: "ClientCore", req: int, reply: Reply) -> list[Output]:
         st = self._seq
         if st is None or st.history_req != req:
             return []
         st.history_req = None
         out: list[Output] = []
         progressed = False
-        if body.get("code") in RETRY_CODES:  # the broker asks to come back later: nothing is lost
-            wait = body.get("retry_after", 1.0)
-            st.retry_at = self._clock() + (float(wait) if isinstance(wait, (int, float)) else 1.0)
+        if isinstance(reply, ErrorReply) and reply.code in RETRY_CODES:  # come back later: nothing is lost
+            st.retry_at = self._clock() + (1.0 if reply.retry_after is UNSET else reply.retry_after)
             return out
-        if body.get("status") == "ok":
-            try:
-                events = sorted(decode_events(body.get("events", [])), key=lambda e: e.seq)
-            except ProtocolError:
-                events = []
-            for event in events:
+        if isinstance(reply, HistoryReply):
+            for event in sorted(reply.events, key=lambda e: e.seq):
                 if event.seq <= st.last:
                     continue
                 if event.seq > st.last + 1:
@@ -207,14 +210,13 @@ class EventSequence:
                 out.append(self._deliver(event))
                 progressed = True
             out.extend(self._drain_held())
-            newest = body.get("seq")
-            if progressed and isinstance(newest, int) and st.last < newest:
+            newest = reply.seq
+            if progressed and st.last < newest:
                 st.futile = 0
                 self._request_history()  # the limit cut the page: fetch the next one
                 return out
             if (
                 st.held
-                and isinstance(newest, int)
                 and newest < min(st.held) - 1
                 and st.futile < MAX_FUTILE_HISTORY
             ):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from typing import Any, Iterable
+from typing import Iterable
 
 from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.replies import ErrorReply, StatusReply
 
 PRESENCE_WORDS = {
     "login": "logged in",
@@ -60,9 +61,9 @@ def sent_line(ts: float, to: Iterable[str] | None, text: str) -> str:
     return f"[{clock(ts)}] you to {names}: {safe(text)}"
 
 
-def error_line(reply: dict[str, Any]) -> str:
+def error_line(reply: ErrorReply) -> str:
     """An error reply as "error: <message> [<code>]"."""
-    return f"error: {safe(str(reply.get('message', '')))} [{reply.get('code', '')}]"
+    return f"error: {safe(reply.message)} [{safe(reply.code)}]"
 
 
 def users_line(users: Iterable[str], me: str) -> str:
@@ -71,11 +72,10 @@ def users_line(users: Iterable[str], me: str) -> str:
     return ", ".join(names) if names else "(nobody)"
 
 
-def status_line(reply: dict[str, Any]) -> str:
+def status_line(reply: StatusReply) -> str:
     """The `status` reply as one line: "alice: busy (text) | available, visible | hidden, logged in
     since HH:MM:SS"."""
-    busy = reply.get("busy")
-    busy_text = safe(str(reply.get("busy_text", "")))
-    state = ("busy" + (f" ({busy_text})" if busy_text else "")) if busy else "available"
-    seen = "hidden" if reply.get("hidden") else "visible"
-    return f"{reply.get('user', '?')}: {state}, {seen}, logged in since {clock(reply.get('since_ts', 0))}"
+    busy_text = safe(reply.busy_text)
+    state = ("busy" + (f" ({busy_text})" if busy_text else "")) if reply.busy else "available"
+    seen = "hidden" if reply.hidden else "visible"
+    return f"{safe(reply.user)}: {state}, {seen}, logged in since {clock(reply.since_ts)}"

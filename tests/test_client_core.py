@@ -16,6 +16,7 @@ from zmq_chat.client.core import (
     SessionEnded,
 )
 from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import replies as r
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 
@@ -52,7 +53,7 @@ def seqs(outputs) -> list[int]:
 
 LOGIN = {"user": "alice", "pub_port": 5001, "seq": 10, "since": 7, "since_ts": 1.0e9,
          "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, "idle_timeout": 1800.0,
-         "max_message_chars": 1000}
+         "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False}
 
 
 def logged_in(clock: Clock | None = None, **kw) -> tuple[ClientCore, Clock]:
@@ -62,7 +63,7 @@ def logged_in(clock: Clock | None = None, **kw) -> tuple[ClientCore, Clock]:
     req = core.request(m.Login(req=0, version=1, user="alice", password="pw123456"))
     core.data_to_send()
     out = core.receive_dealer(wire.encode_ok(req, LOGIN))
-    assert out == [ReplyReceived(req, b"login", {"req": req, "status": "ok", **LOGIN})]
+    assert out == [ReplyReceived(req, b"login", r.LoginReply(req=req, **LOGIN))]
     assert core.session is not None and core.session.user == "alice"
     return core, clock
 
@@ -87,12 +88,38 @@ def test_request_ids_are_fresh_and_replies_match():
     assert [(t, r.req) for t, r in frames] == [(b"who", r1), (b"status", r2)]
     assert core.pending_count() == 2
     # replies may come in any order
-    out = core.receive_dealer(wire.encode_ok(r2, {"user": "a"}))
-    assert out == [ReplyReceived(r2, b"status", {"req": r2, "status": "ok", "user": "a"})]
+    status = r.StatusReply(req=r2, user="a", busy=False, busy_text="", hidden=True, since_ts=1.0)
+    out = core.receive_dealer(wire.encode_ok(r2, {"user": "a", "busy": False, "busy_text": "", "hidden": True,
+                                                  "since_ts": 1.0}))
+    assert out == [ReplyReceived(r2, b"status", status)] and out[0].ok and out[0].code == out[0].message == ""
     out = core.receive_dealer(wire.encode_error(r1, ErrorCode.NOT_LOGGED_IN, "log in first"))
     assert len(out) == 1 and not out[0].ok and out[0].code == "E_NOT_LOGGED_IN"
     assert out[0].message == "log in first" and out[0].type == b"who"
+    assert isinstance(out[0].body, r.ErrorReply) and out[0].body.code == ErrorCode.NOT_LOGGED_IN
     assert core.pending_count() == 0
+
+
+def test_a_malformed_reply_raises_and_its_request_is_forgotten():
+    core = ClientCore(clock=Clock())
+    req = core.request(m.Who(req=0))
+    with pytest.raises(ProtocolError) as info:
+        core.receive_dealer(wire.encode_ok(req, {"users": "alice"}))
+    assert info.value.code == ErrorCode.BAD_FIELD and core.pending_count() == 0
+    with pytest.raises(ProtocolError):
+        core.receive_dealer([wire.REPLY, b'{"status": "ok"}'])  # no req
+
+
+def test_a_malformed_history_reply_is_asked_again_later():
+    core, clock = logged_in()
+    core.catch_up()
+    ((_, hist),) = sent(core)
+    with pytest.raises(ProtocolError):
+        core.receive_dealer(wire.encode_ok(hist.req, {"events": [{"seq": 8}], "seq": 8, "complete": True}))
+    core.tick()
+    assert sent(core) == []
+    clock.advance(1.0)
+    core.tick()
+    assert [(k, q.after) for k, q in sent(core)] == [(b"history", 7)]
 
 
 def test_stray_and_forgotten_replies_are_ignored():
@@ -264,7 +291,7 @@ def test_new_session_resets_message_dedup():
     core.receive_dealer(msg(5))
     req = core.request(m.Logout(req=0))
     core.data_to_send()
-    core.receive_dealer(wire.encode_ok(req))
+    core.receive_dealer(wire.encode_ok(req, {"session": True}))
     assert core.session is None
     req = core.request(m.Login(req=0, version=1, user="alice", password="pw123456"))
     core.receive_dealer(wire.encode_ok(req, LOGIN))
@@ -303,7 +330,7 @@ def test_lost_internal_requests_are_expired_by_a_later_reply():
     clock.advance(5)
     core.tick()
     ((_, ping2),) = sent(core)
-    assert core.receive_dealer(wire.encode_ok(ping2.req, {"ts": 1.0})) == []
+    assert core.receive_dealer(wire.encode_ok(ping2.req, {"ts": 1.0, "session": True})) == []
     assert core.pending_count() == 0
     assert core.queued_acks() == [7]  # the lost ack's ids are acked again
     clock.advance(1)
@@ -319,7 +346,7 @@ def test_lost_history_request_is_asked_again():
     ((_, hist),) = sent(core)
     req = core.request(m.Who(req=0))
     sent(core)
-    core.receive_dealer(wire.encode_ok(req, {"users": []}))
+    core.receive_dealer(wire.encode_ok(req, {"users": [], "truncated": False}))
     ((kind, again),) = sent(core)
     assert kind == b"history" and again.after == hist.after and again.req != hist.req
 
@@ -329,7 +356,7 @@ def test_any_request_postpones_the_ping():
     clock.advance(4)
     req = core.request(m.Who(req=0))
     core.data_to_send()
-    core.receive_dealer(wire.encode_ok(req, {"users": []}))
+    core.receive_dealer(wire.encode_ok(req, {"users": [], "truncated": False}))
     clock.advance(4)
     assert not core.ping_due()
     clock.advance(1)
@@ -352,7 +379,7 @@ def test_answered_ping_is_not_lost():
     clock.advance(5)
     core.tick()
     ((_, ping),) = sent(core)
-    assert core.receive_dealer(wire.encode_ok(ping.req, {"ts": 1.0})) == []  # internal: consumed
+    assert core.receive_dealer(wire.encode_ok(ping.req, {"ts": 1.0, "session": True})) == []  # internal: consumed
     clock.advance(14)
     assert core.tick() == []
 
@@ -396,7 +423,8 @@ def test_ping_reply_without_session_ends_the_session():
     core.data_to_send()
     core.receive_dealer(wire.encode_ok(req, {"user": "alice", "pub_port": 1, "seq": 0, "since": 0, "since_ts": 1.0,
                                              "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0,
-                                             "idle_timeout": 1800.0, "max_message_chars": 1000}))
+                                             "idle_timeout": 1800.0, "max_message_chars": 1000,
+                                             "pub_heartbeat": 2.0, "dup": False}))
     assert core.session is not None
     ping = core.request(m.Ping(req=0))
     out = core.receive_dealer(wire.encode_ok(ping, {"ts": 2.0, "session": False}))

@@ -316,6 +316,7 @@ def test_sync_connections_on_one_poller(broker):
     from zmq_chat.client.core import EventReceived, MessageReceived, ReplyReceived
     from zmq_chat.client.sync import SyncConnection
     from zmq_chat.protocol import messages as m
+    from zmq_chat.protocol.replies import Reply, SendReply
     from zmq_chat.protocol.version import PROTOCOL_VERSION
 
     ctx, poller = zmq.Context(), zmq.Poller()
@@ -331,7 +332,7 @@ def test_sync_connections_on_one_poller(broker):
             for i, c in enumerate(conns):
                 outputs[i] += c.handle(ready) + c.tick()
 
-    def reply_to(i: int, req: int) -> dict:
+    def reply_to(i: int, req: int) -> Reply:
         def found():
             return any(isinstance(o, ReplyReceived) and o.req == req for o in outputs[i])
         pump_until(found)
@@ -340,19 +341,19 @@ def test_sync_connections_on_one_poller(broker):
     try:
         names = [fresh_name("sa"), fresh_name("sb")]
         for i, c in enumerate(conns):
-            assert reply_to(i, c.send(m.Hello(req=0, version=PROTOCOL_VERSION)))["status"] == "ok"
-            assert reply_to(i, c.send(m.Register(req=0, version=1, user=names[i], password="secret123")))["status"] == "ok"
-            assert reply_to(i, c.send(m.Login(req=0, version=1, user=names[i], password="secret123")))["status"] == "ok"
+            assert reply_to(i, c.send(m.Hello(req=0, version=PROTOCOL_VERSION))).ok
+            assert reply_to(i, c.send(m.Register(req=0, version=1, user=names[i], password="secret123"))).ok
+            assert reply_to(i, c.send(m.Login(req=0, version=1, user=names[i], password="secret123"))).ok
             assert c.sub is not None and c.core.session is not None
         sent = reply_to(0, conns[0].send(m.Send(req=0, id=uuid.uuid4().hex, to=[names[1]], text="über sync")))
-        assert sent["status"] == "ok" and names[1] in sent["ids"]
+        assert isinstance(sent, SendReply) and names[1] in sent.ids
         pump_until(lambda: any(isinstance(o, MessageReceived) for o in outputs[1]))
         got = next(o.message for o in outputs[1] if isinstance(o, MessageReceived))
         assert (got.sender, got.text) == (names[0], "über sync")
         pump_until(lambda: conns[1].core.queued_acks() == [] and conns[1].core.pending_count() == 0)
-        assert reply_to(0, conns[0].send(m.Broadcast(req=0, id=uuid.uuid4().hex, text="to all")))["status"] == "ok"
+        assert reply_to(0, conns[0].send(m.Broadcast(req=0, id=uuid.uuid4().hex, text="to all"))).ok
         pump_until(lambda: any(isinstance(o, EventReceived) and o.event.text == "to all" for o in outputs[1]))
-        assert reply_to(1, conns[1].send(m.Logout(req=0)))["status"] == "ok"
+        assert reply_to(1, conns[1].send(m.Logout(req=0))).ok
         assert conns[1].sub is None and conns[1].core.session is None
     finally:
         for c in conns:

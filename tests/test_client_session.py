@@ -22,7 +22,7 @@ async def _session(broker, tmp_path, user: str, want: int) -> list[str]:
     texts: list[str] = []
     try:
         await conn.connect()
-        assert (await conn.login(user, "correct horse"))["status"] == "ok"
+        assert (await conn.login(user, "correct horse")).ok
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (5.0 if want else 1.0)
         while len(texts) < want or not want:

@@ -119,7 +119,7 @@ def test_trust_on_first_use_records_the_key_then_asks_no_more(broker, tmp_path):
 
     conn, hello = connect_ok(lambda: Connection("127.0.0.1", broker.port, key_port=broker.key_port,
                                                 known=known, trust_prompt=prompt))
-    assert hello["status"] == "ok" and hello["broker"] == "chat-broker"
+    assert hello.ok and hello.broker == "chat-broker"
     assert asked == [(addr(broker), key_fingerprint(broker.server_key))]
     assert conn.key_choice is not None and conn.key_choice.source == "first use"
     assert conn.key_choice.key == broker.server_key
@@ -314,7 +314,7 @@ def test_chat_server_key_env_is_used_and_records_nothing(broker, tmp_path, monke
     monkeypatch.setenv("CHAT_SERVER_KEY", broker.server_key.decode())
     known = KnownBrokers(tmp_path / "known_brokers")
     conn, hello = connect_ok(lambda: Connection("127.0.0.1", broker.port, key_port=broker.key_port, known=known))
-    assert hello["status"] == "ok"
+    assert hello.ok
     assert conn.key_choice is not None and conn.key_choice.source == "given"
     assert conn.key_choice.key == broker.server_key
     assert not known.path.exists()
