@@ -57,10 +57,15 @@ class CoreRig:
         self._reqs = itertools.count(1)
         self.out = Output()
 
-    def restart(self) -> None:
-        """A new core on the same store, as after a broker restart (sessions and output are gone)."""
+    def restart(self, reopen: Any = None) -> None:
+        """A new core on the same store, as after a broker restart (sessions and output are gone).
+        With `reopen` (a function returning a Store), the old store is closed after the shutdown
+        is committed and the new core runs on `reopen()` (e.g. the same SQLite file opened again)."""
         self.core.shutdown()
         self.take()
+        if reopen is not None:
+            self.store.close()
+            self.store = reopen()
         self.core = BrokerCore(self.config, self.store, 4120, clock=self.clock,
                                peer_behind=lambda fd: fd in self.behind)
         self.out = Output()
@@ -126,6 +131,23 @@ class CoreRig:
     def pushes(self, client: tuple[bytes, int, str]) -> list[m.PrivateMessage]:
         """`msg` pushes to `client` so far."""
         return [wire.decode_push([k, b])[1] for rid, k, b, _ in self.out.router if rid == client[0] and k == wire.MSG]
+
+    def raw(self, client: tuple[bytes, int, str], frames: list[bytes]) -> list[dict]:
+        """Feed `frames` as one request from `client` (no encoding: malformed input too); returns
+        the reply bodies queued for `client` by it."""
+        rid, fd, key = client
+        self.core.on_request(rid, frames, fd, key, sum(len(f) for f in frames))
+        return self.replies(client)
+
+    def ends(self, client: tuple[bytes, int, str]) -> list[m.End]:
+        """`end` pushes to `client` so far."""
+        return [wire.decode_push([k, b])[1] for rid, k, b, _ in self.out.router if rid == client[0] and k == wire.END]
+
+    def events(self, kind: str | None = None) -> list[m.Event]:
+        """PUB events (bcast and presence; of `kind` only when given) published so far."""
+        topics = (wire.TOPIC_BCAST, wire.TOPIC_PRESENCE)
+        found = [wire.decode_event([t, b]) for t, b in self.out.pub if t in topics]
+        return [e for e in found if kind is None or e.kind == kind]
 
     def user(self, name: str, ip: str = "10.0.0.1") -> tuple[bytes, int, str]:
         """A registered, logged-in client."""
