@@ -97,10 +97,8 @@ def test_curve_wrong_server_key_fails_handshake(bound, peers):
     router, port = bound(zmq.ROUTER, **opts)
     wrong, _ = zmq.curve_keypair()
     peer = peers(port, mechanism="CURVE", server_key=z85_to_raw(wrong), timeout=2.0)
-    t0 = time.monotonic()
-    with pytest.raises(HandshakeFailed, match="closed|reset"):
+    with pytest.raises(HandshakeFailed, match="closed|reset"):  # closed by libzmq, not timed out
         peer.handshake()
-    assert time.monotonic() - t0 < 2.0
     assert not peer.alive()
     assert router.poll(100) == 0
 
@@ -187,8 +185,20 @@ def test_heartbeat_pings_are_answered(bound, peers, mechanism):
     router, port = bound(zmq.ROUTER, **opts)
     peer = peers(port, mechanism=mechanism, routing_id=b"hb", **kw)
     peer.handshake()
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:  # recv_multipart answers PING with PONG
+    pongs = []
+    send = peer._send_message
+
+    def counting(flags, data):
+        if data.startswith(b"\x04PONG"):
+            pongs.append(data)
+        send(flags, data)
+
+    peer._send_message = counting
+    # recv_multipart answers PING with PONG. Unanswered, the first PING would have cut the
+    # connection (heartbeat_timeout 150 ms) before the sixth (heartbeat_ivl 50 ms) is sent.
+    deadline = time.monotonic() + 5.0
+    while len(pongs) < 6:
+        assert time.monotonic() < deadline, f"{len(pongs)} PINGs in 5 s"
         with pytest.raises(TimeoutError):
             peer.recv_multipart(0.03)
     assert peer.alive()
