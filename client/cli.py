@@ -21,12 +21,14 @@ import sys
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.utils import is_dumb_terminal
 
+from zmq_chat import __version__
 from zmq_chat.client.app import run_app
 from zmq_chat.client.connection import Connection
 from zmq_chat.client.errors import ConnectError
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.client.sockets import DEFAULT_PORT
 from zmq_chat.client.trust import SERVER_KEY_ENV
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="WARNING",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="log level on stderr (default %(default)s)",
+        help="log level on stderr, any case (default %(default)s)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be 1 to 65535")

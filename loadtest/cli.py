@@ -13,12 +13,14 @@ from typing import NoReturn
 
 from rich.console import Console
 
+from zmq_chat import __version__
 from zmq_chat.client.errors import ConnectError
 from zmq_chat.client.trust import KnownBrokers, choose_key
 from zmq_chat.loadtest.accounts import prepare_accounts
 from zmq_chat.loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
 from zmq_chat.loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 PROG = "chat-loadtest"
 
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput and latency percentiles per second (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
     return p
 
 
