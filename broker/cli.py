@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import zmq
 
+from zmq_chat import __version__
 from zmq_chat.broker.auth import hash_password
 from zmq_chat.broker.config import Config
-from zmq_chat.broker.keys import KeyFileError, check_private, load_or_create, make_data_dir, private_umask
-from zmq_chat.broker.limits import FDS_PER_CLIENT, raise_open_files_limit
+from zmq_chat.broker.keys import BrokerKeys, KeyFileError, check_private, load_or_create, make_data_dir, private_umask
+from zmq_chat.broker.limits import clients_held, files_needed, raise_open_files_limit
+from zmq_chat.broker.ready import ReadyInfo, remove_ready_file, write_ready_file
+from zmq_chat.broker.sockets import port_of
 from zmq_chat.broker.store import Store, StoreError
 from zmq_chat.protocol.errors import ProtocolError
 from zmq_chat.protocol.validation import validate_password, validate_username
+from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=_positive(int), default=d.history, help="broadcasts and presence events kept for catch-up (default 1000)")
     p.add_argument("--heartbeat-timeout", type=_positive(float), default=d.heartbeat_timeout, help="seconds of client silence that end a session (default 15)")
     p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout / 60, help="minutes without a command that log a user out (default 30)")
-    p.add_argument("--max-clients", type=_positive(int), default=d.max_clients, help="most users logged in at once (default 10000)")
+    p.add_argument("--max-clients", type=_positive(int), default=None, help=f"most users logged in at once (default {d.max_clients})")
     p.add_argument("--hash-workers", type=_positive(int), default=d.hash_workers, help="threads hashing passwords with argon2id (default: one per core)")
     p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice, help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic (default 10; 0 = same priority as the loop)")
     p.add_argument("--max-pending-logins", type=_positive(int), default=d.max_pending_auth, help="logins waiting for hashing before E_OVERLOADED (default 256)")
@@ -66,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account-verify-interval", type=float, default=d.account_verify_interval, help="seconds between password checks of an account that had --max-login-attempts wrong passwords from any address (default 1)")
     p.add_argument("--max-queued-logins-per-ip", type=_positive(int), default=d.max_queued_auth_per_ip, help="logins and registrations of one IP address waiting for password hashing (default 8)")
     p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    p.add_argument("--ready-file", metavar="PATH", help="once every socket is bound, write a JSON object with the pid, version, "
+                   "bound ports, public key and data directory to PATH (atomically; removed at a clean exit), for supervisors and tests")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level, any case (default INFO)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
     return p
 
 
@@ -77,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
-        max_clients=args.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
+        max_clients=args.max_clients or Config.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
         key_port=args.key_port, insecure=args.insecure, allow_readable_store=args.allow_readable_store,
         max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout, conn_rate=args.connection_rate,
         rate_limit=args.rate_limit, rate_burst=args.rate_burst, mailbox_quota=args.mailbox_quota,
@@ -123,16 +131,36 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
     return len(todo), skipped
 
 
-def check_fd_limit(max_clients: int) -> int:
-    """Raise the soft open-files limit to the hard limit; log a WARNING when it still cannot hold
-    `max_clients` clients (FDS_PER_CLIENT each, plus 64 for the store, sockets and pipes).
-    Returns the soft limit in force (see raise_open_files_limit). Raises nothing."""
+def check_fd_limit(max_clients: int, explicit: bool = True) -> int:
+    """Raise the soft open-files limit to the hard limit and log at INFO how many clients it holds
+    (broker.limits.clients_held). Log a WARNING only when `explicit` (--max-clients was given on
+    the command line) and the limit cannot hold `max_clients` clients: a default the machine cannot
+    reach is no operator's mistake. Returns the soft limit in force (see raise_open_files_limit).
+    Raises nothing."""
     soft = raise_open_files_limit()
-    need = FDS_PER_CLIENT * max_clients + 64
-    if 0 < soft < need:
+    held = clients_held(soft)
+    if held is None:
+        log.info("open files limit: none (or unknown); --max-clients %d", max_clients)
+    elif held >= max_clients:
+        log.info("open files limit %d holds about %d clients; --max-clients %d", soft, held, max_clients)
+    elif explicit:
         log.warning("open files limit %d holds about %d clients, fewer than --max-clients %d; "
-                    "raise it (ulimit -n %d)", soft, (soft - 64) // FDS_PER_CLIENT, max_clients, need)
+                    "raise it (ulimit -n %d)", soft, held, max_clients, files_needed(max_clients))
+    else:
+        log.info("open files limit %d holds about %d clients, so at most that many can log in "
+                 "(--max-clients %d; ulimit -n %d for all)", soft, held, max_clients, files_needed(max_clients))
     return soft
+
+
+def ready_info(config: Config, endpoints: dict[str, str], keys: BrokerKeys | None) -> ReadyInfo:
+    """The ready file's content for a broker bound at `endpoints` (kind -> "tcp://host:port")."""
+    secure = keys is not None and not config.insecure
+    return ReadyInfo(
+        pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, bind=config.bind,
+        port=port_of(endpoints["router"]), pub_port=port_of(endpoints["pub"]), key_port=port_of(endpoints["key"]),
+        insecure=config.insecure, public_key=keys.public.decode() if secure else "",
+        fingerprint=keys.fingerprint if secure else "", data_dir=str(Path(config.data_dir).resolve()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from zmq_chat.broker.loop import BrokerLoop
 
-    check_fd_limit(config.max_clients)
+    check_fd_limit(config.max_clients, explicit=args.max_clients is not None)
     try:
         loop = BrokerLoop(config, store, keys)
     except zmq.ZMQError as exc:
@@ -186,4 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     e = loop.endpoints
     log.info("broker started router=%s pub=%s key=%s data=%s fingerprint=%s", e["router"], e["pub"], e["key"],
              Path(config.data_dir).resolve(), "none (insecure)" if config.insecure else keys.fingerprint)
-    return loop.run()
+    if args.ready_file:
+        try:
+            write_ready_file(args.ready_file, ready_info(config, e, keys))
+        except OSError as exc:
+            loop.close()
+            print(f"chat-broker: cannot write the ready file {args.ready_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    try:
+        return loop.run()
+    finally:
+        if args.ready_file:
+            remove_ready_file(args.ready_file, os.getpid())

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 FDS_PER_CLIENT = 2
 """Open files per logged-in client in the broker: one TCP connection each for its DEALER and SUB."""
+FDS_RESERVED = 64
+"""Open files the broker needs besides its clients: the store, its sockets, pipes and monitors."""
+
+
+def clients_held(soft_limit: int) -> int | None:
+    """How many logged-in clients an open-files limit of `soft_limit` descriptors holds in the
+    broker (FDS_PER_CLIENT each after FDS_RESERVED); None when unlimited (-1) or unknown (0)."""
+    if soft_limit <= 0:
+        return None
+    return max(0, (soft_limit - FDS_RESERVED) // FDS_PER_CLIENT)
+
+
+def files_needed(max_clients: int) -> int:
+    """Open files the broker needs to hold `max_clients` logged-in clients."""
+    return FDS_PER_CLIENT * max_clients + FDS_RESERVED
 
 
 def raise_open_files_limit(wanted: int = 0) -> int:

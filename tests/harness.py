@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,12 +13,11 @@ from typing import Any, Callable
 
 import zmq
 
-from zmq_chat.broker.keys import read_public_key
+from zmq_chat.broker.launch import LaunchedBroker
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.version import PROTOCOL_VERSION
 
-STARTED_RE = re.compile(r"broker started router=tcp://[^:]+:(\d+) pub=tcp://[^:]+:(\d+) key=tcp://[^:]+:(\d+)")
 PASSWORD = "correct horse"
 
 
@@ -32,59 +26,19 @@ RELAXED = {"--max-connections-per-ip": "1000", "--connection-rate": "100000", "-
 """Limits lifted for tests that are not about them (name -> value)."""
 
 
-class Broker:
-    """A `python -m broker` subprocess. `port`/`pub_port`/`key_port` are read from its start log
-    line; `server_key` (Z85 bytes, None with --insecure) from its data directory.
+class Broker(LaunchedBroker):
+    """A `python -m zmq_chat.broker` subprocess on 127.0.0.1, started at construction and ready
+    (broker.launch: `port`/`pub_port`/`key_port`/`server_key` come from its ready file; ports 0 =
+    ephemeral). `stop(kill=False)`, `restart(kill=False)` (same ports and data), `log_text()`.
 
     Tests run many peers from 127.0.0.1 as fast as they can, so the per-IP and per-connection
     limits are lifted here (RELAXED) unless `flags` set them."""
 
     def __init__(self, data_dir: Path, *flags: str, port: int = 0, pub_port: int = 0, key_port: int = 0) -> None:
-        self.data_dir = data_dir
         self.flags = (*flags, *(f for name, value in RELAXED.items() if name not in flags for f in (name, value)))
         self.insecure = "--insecure" in flags
-        self.lines: list[str] = []
-        self._start(port, pub_port, key_port)
-        self.server_key = None if self.insecure else read_public_key(data_dir)
-
-    def _start(self, port: int, pub_port: int, key_port: int = 0) -> None:
-        cmd = [sys.executable, "-m", "zmq_chat.broker", "--bind", "127.0.0.1", "--port", str(port),
-               "--pub-port", str(pub_port), "--key-port", str(key_port), "--data-dir", str(self.data_dir), *self.flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        started = threading.Event()
-
-        def pump() -> None:
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = STARTED_RE.search(line)
-                if match:
-                    self.port, self.pub_port, self.key_port = (int(g) for g in match.groups())
-                    started.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not started.wait(15):
-            self.proc.kill()
-            raise RuntimeError("broker did not start:\n" + "".join(self.lines))
-
-    def restart(self, kill: bool = False) -> None:
-        """Stop (SIGTERM, or SIGKILL with kill=True) and start again on the same ports and data."""
-        self.stop(kill=kill)
-        self._start(self.port, self.pub_port, self.key_port)
-
-    def stop(self, kill: bool = False, timeout: float = 15) -> int:
-        """Stop the broker; returns its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-    def log_text(self) -> str:
-        return "".join(self.lines)
+        super().__init__(data_dir, self.flags, port=port, pub_port=pub_port, key_port=key_port)
+        self.start()
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         """Wait until the broker's log contains `text` (polling with a deadline); returns the log."""

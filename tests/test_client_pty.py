@@ -5,21 +5,17 @@ programs in pseudo-terminals (pexpect). Every wait has a deadline; subprocesses 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from pathlib import Path
 
 import pexpect
 import pytest
 import zmq
 
-from zmq_chat.broker.keys import read_public_key
+from zmq_chat.broker.launch import LaunchedBroker
 from zmq_chat.client.trust import key_fingerprint
 from zmq_chat.protocol import wire
 from tests.harness import FakeRouter
@@ -27,59 +23,25 @@ from zmq_chat.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 
-STARTED_RE = re.compile(r"broker started router=tcp://[^:\s]+:(\d+) pub=\S+ key=tcp://[^:\s]+:(\d+)")
 TIME = r"\[\d\d:\d\d:\d\d\]"
 
 
-class BrokerProcess:
-    """`python -m broker` on 127.0.0.1 ephemeral ports; `port` and `key_port` are read from its
-    start log line, `server_key` (Z85 str) from its data directory."""
-
-    def __init__(self, data_dir: Path, *flags: str) -> None:
-        cmd = [sys.executable, "-m", "zmq_chat.broker", "--port", "0", "--pub-port", "0", "--key-port", "0",
-               "--bind", "127.0.0.1", "--data-dir", str(data_dir), *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self.port = self.key_port = 0
-        started = threading.Event()
-
-        def pump() -> None:  # keep reading stderr so the broker never blocks on a full pipe
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                match = STARTED_RE.search(line)
-                if match and not started.is_set():
-                    self.port, self.key_port = int(match.group(1)), int(match.group(2))
-                    started.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not started.wait(15):
-            self.kill()
-            raise RuntimeError("broker did not start:\n" + "".join(self.lines))
-        self.server_key = "" if "--insecure" in flags else read_public_key(data_dir).decode()
+class BrokerProcess(LaunchedBroker):
+    """`python -m zmq_chat.broker` on 127.0.0.1 ephemeral ports (broker.launch: ports and key from
+    its ready file), plus the client flags that pin its key."""
 
     def key_args(self) -> list[str]:
         """Client flags that pin this broker's key."""
-        return ["--server-key", self.server_key] if self.server_key else ["--insecure"]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        return ["--server-key", self.server_key.decode()] if self.server_key else ["--insecure"]
 
 
 @pytest.fixture
 def broker(tmp_path):
-    b = BrokerProcess(tmp_path / "data")
+    b = BrokerProcess(tmp_path / "data").start()
     try:
         yield b
     finally:
-        b.kill()
+        b.stop()
 
 
 @pytest.fixture
@@ -160,7 +122,7 @@ def test_two_clients_register_chat_and_logout(broker, clients, term, tmp_path):
     # first use: the fingerprint is shown and, once accepted, recorded (0600) for the next client
     a = clients(broker.port, term, "127.0.0.1", "--key-port", str(broker.key_port))
     a.expect_exact("is not known yet")
-    a.expect_exact(f"Its key fingerprint is {key_fingerprint(broker.server_key.encode())}")
+    a.expect_exact(f"Its key fingerprint is {key_fingerprint(broker.server_key)}")
     a.expect_exact("Trust this broker and remember its key? [y/N]")
     a.sendline("y")
     a.expect_exact("(encrypted)")
@@ -170,7 +132,7 @@ def test_two_clients_register_chat_and_logout(broker, clients, term, tmp_path):
     register_interactively(b, bob, pw_b)
     assert "Trust this broker" not in transcript(b)
     known = tmp_path / "config" / "zmq-chat" / "known_brokers"
-    assert known.read_text().split() == [f"127.0.0.1:{broker.port}", broker.server_key]
+    assert known.read_text().split() == [f"127.0.0.1:{broker.port}", broker.server_key.decode()]
     assert known.stat().st_mode & 0o777 == 0o600 and known.parent.stat().st_mode & 0o777 == 0o700
     for child, pw in ((a, pw_a), (b, pw_b)):
         assert pw not in transcript(child), "the password was echoed"
@@ -320,7 +282,7 @@ def test_sync_connections_on_one_poller(broker):
     from zmq_chat.protocol.version import PROTOCOL_VERSION
 
     ctx, poller = zmq.Context(), zmq.Poller()
-    conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port, server_key=broker.server_key.encode())
+    conns = [SyncConnection(ctx, poller, "127.0.0.1", broker.port, server_key=broker.server_key)
              for _ in range(2)]
     outputs: list[list] = [[], []]
 
