@@ -3,17 +3,13 @@ catch-up and gap repair, busy/idle (real broker, real DEALER and SUB sockets).""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
 from zmq_chat.protocol import messages as m
 from tests.harness import Broker, err, ok
+from tests.test_protocol_wire import documented_reply_fields
 
 pytestmark = pytest.mark.timeout(60)
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 
 def logged_in(peers, broker, names, count):
@@ -231,16 +227,6 @@ def test_history_complete_flag(broker, peers, names):
     assert ok(a.call("history", after=seq - 2))["complete"] is True
     assert ok(a.call("history", after=seq - 3, limit=1))["complete"] is False
     assert ok(a.call("history", after=seq))["complete"] is True
-
-
-def documented_reply_fields() -> dict[str, set[str]]:
-    """docs/protocol.md 6.1: request type -> the ok reply fields its row lists (besides req and
-    status; the fields of nested objects such as send's busy entries left out)."""
-    text = DOC.read_text(encoding="utf-8")
-    table = text[text.index("### 6.1"):text.index("### 6.2")]
-    rows = re.findall(r"^\| `(\w+)` \| (.*) \|$", table, re.M)
-    return {kind: set(re.findall(r"`(\w+)` (?:int|str|bool|float|array|object)", re.sub(r"\{[^}]*\}", "", cell)))
-            for kind, cell in rows}
 
 
 def test_ok_replies_carry_exactly_the_fields_docs_protocol_md_lists(broker, peers, names):

@@ -103,11 +103,17 @@ def test_every_request_round_trips(request_):
     assert len(frames) == 2 and all(isinstance(f, bytes) for f in frames)
     assert frames[0] == TYPE_OF[type(request_)]
     obj = json.loads(frames[1].decode("utf-8"))
-    assert obj["req"] == request_.req
+    fields = msgspec.structs.fields(type(request_))
+    # each field under its JSON name (the names are pinned by the spec tests below), value for value;
+    # optional ones may be left out when they hold their default
+    by_name = {f.encode_name: f for f in fields}
+    assert {n for n, f in by_name.items() if f.required} <= set(obj) <= set(by_name)
+    assert obj == {n: getattr(request_, f.name) for n, f in by_name.items() if n in obj}
+    assert {f.name for f in fields if f.encode_name not in obj and getattr(request_, f.name) != f.default} == set()
     kind, decoded = decode_request(frames)
     assert kind == frames[0]
-    assert decoded == request_
     assert type(decoded) is type(request_)
+    assert {f.name: getattr(decoded, f.name) for f in fields} == {f.name: getattr(request_, f.name) for f in fields}
 
 
 def test_every_request_type_is_covered_by_the_round_trip_table():
@@ -389,7 +395,15 @@ def test_bad_fields_are_e_bad_field_with_req_recovered(kind, obj, req):
     err = request_error([kind, body(obj)])
     assert err.code is ErrorCode.BAD_FIELD
     assert err.req == req
-    assert err.message  # msgspec's explanation, e.g. "Expected `int` >= 1 - at `$.minutes`"
+    # msgspec's explanation names the field: "Expected `int` >= 1 - at `$.minutes`" for a wrong
+    # value of a field the body has, "Object missing required field `user`" for one it lacks.
+    wrong = re.fullmatch(r"Expected .* - at `\$\.(\w+)(\[0\])?`", err.message)
+    missing = re.fullmatch(r"Object missing required field `(\w+)`", err.message)
+    names = {f.encode_name for f in msgspec.structs.fields(REQUEST_TYPES[kind])}
+    if wrong:
+        assert wrong.group(1) in names and wrong.group(1) in obj, err.message
+    else:
+        assert missing and missing.group(1) in names and missing.group(1) not in obj, err.message
 
 
 @pytest.mark.parametrize(
@@ -439,21 +453,24 @@ def _deep(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
-DEEP_CASES = {
-    "request-unknown-field": lambda: decode_request([b"ping", b'{"req": 1, "x": ' + _deep(5000) + b"}"]),
-    "request-bad-field": lambda: decode_request([b"hello", b'{"req": 1, "version": "x", "x": ' + _deep(5000) + b"}"]),
-    "request-unknown-type": lambda: decode_request([b"nope", _deep(5000)]),
-    "push-reply": lambda: decode_push([b"reply", _deep(5000)]),
-    "push-msg": lambda: decode_push([b"msg", b'{"id": 1, "from": "a", "x": ' + _deep(5000) + b"}"]),
-    "event": lambda: decode_event([b"bcast", b'{"seq": 1, "ts": 1, "kind": "bcast", "user": "a", "x": ' + _deep(5000) + b"}"]),
+DEEP_CASES = {  # case -> (decoding, the error code)
+    "request-unknown-field": (lambda: decode_request([b"ping", b'{"req": 1, "x": ' + _deep(5000) + b"}"]), ErrorCode.BAD_JSON),
+    "request-bad-field": (lambda: decode_request([b"hello", b'{"req": 1, "version": "x", "x": ' + _deep(5000) + b"}"]),
+                          ErrorCode.BAD_JSON),
+    "request-unknown-type": (lambda: decode_request([b"nope", _deep(5000)]), ErrorCode.UNKNOWN_TYPE),
+    "push-reply": (lambda: decode_push([b"reply", _deep(5000)]), ErrorCode.BAD_JSON),
+    "push-msg": (lambda: decode_push([b"msg", b'{"id": 1, "from": "a", "x": ' + _deep(5000) + b"}"]), ErrorCode.BAD_JSON),
+    "event": (lambda: decode_event([b"bcast", b'{"seq": 1, "ts": 1, "kind": "bcast", "user": "a", "x": ' + _deep(5000) + b"}"]),
+              ErrorCode.BAD_JSON),
 }
 
 
 @pytest.mark.parametrize("case", list(DEEP_CASES))
 def test_deeply_nested_json_is_a_protocol_error(case):
+    decode, code = DEEP_CASES[case]
     with pytest.raises(ProtocolError) as info:
-        DEEP_CASES[case]()
-    assert info.value.code in (ErrorCode.BAD_JSON, ErrorCode.BAD_FIELD, ErrorCode.UNKNOWN_TYPE)
+        decode()
+    assert info.value.code is code
 
 
 def test_moderately_nested_unknown_field_is_ignored():
@@ -540,31 +557,42 @@ def test_encode_error_literal_bytes():
     ]
 
 
-OK_REPLIES = [
-    (1, {"version": 1, "broker": "chat-broker", "max_message_chars": 1000, "min_password_chars": 8}),
-    (2, {"user": "alice"}),
-    (3, {"user": "alice", "pub_port": 4120, "seq": 42, "since": 39, "since_ts": 1732170000.0, "heartbeat_interval": 5.0,
-         "heartbeat_timeout": 15.0, "idle_timeout": 1800.0, "max_message_chars": 1000}),
-    (4, None),
-    (5, {"users": ["alice", "bob"]}),
-    (6, {"users": []}),
-    (7, {"seq": 43, "ts": 1732170004.0, "dup": False}),
-    (8, {"ids": {"bob": 101, "carol": 102}, "ts": 1732170003.5, "dup": True, "busy": [{"user": "carol", "text": "away"}]}),
-    (9, {"text": "in a meeting"}),
-    (10, {"held": 3}),
-    (13, {"user": "alice", "busy": False, "busy_text": "", "hidden": True, "since_ts": 1732170000.0}),
-    (14, {"events": [], "seq": 0, "complete": True}),
-    (15, {"removed": 2}),
-    (16, {"ts": 1732170009.123456}),
-    (MAX_REQ, {}),
-    (None, {}),
+OK_REPLIES = [  # (request type, req, every field docs/protocol.md 6.1 lists for it)
+    ("hello", 1, {"version": 1, "broker": "chat-broker", "max_message_chars": 1000, "min_password_chars": 8, "curve": True}),
+    ("register", 2, {"user": "alice", "dup": False}),
+    ("login", 3, {"user": "alice", "pub_port": 4120, "seq": 42, "since": 39, "since_ts": 1732170000.0, "heartbeat_interval": 5.0,
+                  "heartbeat_timeout": 15.0, "idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False}),
+    ("logout", 4, {"session": True}),
+    ("who", 5, {"users": ["alice", "bob"], "truncated": False}),
+    ("last", 6, {"users": [], "truncated": True}),
+    ("broadcast", 7, {"seq": 43, "ts": 1732170004.0, "dup": False}),
+    ("send", 8, {"ids": {"bob": 101, "carol": 102}, "ts": 1732170003.5, "dup": True, "busy": [{"user": "carol", "text": "away"}]}),
+    ("busy", 9, {"text": "in a meeting"}),
+    ("idle", 10, {"held": 3}),
+    ("hide", 11, None),
+    ("appear", 12, {}),
+    ("status", 13, {"user": "alice", "busy": False, "busy_text": "", "hidden": True, "since_ts": 1732170000.0}),
+    ("history", 14, {"events": [], "seq": 0, "complete": True}),
+    ("ack", 15, {"removed": 2}),
+    ("ping", 16, {"ts": 1732170009.123456, "session": False}),
+    ("ping", MAX_REQ, {"ts": 0.0, "session": True}),
+    ("logout", None, {"session": False}),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("req, fields", OK_REPLIES)
-def test_ok_replies_round_trip(req, fields):
-    kind, obj = decode_push(encode_ok(req, fields))
-    assert kind == b"reply"
+def test_the_ok_reply_table_has_every_documented_field_of_every_request():
+    documented = documented_reply_fields()
+    assert {kind for kind, _, _ in OK_REPLIES} == set(documented)
+    for kind, _, fields in OK_REPLIES:
+        assert set(fields or {}) == documented[kind], kind
+
+
+@pytest.mark.parametrize("kind, req, fields", OK_REPLIES)
+def test_ok_replies_round_trip(kind, req, fields):
+    frames = encode_ok(req, fields)
+    assert frames[1].startswith(b'{"req":%s,"status":"ok"' % json.dumps(req).encode())
+    decoded_kind, obj = decode_push(frames)
+    assert decoded_kind == b"reply"
     assert obj == {"req": req, "status": "ok", **(fields or {})}
 
 
@@ -577,11 +605,11 @@ def test_error_replies_round_trip(code, req):
 
 
 def test_send_partial_error_reply_round_trips():
-    fields = {"unknown": ["zed"], "ids": {"bob": 101}, "ts": 1732170003.5, "busy": []}
+    # every field of docs/protocol.md 6.2 for a send that some recipients did not get
+    fields = {"unknown": ["zed"], "full": ["carol"], "ids": {"bob": 101}, "ts": 1732170003.5, "busy": [], "dup": False}
     kind, obj = decode_push(encode_error(5, ErrorCode.UNKNOWN_USER, "no such user: zed", fields))
     assert kind == b"reply"
-    assert obj["code"] == "E_UNKNOWN_USER" and obj["status"] == "error"
-    assert obj["unknown"] == ["zed"] and obj["ids"] == {"bob": 101} and obj["busy"] == []
+    assert obj == {"req": 5, "status": "error", "code": "E_UNKNOWN_USER", "message": "no such user: zed", **fields}
 
 
 EVENTS = [
@@ -744,11 +772,12 @@ def test_malformed_events(frames, code):
     assert info.value.code is code
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"seq": 1}'])
-def test_malformed_stored_events(raw):
+@pytest.mark.parametrize("raw, code", [(b"", ErrorCode.BAD_JSON), (b"{", ErrorCode.BAD_JSON), (b"[]", ErrorCode.BAD_FIELD),
+                                       (b'{"seq": 1}', ErrorCode.BAD_FIELD)])
+def test_malformed_stored_events(raw, code):
     with pytest.raises(ProtocolError) as info:
         decode_stored_event(raw)
-    assert info.value.code in (ErrorCode.BAD_JSON, ErrorCode.BAD_FIELD, ErrorCode.UNKNOWN_TYPE)
+    assert info.value.code is code
 
 
 def test_decode_events_from_dicts():
@@ -791,3 +820,93 @@ def test_spec_mentions_every_type_code_reason_and_event():
         assert fragment in text
     from zmq_chat.broker.config import Config
     assert f"**{Config().max_msg_bytes} bytes" in text  # the ROUTER's ZMQ_MAXMSGSIZE as specified
+
+
+def documented_reply_fields() -> dict[str, set[str]]:
+    """docs/protocol.md 6.1: request type -> the ok reply fields its row lists (besides req and
+    status; the fields of nested objects such as send's busy entries left out)."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("### 6.1"):text.index("### 6.2")]
+    rows = re.findall(r"^\| `(\w+)` \| (.*) \|$", table, re.M)
+    return {kind: set(re.findall(r"`(\w+)` (?:int|str|bool|float|array|object)", re.sub(r"\{[^}]*\}", "", cell)))
+            for kind, cell in rows}
+
+
+def spec_request_examples() -> list[tuple[bytes, dict]]:
+    """docs/protocol.md section 5, "Literal examples (one per type)": (type, body) per line."""
+    text = DOC.read_text(encoding="utf-8")
+    block = text[text.index("Literal examples (one per type):"):text.index("## 6. Replies")]
+    return [(kind.encode(), json.loads(obj)) for kind, obj in re.findall(r'^\[b"(\w+)",\s+(\{.*\})\]$', block, re.M)]
+
+
+def spec_session() -> list[tuple[str, bytes, dict]]:
+    """The example session of docs/protocol.md: (direction C>, <C or <S; frame 0; body) per message,
+    bodies that continue on indented lines joined."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index('C> [b"hello"')
+    out, current = [], None
+    for line in text[start:text.index("```", start)].splitlines():
+        entry = re.match(r'^(?:B  )?(C>|<C|<S) \[b"([^"]+)", (.*)$', line)
+        if entry:
+            current = list(entry.groups())
+        elif current is not None and line.startswith(" "):
+            current[2] += line.strip()
+        else:
+            continue
+        try:
+            obj = json.loads(current[2].rstrip()[:-1])  # without the closing ]
+        except json.JSONDecodeError:
+            continue  # the body goes on on the next line
+        out.append((current[0], current[1].encode(), obj))
+        current = None
+    return out
+
+
+@pytest.mark.skipif(not DOC.exists(), reason="docs/protocol.md missing")
+def test_spec_request_examples_name_every_field_of_every_request():
+    examples = spec_request_examples()
+    assert [kind for kind, _ in examples] == list(REQUEST_TYPES)
+    for kind, obj in examples:
+        decoded_kind, request = decode_request([kind, body(obj)])
+        assert decoded_kind == kind
+        # every field of the struct, under the name and with the value of the example: a field
+        # renamed (or added) in protocol.messages but not in the spec fails here
+        assert {f.encode_name: getattr(request, f.name) for f in msgspec.structs.fields(type(request))} == obj
+
+
+@pytest.mark.skipif(not DOC.exists(), reason="docs/protocol.md missing")
+def test_spec_example_session_decodes_and_encodes_back_to_the_same_fields():
+    session = spec_session()
+    documented = documented_reply_fields()
+    asked: dict[int, str] = {}  # req -> request type
+    for direction, kind, obj in session:
+        raw = body(obj)
+        if direction == "C>" and kind in REQUEST_TYPES:
+            _, request = decode_request([kind, raw])
+            assert json.loads(encode_request(request)[1]) == obj
+            asked[obj["req"]] = kind.decode()
+        elif direction == "C>":  # the unknown type: the next reply is this error, word for word
+            err = request_error([kind, raw])
+            asked[obj["req"]] = {"code": err.code.value, "message": err.message, "req": err.req}
+        elif kind == wire.REPLY:
+            assert decode_push([kind, raw]) == (kind, obj)
+            question = asked[obj["req"]]
+            if isinstance(question, dict):
+                assert {k: obj[k] for k in ("code", "message", "req")} == question
+            elif obj["status"] == "ok":
+                assert set(obj) - {"req", "status"} == documented[question], question
+                for event in obj.get("events", []):
+                    assert json.loads(encode_json(decode_events([event])[0])) == event
+            else:  # docs 6.2: a send some recipients did not get
+                assert (question, set(obj)) == ("send", {"req", "status", "code", "message", "unknown", "full", "ids", "ts", "busy", "dup"})
+        elif kind == wire.MSG:
+            _, msg = decode_push([kind, raw])
+            assert json.loads(encode_msg(msg)[1]) == obj
+        elif kind in (wire.TOPIC_BCAST, wire.TOPIC_PRESENCE):
+            frames = encode_event(decode_event([kind, raw]))
+            assert frames[0] == kind and json.loads(frames[1]) == obj
+        else:
+            assert (kind == wire.TOPIC_HEARTBEAT or kind.startswith(wire.WELCOME_PREFIX)) and set(obj) == {"seq", "ts"}
+    kinds = [kind for _, kind, _ in session]
+    assert {b"hello", b"login", b"history", b"ack", b"send", b"broadcast", b"ping", b"lats", b"logout",
+            b"reply", b"msg", b"bcast", b"hb"} <= set(kinds) and kinds.count(b"reply") == 9
