@@ -270,3 +270,15 @@ def test_earlier_mail_in_the_batch_survives_a_later_request_that_is_rolled_back(
     out = rig.take()
     assert [x.text for x in out.writes.mail] == ["kept", "also kept"]
     assert [x.text for x in rig.store.mail_after("away", 0, 10)] == ["kept", "also kept"]
+
+
+def test_the_core_and_protocol_import_no_zmq_no_sqlite_and_no_pynacl():
+    """The broker core is pure (state changes only; the store behind an interface): importing it,
+    the in-memory store and protocol/ pulls in neither sockets, SQLite nor libsodium."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zmq_chat.broker.core, zmq_chat.broker.memstore, zmq_chat.protocol.replies;"
+            "print(sorted(m for m in ('zmq', 'sqlite3', 'nacl') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert run.stdout.strip() == "[]", run.stderr
