@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of chat-broker (every flag, with units in its help)."""
     d = Config()
     p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB, SQLite store)")
-    p.add_argument("--port", type=int, default=d.port, help="ROUTER port for requests and private delivery (default 4119; 0 = any free port)")
+    p.add_argument("--port", type=int, default=d.port, help=f"ROUTER port for requests and private delivery (default {d.port}; 0 = any free port)")
     p.add_argument("--pub-port", type=int, default=None, help="PUB port for broadcasts and presence (default port+1)")
     p.add_argument("--key-port", type=int, default=None, help="key endpoint port: serves the broker's public key in clear for trust on first use (default port+2)")
     p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")

@@ -16,6 +16,7 @@ from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.limits import MAX_COUNTER  # seq and mail ids stay <= it (docs 3): past it broadcasts and sends get E_INTERNAL
 from zmq_chat.protocol.validation import validate_text, validate_username
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,11 +28,6 @@ text is shortened to its share, so a reply stays a few KiB (docs 6.1)."""
 
 ACK_IDS_PER_TOKEN = 100
 """An `ack` of up to 100 ids is free of flood control; a bigger one takes a token per 100 ids."""
-
-MAX_COUNTER = 2**53
-"""Sequence numbers and mail ids stay at or below 2^53 (docs/protocol.md section 3): past it the
-broker refuses new broadcasts and sends with E_INTERNAL instead of handing out a larger number."""
-
 
 def content_digest(to: list[str], text: str) -> int:
     """CRC-32 of a send's recipients and text: tells a retry (same id, same content) from a reused id."""

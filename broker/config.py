@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from zmq_chat.protocol.limits import DEFAULT_PORT
+
 
 @dataclass(frozen=True)
 class Config:
@@ -13,7 +15,7 @@ class Config:
     Ports 0 mean "an ephemeral port" (the chosen ports are logged at start).
     """
 
-    port: int = 4119  # ROUTER port
+    port: int = DEFAULT_PORT  # ROUTER port (4119)
     pub_port: int | None = None  # PUB port; None = port + 1 (or ephemeral when port is 0)
     bind: str = "*"  # interface to bind, e.g. 127.0.0.1
     data_dir: str = "./chat-data"

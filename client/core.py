@@ -34,11 +34,10 @@ from zmq_chat.client.outputs import (  # noqa: F401 (re-exported: the drivers im
 from zmq_chat.client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.limits import MAX_ACK_IDS
 from zmq_chat.protocol.replies import ErrorReply, LoginReply, PingReply, decode_head, decode_reply
 from zmq_chat.protocol.wire import END, MSG, REPLY, TYPE_OF, decode_push, encode_request
 
-MAX_ACK_IDS = 1000
-"""The protocol accepts at most 1000 ids in one `ack`."""
 
 @dataclass
 class _Pending:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import zmq
 
 from zmq_chat.client.errors import ConnectError
+from zmq_chat.protocol.limits import DEFAULT_PORT  # noqa: F401 (re-exported for the CLI and drivers)
 
-DEFAULT_PORT = 4119
 LINGER_MS = 500
 """How long close() may still try to deliver queued messages (milliseconds)."""
 SNDHWM = 1000

@@ -10,11 +10,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zmq_chat.protocol.limits import DEFAULT_PORT, USERNAME_PATTERN
+
 DEFAULT_PASSWORD = "loadtest-password"
 """The password of every load-test account (at least the broker's default 8 characters)."""
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9]{0,20}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9]{3,32}$")
+_NAME_RE = re.compile(rf"^{USERNAME_PATTERN}$")
 
 
 class OptionsError(ValueError):
@@ -57,7 +59,7 @@ class LoadOptions:
     """
 
     host: str = "127.0.0.1"
-    port: int = 4119
+    port: int = DEFAULT_PORT
     clients: int = 10
     duration: float = 10.0
     rate: float | None = None

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from zmq_chat.protocol.errors import ProtocolError, UsageError
+from zmq_chat.protocol.limits import MAX_LAST_MINUTES
 from zmq_chat.protocol.validation import DEFAULT_MAX_MESSAGE_CHARS, validate_text, validate_username
 
 USAGE: dict[str, str] = {
@@ -35,7 +36,7 @@ USAGE: dict[str, str] = {
 
 DESCRIPTIONS: dict[str, str] = {
     "who": "users online now (you are marked with *)",
-    "last": "users online at any time in the last 1 to 10080 minutes",
+    "last": f"users online at any time in the last 1 to {MAX_LAST_MINUTES} minutes",
     "broadcast": "message every user",
     "send": "private message to one user, to several, or to all",
     "send_all": "message every user (same as broadcast)",
@@ -51,9 +52,6 @@ DESCRIPTIONS: dict[str, str] = {
     "newuser": "create an account (before a session)",
     "help": "this list",
 }
-
-MAX_LAST_MINUTES = 10080
-"""`last` accepts 1 to 10080 minutes (one week)."""
 
 
 @dataclass(frozen=True)

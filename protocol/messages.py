@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+from zmq_chat.protocol.limits import MAX_ACK_IDS, MAX_COUNTER, MAX_LAST_MINUTES
+
+ReqId = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
 """Request id: a whole number 0..2**53 chosen by the client, echoed in the reply."""
 
 SendId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -65,7 +67,7 @@ class Who(Request):
 class Last(Request):
     """`last`: users online at any time in the last `minutes` (1 to 10080) minutes."""
 
-    minutes: Annotated[int, msgspec.Meta(ge=1, le=10080)]
+    minutes: Annotated[int, msgspec.Meta(ge=1, le=MAX_LAST_MINUTES)]
 
 
 class Broadcast(Request):
@@ -111,14 +113,14 @@ class History(Request):
     Serves both the catch-up after login and the repair of a gap seen in the PUB sequence.
     """
 
-    after: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
 
 
 class Ack(Request):
     """`ack`: the client has the private messages `ids` (1 to 1000 ids); they leave the mailbox."""
 
-    ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**53)]], msgspec.Meta(min_length=1, max_length=1000)]
+    ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNTER)]], msgspec.Meta(min_length=1, max_length=MAX_ACK_IDS)]
 
 
 class Ping(Request):

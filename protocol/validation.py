@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.limits import USERNAME_PATTERN
 
-USERNAME_RE = re.compile(r"[A-Za-z0-9]{3,32}")
+USERNAME_RE = re.compile(USERNAME_PATTERN)
 """A username is 3 to 32 ASCII letters or digits, case-sensitive (seed 002: 3 to 32 characters)."""
 
 RESERVED_USERNAMES = frozenset({"all"})

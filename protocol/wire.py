@@ -18,6 +18,7 @@ import msgspec
 
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.limits import MAX_COUNTER
 
 REQUEST_TYPES: dict[bytes, type[m.Request]] = {
     b"hello": m.Hello,
@@ -96,7 +97,7 @@ def _skips(body: bytes) -> bool:
 def _req_of(obj: Any) -> int | None:
     """`obj["req"]` when `obj` is a dict whose `req` is a valid request id (int 0..2**53), else None."""
     req = obj.get("req") if isinstance(obj, dict) else None
-    return req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req <= 2**53 else None
+    return req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req <= MAX_COUNTER else None
 
 
 def _guess_req(body: bytes) -> int | None:
