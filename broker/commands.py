@@ -16,6 +16,10 @@ from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import (
+    AckReply, BroadcastReply, BusyRecipient, BusyReply, EmptyReply, ErrorReply, HistoryReply, IdleReply, SendReply,
+    StatusReply, UsersReply,
+)
 from zmq_chat.protocol.limits import MAX_COUNTER  # seq and mail ids stay <= it (docs 3): past it broadcasts and sends get E_INTERNAL
 from zmq_chat.protocol.validation import validate_text, validate_username
 
@@ -88,7 +92,7 @@ class Commands:
             users = kept
         if cost > 16 * 1024 and self._refuse_large(s, cost):
             return
-        self._ok(s.rid, req, {"users": users, "truncated": truncated})
+        self._ok(s.rid, UsersReply(req=req, users=users, truncated=truncated))
 
     def _refuse_large(self: "BrokerCore", s: Session, size: int) -> bool:
         """Whether a large reply of `size` bytes must wait (then E_OVERLOADED is queued): more than
@@ -100,12 +104,13 @@ class Commands:
         if allowed:
             self._batch_bytes[s.rid] = queued + size
             return False
-        self._err(s.rid, self._current_req, ErrorCode.OVERLOADED,
-                  "earlier replies are still unread; retry in a moment", {"retry_after": 1.0})
+        self._err(s.rid, ErrorReply(req=self._current_req, code=ErrorCode.OVERLOADED,
+                                    message="earlier replies are still unread; retry in a moment", retry_after=1.0))
         return True
 
     def _replay(self: "BrokerCore", s: Session, req: int, cid: str, digest: int) -> None:
-        """Answer a retried send id with its first reply, marked dup.
+        """Answer a retried send id with its first reply, marked dup: the stored fields (docs 9.2)
+        as a BroadcastReply (they have `seq`), a SendReply or an ErrorReply.
 
         Raises ProtocolError(E_DUPLICATE_ID) when the id was used for a different message
         (`digest` is content_digest() of the request).
@@ -117,10 +122,9 @@ class Commands:
         status = fields.pop("status")
         fields["dup"] = True
         if status == "ok":
-            self._ok(s.rid, req, fields)
+            self._ok(s.rid, msgspec.convert({"req": req, **fields}, BroadcastReply if "seq" in fields else SendReply))
         else:
-            code = ErrorCode(fields.pop("code"))
-            self._err(s.rid, req, code, fields.pop("message"), fields)
+            self._err(s.rid, msgspec.convert({"req": req, **fields}, ErrorReply))
 
     def _broadcast(self: "BrokerCore", s: Session, r: m.Broadcast) -> None:
         validate_text(r.text, self.cfg.max_message_chars)
@@ -133,7 +137,7 @@ class Commands:
             self._replay(s, r.req, r.id, digest)
             return
         self._publish(event)
-        self._ok(s.rid, r.req, {**fields, "dup": False})
+        self._ok(s.rid, BroadcastReply(req=r.req, **fields, dup=False))
 
     def _send(self: "BrokerCore", s: Session, r: m.Send) -> None:
         """Store a private message in each known recipient's mailbox; push it to those online.
@@ -157,7 +161,8 @@ class Commands:
                 self._replay(s, r.req, r.id, digest)
                 return
             code, message = _refusal(unknown, full, [])
-            self._err(s.rid, r.req, code, message, {"unknown": unknown, "full": full, "ids": {}, "busy": [], "dup": False})
+            self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, ids={}, busy=[], unknown=unknown,
+                                        full=full, dup=False))
             return
         if self.last_mail_id + len(known) > MAX_COUNTER:
             raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53)")
@@ -166,7 +171,7 @@ class Commands:
         busy_now = [rs for rs in (self.by_user.get(n) for n in known)
                     if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
         share = BUSY_TEXT_BUDGET // max(1, len(busy_now))  # the reply stays small: see BUSY_TEXT_BUDGET
-        busy = [{"user": rs.user, "text": rs.busy_text[:share]} for rs in busy_now]
+        busy = [BusyRecipient(rs.user, rs.busy_text[:share]) for rs in busy_now]
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown or full:
             code, message = _refusal(unknown, full, known)
@@ -184,7 +189,7 @@ class Commands:
             msg = m.PrivateMessage(mid, s.user, name, now, r.text, r.id)
             self.batch.mail.append(msg)
             self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
-            self._req_mail.append(name)
+            self._req_mail.append((name, 1))
             rs = self.by_user.get(name)
             if rs is None:
                 continue
@@ -193,9 +198,9 @@ class Commands:
             else:
                 self._deliver_new(rs, msg)
         if unknown or full:
-            self._err(s.rid, r.req, code, message, {**fields, "dup": False})
+            self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, **fields, dup=False))
         else:
-            self._ok(s.rid, r.req, {**fields, "dup": False})
+            self._ok(s.rid, SendReply(req=r.req, **fields, dup=False))
 
     def _deliver_new(self: "BrokerCore", rs: Session, msg: m.PrivateMessage) -> None:
         if rs.backlog or len(rs.inflight) >= self.cfg.mail_window:
@@ -249,9 +254,10 @@ class Commands:
         removed = self._delete_mail(s, r.ids)
         if removed:
             self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - removed)
+            self._req_mail.append((s.user, -removed))
         s.inflight.difference_update(r.ids)
         s.dropped.difference_update(r.ids)
-        self._ok(s.rid, r.req, {"removed": removed})
+        self._ok(s.rid, AckReply(req=r.req, removed=removed))
         self._pump(s)
 
     def _delete_mail(self: "BrokerCore", s: Session, ids: list[int]) -> int:
@@ -275,7 +281,7 @@ class Commands:
             s.auto_replied = set()
         s.busy = True
         s.busy_text = r.text
-        self._ok(s.rid, r.req, {"text": r.text})
+        self._ok(s.rid, BusyReply(req=r.req, text=r.text))
 
     def _idle(self: "BrokerCore", s: Session, r: m.Idle) -> None:
         # every message up to the cursor was pushed in this session: unacked, it is in flight or dropped
@@ -284,20 +290,20 @@ class Commands:
         s.busy_text = ""
         s.auto_replied = set()
         s.backlog = True
-        self._ok(s.rid, r.req, {"held": held})
+        self._ok(s.rid, IdleReply(req=r.req, held=held))
         self._pump(s)
 
     def _hide(self: "BrokerCore", s: Session, r: m.Hide) -> None:
         s.hidden = True
-        self._ok(s.rid, r.req)
+        self._ok(s.rid, EmptyReply(req=r.req))
 
     def _appear(self: "BrokerCore", s: Session, r: m.Appear) -> None:
         s.hidden = False
-        self._ok(s.rid, r.req)
+        self._ok(s.rid, EmptyReply(req=r.req))
 
     def _status(self: "BrokerCore", s: Session, r: m.Status) -> None:
-        self._ok(s.rid, r.req, {"user": s.user, "busy": s.busy, "busy_text": s.busy_text,
-                                "hidden": s.hidden, "since_ts": s.since})
+        self._ok(s.rid, StatusReply(req=r.req, user=s.user, busy=s.busy, busy_text=s.busy_text,
+                                    hidden=s.hidden, since_ts=s.since))
 
     def _history(self: "BrokerCore", s: Session, r: m.History) -> None:
         """The oldest kept events after `after`: at most `limit` (capped at --history) and at most
@@ -315,4 +321,6 @@ class Commands:
         complete = (not events and r.after >= self.seq) or bool(
             events and events[0][0] == r.after + 1 and events[-1][0] == self.seq
         )
-        self._ok(s.rid, r.req, {"events": [msgspec.Raw(b) for _, b in events], "seq": self.seq, "complete": complete})
+        # the stored Event bodies go out as they are (msgspec.Raw), not decoded and encoded again
+        self._ok(s.rid, HistoryReply(req=r.req, events=[msgspec.Raw(b) for _, b in events],  # type: ignore[misc]
+                                     seq=self.seq, complete=complete))

@@ -33,6 +33,7 @@ from zmq_chat.broker.storage import SendRecord, Store, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import ErrorReply, Reply, encode_reply
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class BrokerCore(Commands, Accounts, Links):
         self._current_req: int | None = None
         self._out = Output()
         self._later_cuts: list[tuple[float, Conn, bool]] = []  # (when, connection, even if in use)
-        self._req_mail: list[str] = []  # recipients whose mail count this request raised (for _undo)
+        self._req_mail: list[tuple[str, int]] = []  # (recipient, change) of mail counts by this request (for _undo)
         self._req_sends: list[SendRecord] = []  # send ids this request claimed (for _undo)
         self._req_users: list[str] = []  # accounts this request created (for _undo)
         self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
@@ -142,12 +143,16 @@ class BrokerCore(Commands, Accounts, Links):
         """The store writes of the requests handled since the last drain()."""
         return self._out.writes
 
-    def _ok(self, rid: bytes, req: int | None, fields: dict[str, Any] | None = None) -> None:
-        kind, body = wire.encode_ok(req, fields)
+    def _ok(self, rid: bytes, reply: Reply) -> None:
+        """Queue the reply `reply` (a protocol.replies ok Struct, e.g. AckReply(req=7, removed=2),
+        carrying the request's req) for routing id `rid`."""
+        kind, body = encode_reply(reply)
         self._out.router.append((rid, kind, body, 0))
 
-    def _err(self, rid: bytes, req: int | None, code: ErrorCode, message: str, fields: dict | None = None) -> None:
-        kind, body = wire.encode_error(req, code, message, fields)
+    def _err(self, rid: bytes, reply: ErrorReply) -> None:
+        """Queue the error reply `reply` (protocol.replies.ErrorReply: req, code, message and the
+        extra fields of docs 6.2 that apply) for routing id `rid`."""
+        kind, body = encode_reply(reply)
         self._out.router.append((rid, kind, body, 0))
 
     def _push(self, rid: bytes, frames: list[bytes], mail_id: int = 0) -> None:
@@ -195,12 +200,13 @@ class BrokerCore(Commands, Accounts, Links):
                 self._handlers[kind](session, request)
         except ProtocolError as exc:  # refused: the request changes nothing
             self._undo(mark)
-            self._err(rid, exc.req if self._current_req is None else self._current_req, exc.code, exc.message,
-                      exc.fields)
+            req = exc.req if self._current_req is None else self._current_req
+            self._err(rid, ErrorReply.of(req, exc.code, exc.message, exc.fields))
         except Exception:  # a bug of ours: undo, answer, log, keep serving
             log.exception("internal error handling a request")
             self._undo(mark)
-            self._err(rid, self._current_req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
+            self._err(rid, ErrorReply.of(self._current_req, ErrorCode.INTERNAL,
+                                         "internal broker error; the request may be retried"))
 
     def _flood_control(self, conn: Conn, session: Session | None, now: float) -> None:
         """Take a token of the user's bucket in a session, else of the connection's (--rate-limit
@@ -251,8 +257,8 @@ class BrokerCore(Commands, Accounts, Links):
         del self._out.router[n_router:]
         del self._out.pub[n_pub:]
         del self._out.jobs[n_jobs:]
-        for name in self._req_mail:
-            self.mail_counts[name] = max(0, self.mail_counts.get(name, 1) - 1)
+        for name, change in self._req_mail:
+            self.mail_counts[name] = max(0, self.mail_counts.get(name, 0) - change)
         self._req_mail, self._req_sends, self._req_users = [], [], []
 
     def _attach(self, s: Session, fd: int, conn: Conn | None) -> None:

@@ -282,3 +282,12 @@ def test_the_core_and_protocol_import_no_zmq_no_sqlite_and_no_pynacl():
             "print(sorted(m for m in ('zmq', 'sqlite3', 'nacl') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert run.stdout.strip() == "[]", run.stderr
+
+
+def test_an_ack_that_fails_after_deleting_restores_the_mail_count(rig, monkeypatch):
+    a, b = rig.user("alice"), rig.user("bob")
+    rig.call(a, "send", id="m1", to=["bob"], text="one")
+    assert rig.core.mail_counts["bob"] == 1
+    monkeypatch.setattr(rig.core, "_pump", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
+    assert rig.call(b, "ack", ids=[1])["code"] == "E_INTERNAL"
+    assert rig.core.mail_counts["bob"] == 1 and [x.id for x in rig.store.mail_after("bob", 0, 10)] == [1]
