@@ -29,6 +29,7 @@ from zmq_chat.broker.session import Session
 from zmq_chat.broker.storage import UserRecord
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import ErrorReply, HelloReply, LoginReply, LogoutReply, PingReply, RegisterReply
 from zmq_chat.protocol.validation import validate_password, validate_username
 from zmq_chat.protocol.version import PROTOCOL_VERSION
 
@@ -95,13 +96,13 @@ class Accounts:
     def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
                             fd: int, session: Session | None, conn: Any = None) -> None:
         if kind == b"ping":
-            self._ok(rid, request.req, {"ts": self.clock(), "session": session is not None})
+            self._ok(rid, PingReply(req=request.req, ts=self.clock(), session=session is not None))
             return
         if kind == b"logout":
             if session is None:
-                self._ok(rid, request.req, {"session": False})
+                self._ok(rid, LogoutReply(req=request.req, session=False))
                 return
-            self._ok(rid, request.req, {"session": True})
+            self._ok(rid, LogoutReply(req=request.req, session=True))
             log.info("logout user=%s", session.user)
             self._end(session, "logout", None)
             return
@@ -110,18 +111,19 @@ class Accounts:
                 ErrorCode.VERSION, f"protocol version {request.version} is not supported; this broker speaks {PROTOCOL_VERSION}"
             )
         if kind == b"hello":
-            self._ok(rid, request.req, {
-                "version": PROTOCOL_VERSION,
-                "broker": "chat-broker",
-                "max_message_chars": self.cfg.max_message_chars,
-                "min_password_chars": self.cfg.min_password_chars,
-                "curve": not self.cfg.insecure,
-            })
+            self._ok(rid, HelloReply(
+                req=request.req,
+                version=PROTOCOL_VERSION,
+                broker="chat-broker",
+                max_message_chars=self.cfg.max_message_chars,
+                min_password_chars=self.cfg.min_password_chars,
+                curve=not self.cfg.insecure,
+            ))
         elif kind == b"register":
             self._register(rid, request, ip, key, fd, conn)
         elif session is not None:
             if session.user == request.user:  # a retried login (docs 9.2): same answer again
-                self._ok(rid, request.req, {**session.login, "dup": True})
+                self._ok(rid, LoginReply(req=request.req, **session.login, dup=True))
                 return
             raise ProtocolError(ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {session.user}; log out first")
         else:
@@ -203,7 +205,7 @@ class Accounts:
         validate_password(r.password, self.cfg.min_password_chars)
         if r.user in self.users:
             if (self._client_id(rid, key), r.user) in self.registered:
-                self._ok(rid, r.req, {"user": r.user, "dup": True})
+                self._ok(rid, RegisterReply(req=r.req, user=r.user, dup=True))
                 return
             raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{r.user}' is taken")
         if r.user in self.pending_names:
@@ -228,8 +230,9 @@ class Accounts:
         wait = self.guard.blocked_for(r.user, ip, self.clock())
         if wait > 0:
             log.info("login blocked user=%s ip=%s retry_after=%.0fs", r.user, ip, wait)
-            self._err(rid, r.req, ErrorCode.BLOCKED,
-                      f"too many wrong passwords: try again in {wait:.0f} s", {"retry_after": round(wait, 1)})
+            self._err(rid, ErrorReply(req=r.req, code=ErrorCode.BLOCKED,
+                                      message=f"too many wrong passwords: try again in {wait:.0f} s",
+                                      retry_after=round(wait, 1)))
             return
         if len(self.sessions) >= self.cfg.max_clients and r.user not in self.by_user:
             raise ProtocolError(ErrorCode.SERVER_FULL, f"the broker is full ({self.cfg.max_clients} users online)")
@@ -259,11 +262,12 @@ class Accounts:
                 self._finish_login(job)
         except ProtocolError as exc:
             self._undo(mark)
-            self._err(job.rid, job.req, exc.code, exc.message)
+            self._err(job.rid, ErrorReply.of(job.req, exc.code, exc.message))
         except Exception:
             log.exception("internal error finishing a login")
             self._undo(mark)
-            self._err(job.rid, job.req, ErrorCode.INTERNAL, "internal broker error; the request may be retried")
+            self._err(job.rid, ErrorReply.of(job.req, ErrorCode.INTERNAL,
+                                             "internal broker error; the request may be retried"))
 
     def _finish_register(self: "BrokerCore", job: AuthJob) -> None:
         if self.stopping:
@@ -276,7 +280,7 @@ class Accounts:
         self._req_users.append(job.user)
         self.registered[(self._client_id(job.rid, job.key), job.user)] = self.clock()
         log.info("registered user=%s ip=%s", job.user, job.ip)
-        self._ok(job.rid, job.req, {"user": job.user, "dup": False})
+        self._ok(job.rid, RegisterReply(req=job.req, user=job.user, dup=False))
 
     def _finish_login(self: "BrokerCore", job: AuthJob) -> None:
         now = self.clock()
@@ -289,11 +293,13 @@ class Accounts:
             log.info("failed login user=%s ip=%s attempts_left=%d", job.user, job.ip, left)
             if left == 0:
                 secs = self.cfg.block_seconds
-                self._err(job.rid, job.req, ErrorCode.BLOCKED,
-                          f"wrong password; too many tries: try again in {secs:.0f} s", {"retry_after": secs})
+                self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BLOCKED,
+                                              message=f"wrong password; too many tries: try again in {secs:.0f} s",
+                                              retry_after=secs))
             else:
-                self._err(job.rid, job.req, ErrorCode.BAD_CREDENTIALS,
-                          f"wrong password ({left} {'try' if left == 1 else 'tries'} left)", {"attempts_left": left})
+                self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BAD_CREDENTIALS,
+                                              message=f"wrong password ({left} {'try' if left == 1 else 'tries'} left)",
+                                              attempts_left=left))
             return
         self.guard.succeed(job.user, job.ip)  # (the account throttle stays: an attack goes on)
         ips = self.known_ips.setdefault(job.user, [])
@@ -335,7 +341,7 @@ class Accounts:
         if alive and job.conn is not None:
             job.conn.bound = True
         log.info("login user=%s ip=%s", job.user, job.ip)
-        self._ok(job.rid, job.req, {**s.login, "dup": False})
+        self._ok(job.rid, LoginReply(req=job.req, **s.login, dup=False))
         if old is None:
             self._presence(s, "login")
         self._pump(s)

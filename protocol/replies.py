@@ -226,8 +226,9 @@ class ErrorReply(Reply, kw_only=True):
     (str, for people). The extra fields below are UNSET unless the case of 6.2 applies:
         retry_after: float seconds (E_BLOCKED, E_RATE_LIMITED, E_OVERLOADED).
         attempts_left: int (E_BAD_CREDENTIALS: wrong passwords left before a block).
-        unknown, full: list of str (send: names without an account / with a full mailbox).
         ids, ts, busy, dup: as in SendReply, for the recipients who did get the message.
+        unknown, full: list of str (send: names without an account / with a full mailbox).
+    Encoded in this field order (the order of the worked example, section 10).
     """
 
     ok: ClassVar[bool] = False
@@ -236,11 +237,11 @@ class ErrorReply(Reply, kw_only=True):
     message: str
     retry_after: Seconds | UnsetType = UNSET
     attempts_left: Count | UnsetType = UNSET
-    unknown: list[str] | UnsetType = UNSET
-    full: list[str] | UnsetType = UNSET
     ids: dict[str, MailId] | UnsetType = UNSET
     ts: float | UnsetType = UNSET
     busy: list[BusyRecipient] | UnsetType = UNSET
+    unknown: list[str] | UnsetType = UNSET
+    full: list[str] | UnsetType = UNSET
     dup: bool | UnsetType = UNSET
 
     @classmethod
