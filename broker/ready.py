@@ -18,6 +18,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ReadyInfo:
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")  # noqa: TRY004 - a bad file, not a caller's bad type
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             kind = {"int": int, "str": str, "bool": bool}[str(f.type)]
             value = obj.get(f.name)
