@@ -19,7 +19,8 @@ from zmq_chat.broker.keys import BrokerKeys, KeyFileError, check_private, load_o
 from zmq_chat.broker.limits import clients_held, files_needed, raise_open_files_limit
 from zmq_chat.broker.ready import ReadyInfo, remove_ready_file, write_ready_file
 from zmq_chat.broker.sockets import port_of
-from zmq_chat.broker.store import Store, StoreError
+from zmq_chat.broker.storage import StoreError, UserRecord, WriteBatch
+from zmq_chat.broker.store import SqliteStore
 from zmq_chat.protocol.errors import ProtocolError
 from zmq_chat.protocol.validation import validate_password, validate_username
 from zmq_chat.protocol.version import PROTOCOL_VERSION
@@ -94,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def import_users(store: Store, path: Path, min_password_chars: int, workers: int) -> tuple[int, int]:
+def import_users(store: SqliteStore, path: Path, min_password_chars: int, workers: int) -> tuple[int, int]:
     """Add accounts from `path`, one `username password` per line (the seeds' user_pass.txt form).
 
     Blank lines and lines starting with # are skipped silently; bad lines and taken names are
@@ -104,6 +105,7 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
     todo: list[tuple[int, str, str]] = []
     skipped = 0
     seen: set[str] = set()
+    snap = store.load(time.time())
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -114,7 +116,7 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
                 raise ValueError("expected 'username password'")
             validate_username(parts[0])
             validate_password(parts[1], min_password_chars)
-            if parts[0] in seen or store.get_user(parts[0]) is not None:
+            if parts[0] in seen or parts[0] in snap.users:
                 raise ValueError(f"the name '{parts[0]}' is taken")
         except (ValueError, ProtocolError) as exc:
             print(f"{path}:{number}: skipped: {getattr(exc, 'message', exc)}", file=sys.stderr)
@@ -124,10 +126,9 @@ def import_users(store: Store, path: Path, min_password_chars: int, workers: int
         todo.append((number, parts[0], parts[1]))
     with ThreadPoolExecutor(workers) as pool:
         hashes = list(pool.map(lambda t: hash_password(t[2]), todo))
-    seq = store.last_seq()
-    for (_, name, _), pwhash in zip(todo, hashes):
-        store.add_user(name, pwhash, time.time(), seq)
-    store.commit()
+    batch = WriteBatch(users=[UserRecord(name, pwhash, time.time(), last_seq=snap.seq)
+                              for (_, name, _), pwhash in zip(todo, hashes)])
+    store.commit(batch)
     return len(todo), skipped
 
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"public key:  {keys.public.decode()}\nfingerprint: {keys.fingerprint}")
         return 0
     try:
-        store = Store(config.data_dir, synchronous=config.sync.upper())
+        store = SqliteStore(config.data_dir, synchronous=config.sync.upper())
     except StoreError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
         return 2
