@@ -8,6 +8,11 @@ all instead.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import termios
+from typing import Iterator
+
 from prompt_toolkit import PromptSession
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.utils import is_dumb_terminal
@@ -36,13 +41,35 @@ class Prompter:
         """Show `message` and return the typed password; it is never echoed nor kept in history."""
         try:
             if is_dumb_terminal():
-                print(message, end="", flush=True)
-                try:
-                    hidden: PromptSession[str] = PromptSession(output=DummyOutput())
-                    return await hidden.prompt_async("", is_password=True, handle_sigint=False)
-                finally:
-                    print(flush=True)
+                with _no_echo():  # before the prompt shows: what is typed at once is not echoed either
+                    print(message, end="", flush=True)
+                    try:
+                        hidden: PromptSession[str] = PromptSession(output=DummyOutput())
+                        return await hidden.prompt_async("", is_password=True, handle_sigint=False)
+                    finally:
+                        print(flush=True)
             session: PromptSession[str] = PromptSession()
             return await session.prompt_async(message, is_password=True, handle_sigint=False)
         except KeyboardInterrupt:
             raise Interrupted() from None
+
+
+@contextlib.contextmanager
+def _no_echo() -> Iterator[None]:
+    """Turn the terminal's echo off (when stdin is a terminal) until the block ends.
+
+    prompt_toolkit switches the terminal to raw mode only once its prompt runs, so without this a
+    password typed right after the prompt appeared could be echoed by the terminal driver."""
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    try:
+        saved = termios.tcgetattr(fd)
+    except (termios.error, ValueError, OSError):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ECHONL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
