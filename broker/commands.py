@@ -137,7 +137,7 @@ class Commands:
             self._replay(s, r.req, r.id, digest)
             return
         self._publish(event)
-        self._ok(s.rid, BroadcastReply(req=r.req, **fields, dup=False))
+        self._ok(s.rid, BroadcastReply(req=r.req, seq=event.seq, ts=event.ts, dup=False))
 
     def _send(self: "BrokerCore", s: Session, r: m.Send) -> None:
         """Store a private message in each known recipient's mailbox; push it to those online.

@@ -24,7 +24,7 @@ from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
 from zmq_chat.protocol.errors import ErrorCode, UsageError
-from zmq_chat.protocol.replies import UNSET, ErrorReply, IdleReply, Reply, SendReply, StatusReply
+from zmq_chat.protocol.replies import UNSET, BroadcastReply, ErrorReply, IdleReply, Reply, SendReply, StatusReply
 
 T = TypeVar("T")
 
@@ -193,9 +193,10 @@ class ChatSession:
 
     async def _idle(self) -> None:
         reply = await self.conn.request(m.Idle)
-        if not isinstance(reply, IdleReply):
+        if isinstance(reply, ErrorReply):
             print(view.error_line(reply))
             return
+        assert isinstance(reply, IdleReply)  # the ok reply to `idle` (protocol.replies.REPLY_TYPES)
         self.busy = False
         held = reply.held
         print(f"you are available; {held} held private message(s) follow" if held else "you are available")
@@ -222,9 +223,9 @@ class ChatSession:
                 break
             await asyncio.sleep(wait)
             reply = await self.conn.request(msg, attempt_timeout)
-        if not isinstance(reply, ErrorReply):
-            print(view.sent_line(reply.ts, to, text))  # BroadcastReply or SendReply
-        else:
+        if isinstance(reply, (BroadcastReply, SendReply)):
+            print(view.sent_line(reply.ts, to, text))
+        elif isinstance(reply, ErrorReply):
             print(view.error_line(reply))
             if reply.code in (ErrorCode.UNKNOWN_USER, ErrorCode.MAILBOX_FULL):
                 if reply.unknown:
