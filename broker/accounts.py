@@ -262,7 +262,7 @@ class Accounts:
                 self._finish_login(job)
         except ProtocolError as exc:
             self._undo(mark)
-            self._err(job.rid, ErrorReply.of(job.req, exc.code, exc.message))
+            self._err(job.rid, ErrorReply.of(job.req, exc.code, exc.message, exc.fields))
         except Exception:
             log.exception("internal error finishing a login")
             self._undo(mark)
