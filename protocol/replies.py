@@ -28,6 +28,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.limits import MAX_COUNTER
 from zmq_chat.protocol.wire import REPLY
 
 __all__ = [
@@ -56,11 +57,11 @@ __all__ = [
     "encode_reply",
 ]
 
-ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+ReqId = m.ReqId
 """`req`: the request's id, int 0..2**53 (section 3, "Common values")."""
-Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
 """An event sequence number, 0 meaning "before the first event" (sections 3 and 9.4)."""
-MailId = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+MailId = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNTER)]
 """A broker-assigned private message id, 1..2**53 (section 3)."""
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
