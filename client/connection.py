@@ -4,8 +4,8 @@ client.core.ClientCore; this module only moves frames and wakes waiters.
 
     conn = Connection("chat.example.org", 4119)
     hello = await conn.connect()                      # ConnectError -> exit 2
-    reply = await conn.login("alice", "secret123")    # dict; opens SUB, asks the catch-up history
-    reply = await conn.request(m.Who)                 # dict; RequestTimeout on timeout
+    reply = await conn.login("alice", "secret123")    # LoginReply | ErrorReply; opens the SUB
+    reply = await conn.request(m.Who)                 # UsersReply | ErrorReply; RequestTimeout
     async for item in conn:                           # MessageReceived | EventReceived | ...
         ...
     await conn.close()
@@ -23,10 +23,12 @@ import zmq
 import zmq.asyncio
 
 from zmq_chat.client import sockets, trust
-from zmq_chat.client.core import BrokerLost, ClientCore, Output, ReplyReceived, SessionEnded
+from zmq_chat.client.adapter import SubFollower, check_hello, hello_request
+from zmq_chat.client.core import BrokerLost, ClientCore, Output, ReplyReceived
 from zmq_chat.client.errors import ConnectError, ConnectionClosed, RequestTimeout
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
+from zmq_chat.protocol.replies import UNSET, ErrorReply, HelloReply, Reply
 from zmq_chat.protocol.version import PROTOCOL_VERSION
 from zmq_chat.protocol.wire import TYPE_OF
 
@@ -41,7 +43,7 @@ DEFAULT_TIMEOUT = 5.0
 """Request timeout in seconds before a session gives the heartbeat timeout."""
 
 
-class Connection:
+class Connection(SubFollower):
     """One client connection: owns a zmq.asyncio Context, the DEALER and (in a session) the SUB.
 
     Args:
@@ -71,7 +73,7 @@ class Connection:
         self.port = port
         self.address = f"{host}:{port}"
         self.core = core or ClientCore()
-        self.hello: dict[str, Any] | None = None
+        self.hello: HelloReply | None = None
         self.key_choice: trust.KeyChoice | None = None
         self._client_name = client_name
         self._server_key = server_key
@@ -85,7 +87,7 @@ class Connection:
         self._sub: zmq.asyncio.Socket | None = None
         self._ip = ""
         self._ipv6 = False
-        self._waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: dict[int, asyncio.Future[Reply]] = {}
         self._events: asyncio.Queue[Output] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub_task: asyncio.Task[None] | None = None
@@ -94,7 +96,7 @@ class Connection:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    async def connect(self, timeout: float = HELLO_TIMEOUT) -> dict[str, Any]:
+    async def connect(self, timeout: float = HELLO_TIMEOUT) -> HelloReply:
         """Resolve the host, choose the broker key (client.trust), connect the DEALER and exchange
         `hello`; a key taken on first use is recorded once the handshake succeeded.
 
@@ -102,7 +104,8 @@ class Connection:
             timeout: seconds to wait for the hello reply; shortened so that resolving (at most
                 2 s) and hello together stay within about 4.5 s.
         Returns:
-            the ok hello reply: {"version", "broker", "max_message_chars", "min_password_chars", ...}.
+            the ok hello reply (protocol.replies.HelloReply: version, broker, max_message_chars,
+            min_password_chars, curve).
         Raises:
             ConnectError: unresolvable host, no answer in time (nothing listening, wrong port,
                 firewall, not a zmq peer), a key that is not the broker's (KeyMismatch when it
@@ -127,8 +130,7 @@ class Connection:
             raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
         monitor = self._dealer.get_monitor_socket(trust.HANDSHAKE_EVENTS)
         self._tasks = [asyncio.create_task(self._dealer_loop()), asyncio.create_task(self._timer_loop())]
-        hello = asyncio.ensure_future(
-            self.request(m.Hello(req=0, version=PROTOCOL_VERSION, client=self._client_name), timeout))
+        hello = asyncio.ensure_future(self.request(hello_request(self._client_name), timeout))
         watch = asyncio.ensure_future(trust.handshake_failure(monitor))
         try:
             await asyncio.wait({hello, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,13 +149,7 @@ class Connection:
             with contextlib.suppress(zmq.ZMQError):
                 self._dealer.disable_monitor()
             monitor.close(0)
-        if reply.get("status") != "ok":
-            if reply.get("code") == ErrorCode.VERSION.value:
-                raise ConnectError(f"protocol version mismatch: {reply.get('message', '')} "
-                                   f"(this client speaks version {PROTOCOL_VERSION})")
-            raise ConnectError(f"the broker refused hello: {reply.get('message', '')} [{reply.get('code', '')}]")
-        if reply.get("broker") != "chat-broker":
-            raise ConnectError(f"{self.address} is not a chat broker")
+        reply = check_hello(reply, self.address)
         if choice.source == "first use":
             try:
                 self.known.remember(self.address, choice.key)
@@ -194,7 +190,7 @@ class Connection:
     # ---- requests -------------------------------------------------------------------------
 
     async def request(self, msg: m.Request | type[m.Request], timeout: float | None = None,
-                      **fields: Any) -> dict[str, Any]:
+                      **fields: Any) -> Reply:
         """Send one request and wait for its reply.
 
         Args:
@@ -202,8 +198,8 @@ class Connection:
                 (e.g. request(m.Send, id=..., to=[...], text=...)).
             timeout: seconds to wait; default heartbeat_timeout in a session, else 5 s.
         Returns:
-            the reply dict ({"req", "status": "ok"|"error", ...}); an error reply is returned, not
-            raised.
+            the typed reply (protocol.replies: the ok Struct of the request's type, or ErrorReply);
+            an error reply is returned, not raised.
         Raises:
             RequestTimeout: no reply in time (the late reply, if any, is ignored).
             ConnectionClosed: the connection is closed.
@@ -216,7 +212,7 @@ class Connection:
             timeout = self.core.session.heartbeat_timeout if self.core.session else DEFAULT_TIMEOUT
         return (await self._replies([self.core.request(msg)], TYPE_OF[type(msg)], timeout))[0]
 
-    async def _replies(self, reqs: list[int], type_: bytes, timeout: float) -> list[dict[str, Any]]:
+    async def _replies(self, reqs: list[int], type_: bytes, timeout: float) -> list[Reply]:
         """Send what the core queued and wait for the replies to `reqs` (RequestTimeout after
         `timeout` seconds; late replies are ignored)."""
         loop = asyncio.get_running_loop()
@@ -232,7 +228,7 @@ class Connection:
                 self.core.forget(req)
             self._wake_timer()
 
-    async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> dict[str, Any]:
+    async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> Reply:
         """Send the request `make()` builds; while the broker answers E_OVERLOADED (its login queue
         is full), send it again after retry_after seconds, doubling up to 8 s, for at most
         OVERLOADED_PATIENCE seconds in all; after a first timeout send it once more (a retried
@@ -249,42 +245,38 @@ class Connection:
                     raise
                 retried = True  # lost with a connection the broker cut while we were idle: once more
                 continue
-            if reply.get("code") != ErrorCode.OVERLOADED.value or loop.time() >= give_up:
+            if not isinstance(reply, ErrorReply) or reply.code != ErrorCode.OVERLOADED or loop.time() >= give_up:
                 return reply
-            hint = reply.get("retry_after")
-            base = float(hint) if isinstance(hint, (int, float)) and hint > 0 else 0.5
+            hint = reply.retry_after
+            base = hint if hint is not UNSET and hint > 0 else 0.5
             delay = min(8.0, max(base, delay * 2))
             await asyncio.sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, give_up - loop.time())))
 
-    async def login(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Log in (retried with backoff while the broker is overloaded); on success connect and
-        subscribe the SUB socket; the catch-up history follows the broker's welcome.
+    async def login(self, user: str, password: str, timeout: float = 10.0) -> Reply:
+        """Log in (retried with backoff while the broker is overloaded); the ok reply opens the SUB
+        (client.adapter.SubFollower) and the catch-up history follows the broker's welcome.
 
-        Returns the login reply dict (check "status"). Raises RequestTimeout / ConnectionClosed.
+        Returns the LoginReply or an ErrorReply (check `.ok`). Raises RequestTimeout / ConnectionClosed.
         """
-        reply = await self._with_backoff(
+        return await self._with_backoff(
             lambda: m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
-        if reply.get("status") == "ok" and self.core.session is not None:
-            self._open_sub(self.core.session.pub_port)  # the catch-up follows the broker's welcome
-            self._wake_timer()
-        return reply
 
-    async def register(self, user: str, password: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def register(self, user: str, password: str, timeout: float = 10.0) -> Reply:
         """Create an account (does not log in; retried with backoff while the broker is
-        overloaded). Returns the reply dict. Raises like request()."""
+        overloaded). Returns the RegisterReply or an ErrorReply. Raises like request()."""
         return await self._with_backoff(
             lambda: m.Register(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
 
-    async def logout(self, timeout: float = 2.0) -> dict[str, Any] | None:
+    async def logout(self, timeout: float = 2.0) -> Reply | None:
         """End the session: send `logout`, wait up to `timeout` s, close the SUB. Never raises for a
-        missing reply; returns the reply dict or None."""
-        reply = None
+        missing reply; returns the reply (LogoutReply or ErrorReply) or None."""
+        reply: Reply | None = None
         if self.core.session is not None and not self._closed:
             with contextlib.suppress(RequestTimeout, ConnectionClosed):
                 await self._flush_acks(timeout)
                 reply = await self.request(m.Logout, timeout)
         self.core.end_session()
-        self._close_sub()
+        self._follow_session()
         return reply
 
     async def _flush_acks(self, timeout: float) -> None:
@@ -315,13 +307,11 @@ class Connection:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _open_sub(self, pub_port: int) -> None:
-        self._close_sub()
+    def _open_sub(self, pub_port: int, topics: list[bytes]) -> None:
         assert self._ctx is not None
         self._sub = sockets.open_sub(self._ctx, sockets.endpoint(self._ip, pub_port, self._ipv6), self._ipv6,
-                                     keys=self._keys, topics=self.core.sub_topics())
+                                     keys=self._keys, topics=topics)
         self._sub_task = asyncio.create_task(self._sub_loop(self._sub))
-        self.core.sub_opened()
 
     def _close_sub(self) -> None:
         if self._sub_task is not None:
@@ -347,8 +337,6 @@ class Connection:
                 if fut is not None and not fut.done():
                     fut.set_result(out.body)
                 continue
-            if isinstance(out, SessionEnded):
-                self._close_sub()
             self._events.put_nowait(out)
 
     def _fail_waiters(self, exc: Exception) -> None:
@@ -368,7 +356,8 @@ class Connection:
                     self._fail_waiters(ConnectError(f"{self.address} is not a chat broker ({exc.message})"))
                 continue
             self._dispatch(outputs)
-            self._wake_timer()  # acks may now be due
+            self._follow_session()  # a login opens the SUB, the end of a session closes it
+            self._wake_timer()  # acks (or the welcome timeout) may now be due
             await self._flush()
 
     async def _sub_loop(self, sub: zmq.asyncio.Socket) -> None:

@@ -4,29 +4,40 @@ programs that run many connections in one thread (e.g. a load tester):
     ctx, poller = zmq.Context(), zmq.Poller()
     conns = [SyncConnection(ctx, poller, "127.0.0.1", 4119) for _ in range(100)]
     for c in conns:
-        c.send(m.Hello(req=0, version=PROTOCOL_VERSION))
+        c.send(hello_request("my-program"))
     while running:
         ready = dict(poller.poll(timeout_ms))
         for c in conns:
             outputs = c.handle(ready) + c.tick()   # ReplyReceived, MessageReceived, EventReceived ...
 
 After an ok `login` reply the SUB socket is opened (same CURVE keys as the DEALER), registered
-with the poller, and the catch-up history follows the broker's welcome, exactly as
-client.connection.Connection does. The broker key must be given (`keys`); trust on first use is
-the interactive client's business.
+with the poller, and the catch-up history follows the broker's welcome (client.adapter.SubFollower,
+shared with the asyncio client.connection.Connection). The broker key must be given (`keys`);
+trust on first use is the interactive client's business.
+
+A caller with thousands of connections passes a `registry` dict and reads only the sockets that
+poll() reports: `registry[sock]` names the owner, `read_dealer()` / `read_sub()` read one socket.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import zmq
 
 from zmq_chat.client import sockets
-from zmq_chat.client.core import ClientCore, Output, SessionEnded
+from zmq_chat.client.adapter import SubFollower
+from zmq_chat.client.core import ClientCore, Output
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ProtocolError
+from zmq_chat.protocol.wire import END, MSG, REPLY
+
+DEALER_KINDS = frozenset((REPLY, MSG, END))
+"""First frames of what a broker sends on the DEALER."""
 
 
-class SyncConnection:
+class SyncConnection(SubFollower):
     """One DEALER (+ SUB in a session) on a caller-owned plain zmq.Context and zmq.Poller.
 
     Args:
@@ -35,19 +46,27 @@ class SyncConnection:
         address: numeric broker address (see sockets.resolve_host); port: ROUTER port.
         core: the protocol state (a fresh ClientCore when None).
         server_key: the broker's public key (Z85 bytes); None speaks NULL (a broker run --insecure).
+        registry: optional dict shared by the connections of one poller: every socket this object
+            opens is entered as registry[socket] = owner (removed when it closes).
+        owner: what the registry maps this object's sockets to (default: this object).
     Attributes:
-        core, dealer, sub (None outside a session), errors (count of undecodable broker messages).
+        core, dealer, sub (None outside a session), keys (sockets.CurveKeys), errors (count of
+        broker messages that were not [kind, JSON body] or did not decode).
     Not thread-safe; never blocks: sends use NOBLOCK, and frames that do not fit (the DEALER is
     at its high-water mark or not yet connected) wait for the next flush, in order.
     """
 
     def __init__(self, ctx: zmq.Context, poller: zmq.Poller, address: str, port: int, *,
-                 ipv6: bool = False, core: ClientCore | None = None, server_key: bytes | None = None) -> None:
+                 ipv6: bool = False, core: ClientCore | None = None, server_key: bytes | None = None,
+                 registry: dict[Any, Any] | None = None, owner: Any = None) -> None:
         self.core = core or ClientCore()
         self._ctx, self._poller, self._address, self._ipv6 = ctx, poller, address, ipv6
+        self._registry = registry
+        self._owner = self if owner is None else owner
+        self._sub_kinds = frozenset(self.core.sub_topics())
         self.keys = sockets.CurveKeys.new(server_key)
         self.dealer = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6, keys=self.keys)
-        poller.register(self.dealer, zmq.POLLIN)
+        self._register(self.dealer)
         self.sub: zmq.Socket | None = None
         self.errors = 0
         self._backlog: list[list[bytes]] = []
@@ -58,31 +77,52 @@ class SyncConnection:
         self.flush()
         return req
 
-    def flush(self) -> None:
-        """Send what the core has queued (NOBLOCK); what does not fit stays for the next flush."""
-        out = self._backlog + self.core.data_to_send()
-        self._backlog = []
+    def flush(self) -> bool:
+        """Send what the core has queued (NOBLOCK); what does not fit stays for the next flush.
+        Returns True when nothing is left waiting (see `backlogged`)."""
+        out = self.core.data_to_send()
+        if self._backlog:
+            out = self._backlog + out
+            self._backlog = []
+        send = self.dealer.send_multipart
         for i, frames in enumerate(out):
             try:
-                self.dealer.send_multipart(frames, zmq.NOBLOCK)
+                send(frames, zmq.NOBLOCK)
             except zmq.Again:
                 self._backlog = out[i:]
-                return
+                return False
+        return True
+
+    @property
+    def backlogged(self) -> bool:
+        """True when frames wait for the next `flush` (the DEALER was full)."""
+        return bool(self._backlog)
 
     def handle(self, ready: dict) -> list[Output]:
         """Read every message waiting on this connection's sockets that `ready` (the dict of
-        poller.poll()) marks readable; feed them to the core. Returns the core's outputs in order."""
+        poller.poll()) marks readable; feed them to the core; flush. Returns the core's outputs
+        in order (DEALER first)."""
         out: list[Output] = []
         if self.dealer in ready:
-            out += self._drain(self.dealer, self.core.receive_dealer)
-            if self.core.session is not None and self.sub is None:
-                self._open_sub(self.core.session.pub_port)
-            if any(isinstance(o, SessionEnded) for o in out) or (self.core.session is None and self.sub):
-                self._close_sub()
+            out += self.read_dealer()
         if self.sub is not None and self.sub in ready:
-            out += self._drain(self.sub, self.core.receive_event)
+            out += self.read_sub()
         self.flush()
         return out
+
+    def read_dealer(self) -> list[Output]:
+        """Feed every message waiting on the DEALER to the core (opens or closes the SUB when the
+        session begins or ends). Returns the core's outputs; call `flush()` afterwards."""
+        out = self._read(self.dealer, DEALER_KINDS, self.core.receive_dealer)
+        self._follow_session()
+        return out
+
+    def read_sub(self) -> list[Output]:
+        """Feed every message waiting on the SUB to the core ([] without a SUB). Returns the core's
+        outputs; call `flush()` afterwards (a gap queues a `history` request)."""
+        if self.sub is None:
+            return []
+        return self._read(self.sub, self._sub_kinds, self.core.receive_event)
 
     def tick(self) -> list[Output]:
         """Run the core's timers (acks, pings, lost detection) and send what they queue."""
@@ -90,32 +130,71 @@ class SyncConnection:
         self.flush()
         return out
 
-    def close(self) -> None:
-        """Unregister and close the sockets (LINGER 0: a load tester does not wait)."""
+    def drop_sub(self) -> None:
+        """Close the SUB for the rest of this session (e.g. before a mass logout, whose presence
+        events nobody will read); the next session opens a new one."""
         self._close_sub()
-        self._poller.unregister(self.dealer)
-        self.dealer.close(0)
 
-    def _drain(self, sock: zmq.Socket, feed) -> list[Output]:
+    def close(self) -> None:
+        """Unregister and close the sockets (LINGER 0: a load tester does not wait). Idempotent."""
+        self._close_sub()
+        if self.dealer is not None:
+            self._unregister(self.dealer)
+            self.dealer.close(0)
+            self.dealer = None  # type: ignore[assignment]
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _read(self, sock: zmq.Socket, kinds: frozenset[bytes], feed: Callable[[list[bytes]], list[Output]]) -> list[Output]:
+        """Read [kind, body] messages until EAGAIN and feed them. Two plain recv() calls per message
+        (recv_multipart costs several times more in pyzmq); a message whose first frame is not one
+        of `kinds` or whose body is not a JSON object is counted in `errors` and skipped to its end."""
+        recv = sock.recv
         out: list[Output] = []
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                kind = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return out
+            if kind not in kinds:
+                self._skip(sock)
+                continue
             try:
-                out += feed(frames)
+                body = recv(zmq.NOBLOCK)
+            except zmq.Again:  # a lone frame
+                self.errors += 1
+                return out
+            if body[:1] != b"{":
+                self._skip(sock)
+                continue
+            try:
+                out += feed([kind, body])
             except ProtocolError:
                 self.errors += 1
 
-    def _open_sub(self, pub_port: int) -> None:
+    def _skip(self, sock: zmq.Socket) -> None:
+        """A message was not [kind, {json}]: count it and skip to the end of it."""
+        self.errors += 1
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv(zmq.NOBLOCK)
+
+    def _register(self, sock: zmq.Socket) -> None:
+        self._poller.register(sock, zmq.POLLIN)
+        if self._registry is not None:
+            self._registry[sock] = self._owner
+
+    def _unregister(self, sock: zmq.Socket) -> None:
+        self._poller.unregister(sock)
+        if self._registry is not None:
+            self._registry.pop(sock, None)
+
+    def _open_sub(self, pub_port: int, topics: list[bytes]) -> None:
         self.sub = sockets.open_sub(self._ctx, sockets.endpoint(self._address, pub_port, self._ipv6), self._ipv6,
-                                    keys=self.keys, topics=self.core.sub_topics())
-        self._poller.register(self.sub, zmq.POLLIN)
-        self.core.sub_opened()
+                                    keys=self.keys, topics=topics)
+        self._register(self.sub)
 
     def _close_sub(self) -> None:
         if self.sub is not None:
-            self._poller.unregister(self.sub)
+            self._unregister(self.sub)
             self.sub.close(0)
             self.sub = None

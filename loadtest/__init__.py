@@ -10,9 +10,11 @@ Python API (imported lazily, so `import zmq_chat.loadtest` stays cheap):
         results = run_load(LoadOptions(port=broker.port, clients=100, duration=10))
     results.private.throughput, results.broadcast.latency.p99, results.lost, results.to_dict()
 
-Modules: options (settings), accounting (pure bookkeeping), worker (per-process poller loop),
-runner (orchestration), accounts (preparation), connect (hello check), spawn (--spawn-broker),
-report (live display, tables, JSON, plot), cli (the command).
+Modules: options (settings), texts (the message text layout), latency (HDR histograms), ledgers
+(one process's bookkeeping), accounting (the merged results), fleet (one process's clients on a
+poller), logins (the login phase), worker (one process's phases), runner (orchestration), accounts
+(preparation), connect (hello check), spawn (--spawn-broker), report (live display, tables, JSON,
+plot), cli (the command).
 """
 
 from __future__ import annotations

@@ -154,10 +154,10 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
         hello = check_broker(options.host, options.port, HELLO_TIMEOUT, options.server_key)
     except BrokerUnreachable as exc:
         return _fail(str(exc))
-    if options.size > int(hello.get("max_message_chars", options.size)):
-        return _fail(f"error: --size {options.size} exceeds the broker's max_message_chars {hello['max_message_chars']}")
-    if len(options.password) < int(hello.get("min_password_chars", 0)):
-        return _fail(f"error: --password is shorter than the broker's minimum of {hello['min_password_chars']} characters")
+    if options.size > hello.max_message_chars:
+        return _fail(f"error: --size {options.size} exceeds the broker's max_message_chars {hello.max_message_chars}")
+    if len(options.password) < hello.min_password_chars:
+        return _fail(f"error: --password is shorter than the broker's minimum of {hello.min_password_chars} characters")
     where = f"{options.host}:{options.port}" + (" (spawned)" if broker else "")
     if not args.quiet:
         err.print(f"broker {where}: {options.clients} clients, {options.effective_processes} processes")

@@ -8,13 +8,12 @@ import time
 
 import zmq
 
+from zmq_chat.client.adapter import check_hello, hello_request
 from zmq_chat.client.core import ReplyReceived
 from zmq_chat.client.errors import ConnectError
 from zmq_chat.client.sockets import resolve_host
 from zmq_chat.client.sync import SyncConnection
-from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode
-from zmq_chat.protocol.version import PROTOCOL_VERSION
+from zmq_chat.protocol.replies import HelloReply
 
 HELLO_TIMEOUT = 4.0
 """Seconds to wait for the `hello` reply before calling the broker unreachable."""
@@ -32,12 +31,13 @@ def resolve(host: str, port: int, timeout: float = 3.0) -> tuple[str, bool]:
         raise BrokerUnreachable(str(exc)) from None
 
 
-def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_key: bytes | None = None) -> dict:
+def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_key: bytes | None = None) -> HelloReply:
     """Send `hello` (CURVE with the broker key `server_key`, NULL when None) and wait up to
     `timeout` seconds for the reply.
 
     Returns:
-        the ok hello reply dict ({"version", "broker", "max_message_chars", "min_password_chars"}).
+        the ok hello reply (protocol.replies.HelloReply: version, broker, max_message_chars,
+        min_password_chars, curve).
     Raises:
         BrokerUnreachable: unresolvable host, no reply in time, not a chat broker, or E_VERSION.
     """
@@ -46,7 +46,7 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_ke
     poller = zmq.Poller()
     conn = SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key)
     try:
-        req = conn.send(m.Hello(req=0, version=PROTOCOL_VERSION, client="chat-loadtest"))
+        req = conn.send(hello_request("chat-loadtest"))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -58,13 +58,10 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_ke
             if ready:
                 for out in conn.handle(ready):
                     if isinstance(out, ReplyReceived) and out.req == req:
-                        if not out.ok:
-                            if out.code == ErrorCode.VERSION.value:
-                                raise BrokerUnreachable(f"protocol version mismatch: {out.message}")
-                            raise BrokerUnreachable(f"the broker refused hello: {out.message} [{out.code}]")
-                        if out.body.get("broker") != "chat-broker":
-                            raise BrokerUnreachable(f"{host}:{port} is not a chat broker")
-                        return out.body
+                        try:
+                            return check_hello(out.body, f"{host}:{port}")
+                        except ConnectError as exc:
+                            raise BrokerUnreachable(str(exc)) from None
     finally:
         conn.close()
         ctx.term()

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from zmq_chat.loadtest.accounting import KindResults, LatencySummary, Results
+from zmq_chat.loadtest.accounting import KindResults, Results
+from zmq_chat.loadtest.latency import LatencySummary
 from zmq_chat.loadtest.runner import Progress
 
 

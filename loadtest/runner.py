@@ -23,7 +23,8 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
-from zmq_chat.loadtest.accounting import Results, WorkerReport, merge_reports
+from zmq_chat.loadtest.accounting import Results, merge_reports
+from zmq_chat.loadtest.ledgers import WorkerReport
 from zmq_chat.loadtest.connect import resolve
 from zmq_chat.loadtest.options import LoadOptions, user_names
 from zmq_chat.loadtest.worker import WorkerConfig

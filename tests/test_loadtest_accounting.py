@@ -1,4 +1,5 @@
-"""Unit tests of loadtest.accounting (pure bookkeeping) and loadtest.options on crafted inputs."""
+"""Unit tests of the load tester's pure parts (loadtest.accounting, ledgers, latency, texts,
+options) on crafted inputs."""
 
 from __future__ import annotations
 
@@ -6,23 +7,12 @@ import json
 
 import pytest
 
-from zmq_chat.loadtest.accounting import (
-    BroadcastLedger,
-    LatencyRecorder,
-    LatencySummary,
-    LoginPart,
-    PrivateLedger,
-    WorkerReport,
-    broadcast_expectations,
-    decode_histogram,
-    make_text,
-    merge_broadcasts,
-    merge_histograms,
-    merge_reports,
-    new_histogram,
-    parse_text,
-    quantize_us,
+from zmq_chat.loadtest.accounting import broadcast_expectations, merge_broadcasts, merge_reports
+from zmq_chat.loadtest.latency import (
+    LatencyRecorder, LatencySummary, decode_histogram, merge_histograms, new_histogram, quantize_us,
 )
+from zmq_chat.loadtest.ledgers import BroadcastLedger, LoginPart, PrivateLedger, WorkerReport
+from zmq_chat.loadtest.texts import Texts, make_text, parse_text
 from zmq_chat.loadtest.options import LoadOptions, OptionsError, user_name, user_names
 from zmq_chat.loadtest.runner import split_users
 
@@ -40,6 +30,21 @@ def test_text_round_trip_and_size():
     assert parse_text(short) == ("r1w0p1f", 123456789)
     assert parse_text("hello world") is None
     assert parse_text("") is None
+
+
+@pytest.mark.timeout(5)
+def test_texts_of_one_process_are_read_back():
+    texts = Texts("r1", 3, 60)
+    head, text = texts.private(31, 5 * S)
+    assert head == "r1w3p1f" and len(text) == 60
+    assert texts.read_private(text) == (31, 5 * S)
+    head, text = texts.broadcast(2, 7 * S)
+    assert head == "r1w3b2" and texts.read_broadcast(text) == 7 * S
+    assert Texts("r1", 0, 60).read_broadcast(text) == 7 * S  # any process of the run
+    assert Texts("r1", 0, 60).read_private(texts.private(1, 1)[1]) is None  # another process's
+    assert texts.read_broadcast("r2w0b1 5 xx") is None  # another run's
+    assert texts.read_private("r1w3pzz 5") == (-1, 0)  # ours, unreadable: a ledger counts it foreign
+    assert texts.read_broadcast("r1w0b1 garbled") == 0
 
 
 @pytest.mark.timeout(5)

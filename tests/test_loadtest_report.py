@@ -8,7 +8,9 @@ import json
 import pytest
 from rich.console import Console
 
-from zmq_chat.loadtest.accounting import BroadcastLedger, LoginPart, PrivateLedger, WorkerReport, merge_reports, new_histogram
+from zmq_chat.loadtest.accounting import merge_reports
+from zmq_chat.loadtest.latency import new_histogram
+from zmq_chat.loadtest.ledgers import BroadcastLedger, LoginPart, PrivateLedger, WorkerReport
 from zmq_chat.loadtest.report import LiveDisplay, plot, print_summary, write_json
 from zmq_chat.loadtest.runner import Progress
 
