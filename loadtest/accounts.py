@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import zmq
 
-from zmq_chat.client.core import ReplyReceived
+from zmq_chat.client.core import Output, ReplyReceived
 from zmq_chat.client.sync import SyncConnection
 from zmq_chat.loadtest.connect import resolve
+from zmq_chat.loadtest.ledgers import tally
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, user_names
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode
@@ -98,64 +99,30 @@ def prepare_accounts(
     if count <= 0:
         return result
     address, ipv6 = resolve(host, port)
-    todo: deque[str] = deque(user_names(prefix, count, start))
     deadline = time.monotonic() + (timeout if timeout is not None else 60.0 + 0.2 * count)
     ctx = zmq.Context()
     ctx.max_sockets = max(1024, concurrency + 16)
     poller = zmq.Poller()
-    conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key)
+    work = _Registrations(result, user_names(prefix, count, start), password)
+    conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key, registry=work.owner)
              for _ in range(max(1, min(concurrency, count)))]
-    busy: dict[SyncConnection, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
-    retry: deque[tuple[float, str]] = deque()
-    owner = {c.dealer: c for c in conns}
     began = time.monotonic()
     last_progress = 0.0
-
-    def fail(code: str) -> None:
-        result.failed[code] = result.failed.get(code, 0) + 1
-
     try:
-        while todo or busy or retry:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            while retry and retry[0][0] <= now:
-                todo.appendleft(retry.popleft()[1])
-            for c in conns:
-                if not todo:
-                    break
-                if c not in busy:
-                    name = todo.popleft()
-                    req = c.send(m.Register(req=0, version=PROTOCOL_VERSION, user=name, password=password))
-                    busy[c] = (req, name, now)
+        while work.unfinished() and time.monotonic() < deadline:
+            work.send(conns)
             ready = dict(poller.poll(50))
             for sock in ready:
-                c = owner[sock]
-                for out in c.handle(ready):
-                    if not isinstance(out, ReplyReceived) or c not in busy or out.req != busy[c][0]:
-                        continue
-                    _, name, _ = busy.pop(c)
-                    if out.ok:
-                        result.created += 1
-                    elif out.code == ErrorCode.USER_EXISTS.value:
-                        result.existed += 1
-                    elif out.code == ErrorCode.OVERLOADED.value:
-                        result.retries += 1
-                        retry.append((time.monotonic() + RETRY_DELAY, name))
-                    else:
-                        fail(out.code or "error")
+                conn = work.owner.get(sock)
+                if conn is not None:
+                    for out in conn.handle(ready):
+                        work.answer(conn, out)
             now = time.monotonic()
-            for c, (req, name, sent) in list(busy.items()):
-                if now - sent > REQUEST_TIMEOUT:
-                    c.core.forget(req)
-                    del busy[c]
-                    fail("timeout")
+            work.expire(now)
             if progress is not None and now - last_progress >= 0.1:
                 last_progress = now
                 progress(result.ready + sum(result.failed.values()), count)
-        left = len(todo) + len(busy) + len(retry)
-        if left:
-            result.failed["timeout"] = result.failed.get("timeout", 0) + left
+        work.give_up()
     finally:
         for c in conns:
             c.close()
@@ -165,3 +132,62 @@ def prepare_accounts(
     if progress is not None:
         progress(result.ready + sum(result.failed.values()), count)
     return result
+
+
+class _Registrations:
+    """The registrations of `prepare_accounts` in flight: one per connection at a time; E_OVERLOADED
+    answers are sent again after RETRY_DELAY; `owner` is the SyncConnections' socket registry."""
+
+    def __init__(self, result: PrepareResult, names: list[str], password: str) -> None:
+        self.result = result
+        self.password = password
+        self.todo: deque[str] = deque(names)
+        self.busy: dict[SyncConnection, tuple[int, str, float]] = {}  # conn -> (req, name, sent at)
+        self.retry: deque[tuple[float, str]] = deque()  # (monotonic s, name)
+        self.owner: dict[Any, SyncConnection] = {}
+
+    def unfinished(self) -> bool:
+        """True while names wait to be sent, to be retried, or for their answer."""
+        return bool(self.todo or self.busy or self.retry)
+
+    def send(self, conns: list[SyncConnection]) -> None:
+        """Send the next names (retries that are due first) on the idle connections."""
+        now = time.monotonic()
+        while self.retry and self.retry[0][0] <= now:
+            self.todo.appendleft(self.retry.popleft()[1])
+        for c in conns:
+            if not self.todo:
+                break
+            if c not in self.busy:
+                name = self.todo.popleft()
+                req = c.send(m.Register(req=0, version=PROTOCOL_VERSION, user=name, password=self.password))
+                self.busy[c] = (req, name, now)
+
+    def answer(self, c: SyncConnection, out: Output) -> None:
+        """Count the answer to `c`'s registration (other outputs are ignored)."""
+        if not isinstance(out, ReplyReceived) or c not in self.busy or out.req != self.busy[c][0]:
+            return
+        _, name, _ = self.busy.pop(c)
+        if out.ok:
+            self.result.created += 1
+        elif out.code == ErrorCode.USER_EXISTS:
+            self.result.existed += 1
+        elif out.code == ErrorCode.OVERLOADED:
+            self.result.retries += 1
+            self.retry.append((time.monotonic() + RETRY_DELAY, name))
+        else:
+            tally(self.result.failed, out.code or "error")
+
+    def expire(self, now: float) -> None:
+        """Registrations unanswered for REQUEST_TIMEOUT seconds count as failed ("timeout")."""
+        for c, (req, _, sent) in list(self.busy.items()):
+            if now - sent > REQUEST_TIMEOUT:
+                c.core.forget(req)
+                del self.busy[c]
+                tally(self.result.failed, "timeout")
+
+    def give_up(self) -> None:
+        """What is left when the step's time is up counts as failed ("timeout")."""
+        left = len(self.todo) + len(self.busy) + len(self.retry)
+        if left:
+            tally(self.result.failed, "timeout", left)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
@@ -21,6 +21,9 @@ from zmq_chat.loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_br
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
 from zmq_chat.loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
 from zmq_chat.protocol.version import PROTOCOL_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zmq_chat.loadtest.accounting import Results
 
 PROG = "chat-loadtest"
 
@@ -143,21 +146,30 @@ LAST: list = [None]
 """The Results of the last run (for --compare-insecure)."""
 
 
-def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None, compare_to=None) -> int:
-    """Check the broker, prepare the accounts, run, report. `compare_to`: the Results of the CURVE
-    run, when this is the --compare-insecure run (its figures go in the JSON as "null_run")."""
-    from zmq_chat.loadtest.report import LiveDisplay, PlotUnavailable, plot, print_summary, write_json
-    from zmq_chat.loadtest.runner import LoadTestError, run_load
-
-    err = Console(stderr=True)
+def _check(options: LoadOptions) -> str:
+    """Ask the broker `hello` and check the options against its limits; "" when fine, else the
+    one-line error."""
     try:
         hello = check_broker(options.host, options.port, HELLO_TIMEOUT, options.server_key)
     except BrokerUnreachable as exc:
-        return _fail(str(exc))
+        return str(exc)
     if options.size > hello.max_message_chars:
-        return _fail(f"error: --size {options.size} exceeds the broker's max_message_chars {hello.max_message_chars}")
+        return f"error: --size {options.size} exceeds the broker's max_message_chars {hello.max_message_chars}"
     if len(options.password) < hello.min_password_chars:
-        return _fail(f"error: --password is shorter than the broker's minimum of {hello.min_password_chars} characters")
+        return f"error: --password is shorter than the broker's minimum of {hello.min_password_chars} characters"
+    return ""
+
+
+def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker | None, compare_to=None) -> int:
+    """Check the broker, prepare the accounts, run, report. `compare_to`: the Results of the CURVE
+    run, when this is the --compare-insecure run (its figures go in the JSON as "null_run")."""
+    from zmq_chat.loadtest.report import LiveDisplay, print_summary
+    from zmq_chat.loadtest.runner import LoadTestError, run_load
+
+    err = Console(stderr=True)
+    problem = _check(options)
+    if problem:
+        return _fail(problem)
     where = f"{options.host}:{options.port}" + (" (spawned)" if broker else "")
     if not args.quiet:
         err.print(f"broker {where}: {options.clients} clients, {options.effective_processes} processes")
@@ -201,19 +213,29 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
               f"{plain.latency.p99:.1f} ms")
         compare_to.null_run = results.to_dict()
         results = compare_to
+    problem = _write_files(args, results)
+    if problem:
+        return _fail(problem)
+    return 0 if results.ok else 1
+
+
+def _write_files(args: argparse.Namespace, results: Results) -> str:
+    """Write --json and --plot; "" when done, else the one-line error."""
+    from zmq_chat.loadtest.report import PlotUnavailable, plot, write_json
+
     if args.json:
         try:
             write_json(results, args.json)
         except OSError as exc:
-            return _fail(f"cannot write {args.json}: {exc.strerror or exc}")
+            return f"cannot write {args.json}: {exc.strerror or exc}"
     if args.plot:
         try:
             plot(results, args.plot)
         except PlotUnavailable as exc:
-            return _fail(str(exc))
+            return str(exc)
         except (OSError, ValueError) as exc:
-            return _fail(f"cannot write the plot {args.plot}: {exc}")
-    return 0 if results.ok else 1
+            return f"cannot write the plot {args.plot}: {exc}"
+    return ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,8 +63,8 @@ class LatencySummary:
         if not count:
             return cls()
         values = hist.get_percentile_to_value_dict(list(PERCENTILES))
-        ms = [values.get(p, 0) / 1000.0 for p in PERCENTILES]
-        return cls(count, *ms, max=hist.get_max_value() / 1000.0, mean=hist.get_mean_value() / 1000.0)
+        p50, p90, p99, p99_9 = (values.get(p, 0) / 1000.0 for p in PERCENTILES)
+        return cls(count, p50, p90, p99, p99_9, hist.get_max_value() / 1000.0, hist.get_mean_value() / 1000.0)
 
     @classmethod
     def merged(cls, encoded: Iterable[bytes | str | None]) -> "LatencySummary":

@@ -240,6 +240,24 @@ def split_users(names: list[str], parts: int) -> list[list[str]]:
     return out
 
 
+def worker_configs(options: LoadOptions) -> list[WorkerConfig]:
+    """One WorkerConfig per load process: the clients split evenly, one random run tag, the login
+    parallelism shared out. Raises BrokerUnreachable when the host does not resolve."""
+    address, ipv6 = resolve(options.host, options.port)
+    chunks = split_users(user_names(options.user_prefix, options.clients), options.effective_processes)
+    run_tag = "r" + secrets.token_hex(3)
+    per_proc_parallel = max(1, options.login_parallel // len(chunks))
+    return [
+        WorkerConfig(
+            worker=i, address=address, port=options.port, ipv6=ipv6, users=users, password=options.password,
+            rate=options.rate, window=options.window, broadcast_ratio=options.broadcast_ratio, size=options.size,
+            run_tag=run_tag, login_parallel=per_proc_parallel, login_timeout=options.effective_login_timeout,
+            drain=options.drain, seed=options.seed, server_key=options.server_key,
+        )
+        for i, users in enumerate(chunks)
+    ]
+
+
 def run_load(options: LoadOptions, progress: Callable[[Progress], None] | None = None) -> Results:
     """Run one load test against the broker at options.host:options.port.
 
@@ -261,20 +279,7 @@ def run_load(options: LoadOptions, progress: Callable[[Progress], None] | None =
         LoadTestError: a load process failed or hung, or no client could log in.
     """
     options.validate()
-    address, ipv6 = resolve(options.host, options.port)
-    chunks = split_users(user_names(options.user_prefix, options.clients), options.effective_processes)
-    run_tag = "r" + secrets.token_hex(3)
-    per_proc_parallel = max(1, options.login_parallel // len(chunks))
-    configs = [
-        WorkerConfig(
-            worker=i, address=address, port=options.port, ipv6=ipv6, users=users, password=options.password,
-            rate=options.rate, window=options.window, broadcast_ratio=options.broadcast_ratio, size=options.size,
-            run_tag=run_tag, login_parallel=per_proc_parallel, login_timeout=options.effective_login_timeout,
-            drain=options.drain, seed=options.seed, server_key=options.server_key,
-        )
-        for i, users in enumerate(chunks)
-    ]
-    pool = _Pool(configs, progress)
+    pool = _Pool(worker_configs(options), progress)
     pool.snap.duration_s = options.duration
     try:
         pool.set_phase("login")
