@@ -1,0 +1,73 @@
+"""The poller adapter (client.sync.SyncConnection) against a fake broker ROUTER on 127.0.0.1: what it
+does with messages that are not [kind, JSON body]; and the hello check both adapters share
+(client.adapter.check_hello)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from zmq_chat.client.adapter import check_hello, hello_request
+from zmq_chat.client.core import ReplyReceived
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.sync import SyncConnection
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.replies import ErrorReply, HelloReply, UsersReply, encode_reply
+from zmq_chat.protocol.version import PROTOCOL_VERSION
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _hello(req: int | None, broker: str = "chat-broker") -> HelloReply:
+    return HelloReply(req=req, version=PROTOCOL_VERSION, broker=broker, max_message_chars=1000, min_password_chars=8, curve=False)
+
+
+def test_malformed_broker_messages_are_counted_and_skipped(ctx):
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    poller = zmq.Poller()
+    registry: dict = {}
+    conn = SyncConnection(ctx, poller, "127.0.0.1", port, registry=registry, owner="me")
+    try:
+        assert registry == {conn.dealer: "me"}
+        req = conn.send(hello_request("test"))
+        assert router.poll(10_000), "the hello did not arrive"
+        rid, kind, body = router.recv_multipart()
+        assert kind == b"hello" and wire.decode_request([kind, body])[1].req == req
+        stray = encode_reply(UsersReply(req=req + 100, users=[], truncated=False))
+        for frames in (
+            [b"bogus", b"{}"],  # unknown kind
+            [wire.REPLY, b"not json"],  # a body that is not a JSON object
+            [*stray, b"extra"],  # a third frame (the stray reply itself is ignored by the core)
+            [wire.MSG, b'{"x": 1}'],  # JSON, but not a private message
+            list(encode_reply(_hello(req))),
+        ):
+            router.send_multipart([rid, *frames])
+        outputs: list = []
+        deadline = time.monotonic() + 10
+        while not any(isinstance(o, ReplyReceived) for o in outputs):
+            assert time.monotonic() < deadline, outputs
+            outputs += conn.handle(dict(poller.poll(100)))
+        assert [(o.req, o.type) for o in outputs] == [(req, b"hello")]
+        assert check_hello(outputs[0].body, "fake:1").broker == "chat-broker"
+        assert conn.errors == 4
+        assert conn.sub is None and not conn.backlogged
+    finally:
+        conn.close()
+        router.close()
+    assert registry == {}
+
+
+def test_check_hello_names_what_is_wrong():
+    with pytest.raises(ConnectError, match=rf"protocol version mismatch: other \(this client speaks version {PROTOCOL_VERSION}\)"):
+        check_hello(ErrorReply(req=1, code="E_VERSION", message="other"), "h:1")
+    with pytest.raises(ConnectError, match=r"the broker refused hello: no \[E_OVERLOADED\]"):
+        check_hello(ErrorReply(req=1, code="E_OVERLOADED", message="no"), "h:1")
+    with pytest.raises(ConnectError, match="h:1 is not a chat broker"):
+        check_hello(_hello(1, broker="other"), "h:1")
+    assert check_hello(_hello(1), "h:1").max_message_chars == 1000
+    assert hello_request("x") == m.Hello(req=0, version=PROTOCOL_VERSION, client="x")
