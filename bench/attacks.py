@@ -69,55 +69,82 @@ def raw(b: Broker, port: int | None = None, **kw) -> ZmtpPeer:
 # -- m: memory ---------------------------------------------------------------------------------------
 
 def memory(ctx: zmq.Context) -> None:
-    b = broker("--max-message-chars", "5000", "--max-connections-per-ip", "1000", "--login-timeout", "5", "--rate-limit", "0",
-               "--connection-rate", "100000")
+    """The broker's RSS growth caused by each memory attack in turn, on one broker (rows printed)."""
+    b = broker("--max-message-chars", "5000", "--max-connections-per-ip", "1000", "--login-timeout", "5",
+               "--rate-limit", "0", "--connection-rate", "100000")
     try:
         speaker = user(ctx, b, "speaker")
         for i in range(200):
             ok(speaker.broadcast(f"{i:04d} " + "y" * 4990))
-        pid = b.proc.pid
-        base = rss(pid)
-        peak = base
-        with raw(b) as attacker:
-            attacker.handshake()
-            sent = 0
-            try:
-                while sent < 2048 * MIB:
-                    attacker.send_frame(b"x" * 60_000, more=True)
-                    sent += 60_000
-                    if sent % (2 * MIB) < 60_000:
-                        peak = max(peak, rss(pid))
-            except (OSError, PeerClosed):
-                pass
-            attacker.wait_closed(10)
-        row("endless MORE frames: RSS growth before the cut", (peak - base) / MIB, "MiB", "<64 MiB", peak - base < 64 * MIB)
-        row("endless MORE frames: bytes sent before the cut", sent / MIB, "MiB")
-        base = rss(pid)
-        with raw(b, b.pub_port, socket_type="SUB", public_key=z85_to_raw(speaker.public),
-                 secret_key=z85_to_raw(speaker.secret)) as attacker:
-            attacker.handshake()
-            attacker.send_raw(ZmtpPeer.frame_header(1 << 30, 0x02))
-            try:
-                attacker.send_raw(b"\x01" * (16 * MIB))
-            except OSError:
-                pass
-            attacker.wait_closed(10)
-        grown = max(0, rss(pid) - base)
-        row("1 GiB frame announced on the PUB: RSS growth", grown / MIB, "MiB", "<64 MiB", grown < 64 * MIB)
-        ok(speaker.register("reader"))
-        with raw(b) as reader:
-            reader.handshake()
-            reader.send_multipart([b"login", b'{"req": 1, "version": 1, "user": "reader", "password": "correct horse"}'])
-            reader.recv_multipart(timeout=10)
-            base = peak = rss(pid)
-            for i in range(300):
-                reader.send_multipart([b"history", f'{{"req": {100 + i}, "after": 0}}'.encode()])
-            for _ in range(20):
-                ok(speaker.call("who"))
-                peak = max(peak, rss(pid))
-        row("300 history pages never read: RSS growth", (peak - base) / MIB, "MiB", "<64 MiB", peak - base < 64 * MIB)
-        base = rss(pid)
-        idle = [raw(b) for _ in range(500)]
+        endless_more_frames(b)
+        huge_pub_frame(b, speaker)
+        unread_history(b, speaker)
+        idle_connections(b)
+    finally:
+        b.stop()
+
+
+def endless_more_frames(b: Broker) -> None:
+    """One connection sends 60 kB frames with MORE set until the broker cuts it (at most 2 GiB)."""
+    pid = b.proc.pid
+    base = peak = rss(pid)
+    with raw(b) as attacker:
+        attacker.handshake()
+        sent = 0
+        try:
+            while sent < 2048 * MIB:
+                attacker.send_frame(b"x" * 60_000, more=True)
+                sent += 60_000
+                if sent % (2 * MIB) < 60_000:
+                    peak = max(peak, rss(pid))
+        except (OSError, PeerClosed):
+            pass
+        attacker.wait_closed(10)
+    row("endless MORE frames: RSS growth before the cut", (peak - base) / MIB, "MiB", "<64 MiB", peak - base < 64 * MIB)
+    row("endless MORE frames: bytes sent before the cut", sent / MIB, "MiB")
+
+
+def huge_pub_frame(b: Broker, speaker: Peer) -> None:
+    """A SUB with `speaker`'s keys announces a 1 GiB frame on the PUB port and sends 16 MiB of it."""
+    pid = b.proc.pid
+    base = rss(pid)
+    with raw(b, b.pub_port, socket_type="SUB", public_key=z85_to_raw(speaker.public),
+             secret_key=z85_to_raw(speaker.secret)) as attacker:
+        attacker.handshake()
+        attacker.send_raw(ZmtpPeer.frame_header(1 << 30, 0x02))
+        try:
+            attacker.send_raw(b"\x01" * (16 * MIB))
+        except OSError:
+            pass
+        attacker.wait_closed(10)
+    grown = max(0, rss(pid) - base)
+    row("1 GiB frame announced on the PUB: RSS growth", grown / MIB, "MiB", "<64 MiB", grown < 64 * MIB)
+
+
+def unread_history(b: Broker, speaker: Peer) -> None:
+    """A logged-in user "reader" asks 300 history pages and never reads the replies."""
+    pid = b.proc.pid
+    ok(speaker.register("reader"))
+    with raw(b) as reader:
+        reader.handshake()
+        reader.send_multipart([b"login", b'{"req": 1, "version": 1, "user": "reader", "password": "correct horse"}'])
+        reader.recv_multipart(timeout=10)
+        base = peak = rss(pid)
+        for i in range(300):
+            reader.send_multipart([b"history", f'{{"req": {100 + i}, "after": 0}}'.encode()])
+        for _ in range(20):
+            ok(speaker.call("who"))
+            peak = max(peak, rss(pid))
+    row("300 history pages never read: RSS growth", (peak - base) / MIB, "MiB", "<64 MiB", peak - base < 64 * MIB)
+
+
+def idle_connections(b: Broker) -> None:
+    """500 handshaken connections that never log in: RSS per connection, and how many the broker
+    still holds 20 s later (its --login-timeout is 5 s)."""
+    pid = b.proc.pid
+    base = rss(pid)
+    idle = [raw(b) for _ in range(500)]
+    try:
         for p in idle:
             p.handshake()
         grown = rss(pid) - base
@@ -125,11 +152,11 @@ def memory(ctx: zmq.Context) -> None:
         deadline = time.monotonic() + 20
         while any(p.alive() for p in idle) and time.monotonic() < deadline:
             time.sleep(0.2)
-        row("... still open 20 s later (--login-timeout 5)", sum(p.alive() for p in idle), "conns", "0", not any(p.alive() for p in idle))
+        still_open = sum(p.alive() for p in idle)
+        row("... still open 20 s later (--login-timeout 5)", still_open, "conns", "0", still_open == 0)
+    finally:
         for p in idle:
             p.close()
-    finally:
-        b.stop()
 
 
 # -- f: flood ----------------------------------------------------------------------------------------

@@ -41,9 +41,23 @@ def _histogram() -> HdrHistogram:
     return HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 us .. 60 s
 
 
-def _relay_worker(port: int, clients: int, duration: float, window: int, size: int, queue: mp.Queue) -> None:
-    ctx = zmq.Context()
-    ctx.max_sockets = clients + 16
+def _shares(total: int, processes: int) -> list[int]:
+    """`total` split into `processes` near-equal whole parts (the first ones one larger), zeros dropped."""
+    return [n for k in range(processes) if (n := total // processes + (1 if k < total % processes else 0))]
+
+
+def _poller(socks: list[zmq.Socket]) -> zmq.Poller:
+    """A poller watching every socket of `socks` for input."""
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    return poller
+
+
+def _relay_dealers(ctx: zmq.Context, port: int, clients: int) -> tuple[list[zmq.Socket], list[bytes]]:
+    """`clients` DEALERs connected to the relay on 127.0.0.1:`port`, and their routing ids
+    (b"r" + 8 random bytes + the DEALER's index as 4 big-endian bytes, which the relay passes on
+    as the sender so a reply finds its way back to the index)."""
     socks, ids = [], []
     for i in range(clients):
         s = ctx.socket(zmq.DEALER)
@@ -55,9 +69,17 @@ def _relay_worker(port: int, clients: int, duration: float, window: int, size: i
         s.connect(f"tcp://127.0.0.1:{port}")
         socks.append(s)
         ids.append(rid)
-    poller = zmq.Poller()
-    for s in socks:
-        poller.register(s, zmq.POLLIN)
+    return socks, ids
+
+
+def _relay_worker(port: int, clients: int, duration: float, window: int, size: int, queue: mp.Queue) -> None:
+    """One load process of relay_load: `clients` DEALERs each keeping `window` messages of `size`
+    bytes in flight to random peers for `duration` s; puts its counts and an encoded latency
+    histogram (microseconds) on `queue`."""
+    ctx = zmq.Context()
+    ctx.max_sockets = clients + 16
+    socks, ids = _relay_dealers(ctx, port, clients)
+    poller = _poller(socks)
     time.sleep(0.5)  # connections settle; the relay drops sends to peers not yet connected
     hist = _histogram()
     inflight = [0] * clients
@@ -120,8 +142,8 @@ def relay_load(clients: int, duration: float = 5.0, window: int = 20, size: int 
     try:
         time.sleep(0.3)
         queue: mp.Queue = mp.Queue()
-        share = [clients // processes + (1 if k < clients % processes else 0) for k in range(processes)]
-        procs = [mp.Process(target=_relay_worker, args=(port, n, duration, window, size, queue)) for n in share if n]
+        procs = [mp.Process(target=_relay_worker, args=(port, n, duration, window, size, queue))
+                 for n in _shares(clients, processes)]
         for p in procs:
             p.start()
         parts = [queue.get(timeout=duration + 60) for _ in procs]
@@ -156,9 +178,7 @@ def _sub_worker(port: int, subs: int, duration: float, queue: mp.Queue) -> None:
         s.setsockopt(zmq.SUBSCRIBE, b"")
         s.connect(f"tcp://127.0.0.1:{port}")
         socks.append(s)
-    poller = zmq.Poller()
-    for s in socks:
-        poller.register(s, zmq.POLLIN)
+    poller = _poller(socks)
     hist = _histogram()
     seen: list[set[int]] = [set() for _ in socks]
     index = {s: i for i, s in enumerate(socks)}
@@ -196,8 +216,7 @@ def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 1
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(f"tcp://127.0.0.1:{port}")
     queue: mp.Queue = mp.Queue()
-    share = [subscribers // processes + (1 if k < subscribers % processes else 0) for k in range(processes)]
-    procs = [mp.Process(target=_sub_worker, args=(port, n, duration + 3.0, queue)) for n in share if n]
+    procs = [mp.Process(target=_sub_worker, args=(port, n, duration + 3.0, queue)) for n in _shares(subscribers, processes)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -313,9 +332,7 @@ def _held_clients(endpoints: tuple[str, str], clients: int, requests: int, every
         s.connect(endpoints[1])
         dealers.append(d)
         subs.append(s)
-    poller = zmq.Poller()
-    for s in dealers + subs:
-        poller.register(s, zmq.POLLIN)
+    poller = _poller(dealers + subs)
     answered = 0
     for d in dealers:
         d.send(b"q" * 60)
@@ -362,9 +379,8 @@ def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: fl
     endpoints = queue.get(timeout=30)
     time.sleep(0.3)
     before = rss_kib(server.pid)
-    share = [clients // processes + (1 if k < clients % processes else 0) for k in range(processes)]
     procs = [mp.Process(target=_held_clients, args=(endpoints, n, requests, every, deadline, queue))
-             for n in share if n]
+             for n in _shares(clients, processes)]
     for p in procs:
         p.start()
     peak = before

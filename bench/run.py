@@ -76,6 +76,16 @@ def load(broker: SpawnedBroker, prefix: str, clients: int, duration: float, **kw
     return run_load(options)
 
 
+def load_in_background(broker: SpawnedBroker, prefix: str, clients: int, duration: float,
+                       **kw) -> tuple[threading.Thread, dict]:
+    """Start load(broker, prefix, clients, duration, **kw) in a thread, already started; the run's
+    result is put in the returned dict under "r" when it finishes (absent if it raised)."""
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(r=load(broker, prefix, clients, duration, **kw)))
+    thread.start()
+    return thread, box
+
+
 def scenario_private(args) -> float:
     """1: private messages, unbounded, N = 10, 100, 1000; ratio to the relay. Returns the N=100 rate."""
     best100 = 0.0
@@ -169,10 +179,7 @@ def scenario_logins(args) -> None:
         prepare_accounts("127.0.0.1", broker.port, 20, prefix="q", server_key=broker.server_key)
         alone = load(broker, "s", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
         quiet = load(broker, "q", 20, args.duration, rate=50, window=20, broadcast_ratio=0.0)
-        box: dict = {}
-        steady = threading.Thread(target=lambda: box.update(
-            r=load(broker, "q", 20, args.duration + 12, rate=50, window=20, broadcast_ratio=0.0)))
-        steady.start()
+        steady, box = load_in_background(broker, "q", 20, args.duration + 12, rate=50, window=20, broadcast_ratio=0.0)
         time.sleep(4.0)  # the steady clients are logged in and sending
         storm = load(broker, "t", n, 1.0, rate=0.1, window=1, broadcast_ratio=0.0, login_parallel=n)
         steady.join(args.duration + 120)
@@ -204,11 +211,8 @@ def scenario_held(args) -> None:
         broker = broker_with_accounts(f"i{n}", n)
         try:
             before = rss_kib(broker.proc.pid)
-            box: dict = {}
-            t = threading.Thread(target=lambda: box.update(r=load(
-                broker, f"i{n}", n, 20.0, rate=0.01, window=1, broadcast_ratio=0.0,
-                login_parallel=500, login_timeout=600, processes=procs)))
-            t.start()
+            t, box = load_in_background(broker, f"i{n}", n, 20.0, rate=0.01, window=1, broadcast_ratio=0.0,
+                                        login_parallel=500, login_timeout=600, processes=procs)
             peak = before
             while t.is_alive():
                 peak = max(peak, rss_kib(broker.proc.pid))
@@ -247,7 +251,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, short phases (a smoke run)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
-    p.add_argument("--held", default="1000,5000,10000", help="client counts for scenario 5 (10,000 needs ~20,100 open files in the broker: run as root or raise ulimit -n)")
+    p.add_argument("--held", default="1000,5000,10000",
+                   help="client counts for scenario 5 (10,000 needs ~20,100 open files in the broker: "
+                        "run as root or raise ulimit -n)")
     p.add_argument("--only", default="123456", help="scenarios to run, e.g. 16")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args()
