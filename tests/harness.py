@@ -21,8 +21,9 @@ from zmq_chat.protocol.version import PROTOCOL_VERSION
 PASSWORD = "correct horse"
 
 
-RELAXED = {"--max-connections-per-ip": "1000", "--connection-rate": "100000", "--rate-limit": "0", "--max-registrations-per-ip": "100000",
-           "--max-failed-logins-per-ip": "100000", "--max-queued-logins-per-ip": "1000"}
+RELAXED = {"--max-connections-per-ip": "1000", "--connection-rate": "100000", "--rate-limit": "0",
+           "--max-registrations-per-ip": "100000", "--max-failed-logins-per-ip": "100000",
+           "--max-queued-logins-per-ip": "1000"}
 """Limits lifted for tests that are not about them (name -> value)."""
 
 

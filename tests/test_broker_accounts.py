@@ -122,8 +122,8 @@ def test_import_users(tmp_path, peers):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "zmq_chat.broker", "--data-dir", str(tmp_path / "d"), "--import-users", str(users_file)],
-                         capture_output=True, text=True, timeout=30)
+    run = subprocess.run([sys.executable, "-m", "zmq_chat.broker", "--data-dir", str(tmp_path / "d"),
+                          "--import-users", str(users_file)], capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, run.stderr
     assert "imported 2 users, skipped 3 lines" in run.stdout
     assert ":2: skipped" in run.stderr and ":3: skipped" in run.stderr and ":7: skipped" in run.stderr

@@ -82,7 +82,8 @@ def test_a_launched_broker_reports_what_it_bound_and_removes_its_file_at_exit(tm
         assert info.data_dir == str((tmp_path / "data").resolve()) and info.insecure is False
         assert broker.server_key == read_public_key(tmp_path / "data") == info.public_key.encode()
         assert broker.fingerprint.startswith("SHA256:")
-        assert len({broker.port, broker.pub_port, broker.key_port}) == 3 and 0 not in (broker.port, broker.pub_port, broker.key_port)
+        ports = (broker.port, broker.pub_port, broker.key_port)
+        assert len(set(ports)) == 3 and 0 not in ports
         with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
             pass  # the ROUTER port is bound and listening
         broker.proc.terminate()

@@ -63,7 +63,8 @@ def test_malformed_broker_messages_are_counted_and_skipped(ctx):
 
 
 def test_check_hello_names_what_is_wrong():
-    with pytest.raises(ConnectError, match=rf"protocol version mismatch: other \(this client speaks version {PROTOCOL_VERSION}\)"):
+    mismatch = rf"protocol version mismatch: other \(this client speaks version {PROTOCOL_VERSION}\)"
+    with pytest.raises(ConnectError, match=mismatch):
         check_hello(ErrorReply(req=1, code="E_VERSION", message="other"), "h:1")
     with pytest.raises(ConnectError, match=r"the broker refused hello: no \[E_OVERLOADED\]"):
         check_hello(ErrorReply(req=1, code="E_OVERLOADED", message="no"), "h:1")

@@ -78,7 +78,8 @@ def test_simple_commands_take_no_arguments(word, extra):
 
 @pytest.mark.parametrize(
     "line, minutes",
-    [("last 1", 1), ("last 10080", 10080), ("last 60", 60), ("LAST 5", 5), ("Last    5", 5), ("last\t7 ", 7), ("last 0010", 10), ("  last 10079  ", 10079)],
+    [("last 1", 1), ("last 10080", 10080), ("last 60", 60), ("LAST 5", 5), ("Last    5", 5), ("last\t7 ", 7),
+     ("last 0010", 10), ("  last 10079  ", 10079)],
 )
 def test_last_accepts_1_to_10080(line, minutes):
     assert parse_command(line) == Last("last", minutes)
@@ -117,7 +118,8 @@ def test_broadcast_forms(line, text):
     assert parse_command(line) == Broadcast("broadcast", text)
 
 
-@pytest.mark.parametrize("line, word", [("broadcast", "broadcast"), ("broadcast    ", "broadcast"), ("send_all", "send_all"), ("send all", "send"), ("send all   ", "send")])
+@pytest.mark.parametrize("line, word", [("broadcast", "broadcast"), ("broadcast    ", "broadcast"), ("send_all", "send_all"),
+                                        ("send all", "send"), ("send all   ", "send")])
 def test_broadcast_without_text(line, word):
     err = usage_error(line)
     assert "at least 1 character" in err.message
@@ -185,7 +187,8 @@ def test_send_usage_names_all_three_forms():
 
 @pytest.mark.parametrize(
     "line, text",
-    [("busy", ""), ("BUSY", ""), ("busy    ", ""), ("busy in a meeting", "in a meeting"), ("Busy   gone   fishing  ", "gone   fishing")],
+    [("busy", ""), ("BUSY", ""), ("busy    ", ""), ("busy in a meeting", "in a meeting"),
+     ("Busy   gone   fishing  ", "gone   fishing")],
 )
 def test_busy_with_and_without_text(line, text):
     assert parse_command(line) == Busy("busy", text)
@@ -201,7 +204,8 @@ def test_reg(line, user):
 
 @pytest.mark.parametrize(
     "line, fragment",
-    [("reg", "exactly one username"), ("reg bob alice", "exactly one username"), ("reg b", "3 to 32"), ("reg all", "reserved"), ("reg bob!", "3 to 32")],
+    [("reg", "exactly one username"), ("reg bob alice", "exactly one username"), ("reg b", "3 to 32"),
+     ("reg all", "reserved"), ("reg bob!", "3 to 32")],
 )
 def test_reg_errors(line, fragment):
     err = usage_error(line)
@@ -234,7 +238,8 @@ def test_login_and_newuser_errors(word, rest, fragment):
 # -- unknown and empty --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, shown", [("frob", "frob"), ("FROB x y", "frob"), ("sendall hi", "sendall"), ("send(bob) hi", "send(bob)"), ("whoami", "whoami"), ("/who", "/who")])
+@pytest.mark.parametrize("line, shown", [("frob", "frob"), ("FROB x y", "frob"), ("sendall hi", "sendall"),
+                                         ("send(bob) hi", "send(bob)"), ("whoami", "whoami"), ("/who", "/who")])
 def test_unknown_commands(line, shown):
     err = usage_error(line)
     assert f"unknown command '{shown}'" in err.message
@@ -251,7 +256,8 @@ def test_empty_line(line):
 # -- message length -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix, word", [("broadcast", "broadcast"), ("send_all", "send_all"), ("send all", "send"), ("send bob", "send"), ("send (bob alice)", "send")])
+@pytest.mark.parametrize("prefix, word", [("broadcast", "broadcast"), ("send_all", "send_all"), ("send all", "send"),
+                                          ("send bob", "send"), ("send (bob alice)", "send")])
 def test_message_at_and_over_the_default_limit(prefix, word):
     ok = parse_command(f"{prefix} " + "x" * DEFAULT_MAX_MESSAGE_CHARS)
     assert ok.text == "x" * DEFAULT_MAX_MESSAGE_CHARS  # type: ignore[attr-defined]

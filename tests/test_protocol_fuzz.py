@@ -60,7 +60,10 @@ json_scalars = (
 )
 
 
-def json_values(keys: st.SearchStrategy[str] = st.text(max_size=6)) -> st.SearchStrategy:
+SHORT_KEYS = st.text(max_size=6)
+
+
+def json_values(keys: st.SearchStrategy[str] = SHORT_KEYS) -> st.SearchStrategy:
     """Any JSON value (no NaN, no infinities, no lone surrogates), nested a few levels."""
     return st.recursive(
         json_scalars,
@@ -99,7 +102,7 @@ def near_valid_objects(cls: type[msgspec.Struct]) -> st.SearchStrategy[dict]:
     fields = mi.type_info(cls).fields
     required = {f.encode_name: near_valid(f.type) for f in fields if f.required}
     optional = {f.encode_name: near_valid(f.type) for f in fields if not f.required}
-    unknown = st.dictionaries(st.text(max_size=6), json_values(), max_size=2)
+    unknown = st.dictionaries(SHORT_KEYS, json_values(), max_size=2)
     known = st.fixed_dictionaries(required, optional=optional)
     return st.tuples(unknown, known).map(lambda pair: {**pair[0], **pair[1]})
 

@@ -195,7 +195,8 @@ def test_empty_wins_over_too_long():
     assert info.value.code is ErrorCode.MESSAGE_EMPTY
 
 
-@pytest.mark.parametrize("max_chars, text, code", [(5, "x" * 5, None), (5, "x" * 6, ErrorCode.MESSAGE_TOO_LONG), (1, "x", None), (1, "xy", ErrorCode.MESSAGE_TOO_LONG), (5000, "x" * 5000, None)])
+@pytest.mark.parametrize("max_chars, text, code", [(5, "x" * 5, None), (5, "x" * 6, ErrorCode.MESSAGE_TOO_LONG), (1, "x", None),
+                                                   (1, "xy", ErrorCode.MESSAGE_TOO_LONG), (5000, "x" * 5000, None)])
 def test_text_maximum_is_configurable(max_chars, text, code):
     if code is None:
         assert validate_text(text, max_chars) is None

@@ -560,13 +560,15 @@ def test_encode_error_literal_bytes():
 OK_REPLIES = [  # (request type, req, every field docs/protocol.md 6.1 lists for it)
     ("hello", 1, {"version": 1, "broker": "chat-broker", "max_message_chars": 1000, "min_password_chars": 8, "curve": True}),
     ("register", 2, {"user": "alice", "dup": False}),
-    ("login", 3, {"user": "alice", "pub_port": 4120, "seq": 42, "since": 39, "since_ts": 1732170000.0, "heartbeat_interval": 5.0,
-                  "heartbeat_timeout": 15.0, "idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False}),
+    ("login", 3, {"user": "alice", "pub_port": 4120, "seq": 42, "since": 39, "since_ts": 1732170000.0,
+                  "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, "idle_timeout": 1800.0, "max_message_chars": 1000,
+                  "pub_heartbeat": 2.0, "dup": False}),
     ("logout", 4, {"session": True}),
     ("who", 5, {"users": ["alice", "bob"], "truncated": False}),
     ("last", 6, {"users": [], "truncated": True}),
     ("broadcast", 7, {"seq": 43, "ts": 1732170004.0, "dup": False}),
-    ("send", 8, {"ids": {"bob": 101, "carol": 102}, "ts": 1732170003.5, "dup": True, "busy": [{"user": "carol", "text": "away"}]}),
+    ("send", 8, {"ids": {"bob": 101, "carol": 102}, "ts": 1732170003.5, "dup": True,
+                 "busy": [{"user": "carol", "text": "away"}]}),
     ("busy", 9, {"text": "in a meeting"}),
     ("idle", 10, {"held": 3}),
     ("hide", 11, None),
@@ -737,8 +739,10 @@ def test_events_round_trip_with_topic_equal_to_kind(event):
 
 
 def test_event_literal_bodies_omit_defaults():
-    assert json.loads(encode_event(ALL_EVENTS[2])[1]) == {"seq": 10, "ts": 1732170000.0, "kind": "presence", "user": "bob", "event": "login"}
-    assert json.loads(encode_event(ALL_EVENTS[0])[1]) == {"seq": 1, "ts": 1732170004.0, "kind": "bcast", "user": "alice", "text": "hello all", "cid": "6f1d"}
+    assert json.loads(encode_event(ALL_EVENTS[2])[1]) == {
+        "seq": 10, "ts": 1732170000.0, "kind": "presence", "user": "bob", "event": "login"}
+    assert json.loads(encode_event(ALL_EVENTS[0])[1]) == {
+        "seq": 1, "ts": 1732170004.0, "kind": "bcast", "user": "alice", "text": "hello all", "cid": "6f1d"}
 
 
 def test_event_extra_fields_ignored_and_integer_ts_accepted():
@@ -788,7 +792,8 @@ def test_decode_events_from_dicts():
 
 @pytest.mark.parametrize(
     "value",
-    [None, {"seq": 1}, "events", [{"seq": 1, "ts": 1.0, "kind": "bcast"}], [{"seq": 1, "ts": 1.0, "kind": "other", "user": "a"}], [1, 2]],
+    [None, {"seq": 1}, "events", [{"seq": 1, "ts": 1.0, "kind": "bcast"}], [{"seq": 1, "ts": 1.0, "kind": "other", "user": "a"}],
+     [1, 2]],
 )
 def test_decode_events_rejects_non_events(value):
     with pytest.raises(ProtocolError) as info:
@@ -898,7 +903,8 @@ def test_spec_example_session_decodes_and_encodes_back_to_the_same_fields():
                 for event in obj.get("events", []):
                     assert json.loads(encode_json(decode_events([event])[0])) == event
             else:  # docs 6.2: a send some recipients did not get
-                assert (question, set(obj)) == ("send", {"req", "status", "code", "message", "unknown", "full", "ids", "ts", "busy", "dup"})
+                partial_send = {"req", "status", "code", "message", "unknown", "full", "ids", "ts", "busy", "dup"}
+                assert (question, set(obj)) == ("send", partial_send)
         elif kind == wire.MSG:
             _, msg = decode_push([kind, raw])
             assert json.loads(encode_msg(msg)[1]) == obj
