@@ -105,7 +105,8 @@ class ChatSession:
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await `aw` unless the session is stopped first (then raise _Stop, cancelling `aw`)."""
         task = asyncio.ensure_future(aw)
-        await asyncio.wait({task, self._stop}, return_when=asyncio.FIRST_COMPLETED)
+        racing: set[asyncio.Future[Any]] = {task, self._stop}
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
         task.cancel()

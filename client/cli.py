@@ -39,10 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", required=True, help="broker host name or IP address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default %(default)s)")
     parser.add_argument("--user", help="username to log in or register as")
-    parser.add_argument("--server-key", help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); default: ${SERVER_KEY_ENV}, else the key recorded for this broker, else asked at first use")
-    parser.add_argument("--key-port", type=int, help="the broker's key endpoint port, for trust on first use (default port+2)")
-    parser.add_argument("--accept-key", action="store_true", help="at first use, trust and record the broker's key without asking")
-    parser.add_argument("--insecure", action="store_true", help="talk to a broker started with --insecure: no encryption, passwords in clear text")
+    parser.add_argument("--server-key", help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); "
+                        f"default: ${SERVER_KEY_ENV}, else the key recorded for this broker, else asked at first use")
+    parser.add_argument("--key-port", type=int,
+                        help="the broker's key endpoint port, for trust on first use (default port+2)")
+    parser.add_argument("--accept-key", action="store_true",
+                        help="at first use, trust and record the broker's key without asking")
+    parser.add_argument("--insecure", action="store_true",
+                        help="talk to a broker started with --insecure: no encryption, passwords in clear text")
     parser.add_argument(
         "--log-level",
         default="WARNING",

@@ -114,49 +114,53 @@ class Connection(SubFollower):
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._ip, self._ipv6 = await loop.run_in_executor(None, sockets.resolve_host, self.host, self.port, 2.0)
-        choice = trust.choose_key(self.address, self._server_key, self._insecure, self.known)
-        if choice is None:
-            choice = await trust.first_use(self.address, self._ip, self._key_port, self._ipv6,
-                                           min(trust.KEY_TIMEOUT, started + 4.0 - loop.time()), self._trust_prompt)
-        self.key_choice = choice
-        self._keys = sockets.CurveKeys.new(choice.key)
-        timeout = max(1.0, min(timeout, started + 4.0 - loop.time()))  # whole connect within ~5 s
+        choice = await self._choose_key(started + 4.0)
         self._ctx = zmq.asyncio.Context()
         try:
             self._dealer = sockets.open_dealer(self._ctx, sockets.endpoint(self._ip, self.port, self._ipv6),
                                                self._ipv6, keys=self._keys)
         except zmq.ZMQError as exc:
             raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
-        monitor = self._dealer.get_monitor_socket(trust.HANDSHAKE_EVENTS)
         self._tasks = [asyncio.create_task(self._dealer_loop()), asyncio.create_task(self._timer_loop())]
-        hello = asyncio.ensure_future(self.request(hello_request(self._client_name), timeout))
-        watch = asyncio.ensure_future(trust.handshake_failure(monitor))
-        try:
-            await asyncio.wait({hello, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if watch.done() and not watch.result():  # the handshake succeeded: wait for hello
-                await asyncio.wait({hello})
-            failed = watch.done() and watch.result()
-            if failed or (hello.done() and isinstance(hello.exception(), RequestTimeout)):
-                hello.cancel()
-                raise await trust.explain(self.address, self._ip, self._key_port, self._ipv6, choice, self.known,
-                                          loop.time() - started)
-            reply = hello.result()
-        finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watch
-            with contextlib.suppress(zmq.ZMQError):
-                self._dealer.disable_monitor()
-            monitor.close(0)
-        reply = check_hello(reply, self.address)
-        if choice.source == "first use":
+        timeout = max(1.0, min(timeout, started + 4.0 - loop.time()))  # whole connect within ~5 s
+        reply = check_hello(await self._hello(self._dealer, choice, timeout, started), self.address)
+        if choice.source == "first use" and choice.key is not None:
             try:
                 self.known.remember(self.address, choice.key)
             except OSError as exc:
                 log.warning("could not record the broker key in %s: %s", self.known.path, exc)
         self.hello = reply
         return reply
+
+    async def _choose_key(self, until: float) -> trust.KeyChoice:
+        """Resolve the host and choose the broker key (asking the key endpoint at first use until
+        `until`, loop time in s); sets key_choice and the CURVE keys. Raises ConnectError."""
+        loop = asyncio.get_running_loop()
+        self._ip, self._ipv6 = await loop.run_in_executor(None, sockets.resolve_host, self.host, self.port, 2.0)
+        choice = trust.choose_key(self.address, self._server_key, self._insecure, self.known)
+        if choice is None:
+            choice = await trust.first_use(self.address, self._ip, self._key_port, self._ipv6,
+                                           min(trust.KEY_TIMEOUT, until - loop.time()), self._trust_prompt)
+        self.key_choice = choice
+        self._keys = sockets.CurveKeys.new(choice.key)
+        return choice
+
+    async def _hello(self, dealer: zmq.asyncio.Socket, choice: trust.KeyChoice, timeout: float, started: float) -> Reply:
+        """Send `hello` on `dealer` (keys from `choice`) and wait up to `timeout` s for the reply,
+        watching the handshake. Raises ConnectError explaining a failed handshake or a silence
+        (trust.explain, with the time since `started`, loop time in s)."""
+        monitor = dealer.get_monitor_socket(trust.HANDSHAKE_EVENTS)
+        hello = asyncio.ensure_future(self.request(hello_request(self._client_name), timeout))
+        try:
+            failed = await trust.hello_failed(hello, monitor)
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                dealer.disable_monitor()
+            monitor.close(0)
+        if failed:
+            raise await trust.explain(self.address, self._ip, self._key_port, self._ipv6, choice, self.known,
+                                      asyncio.get_running_loop().time() - started)
+        return hello.result()
 
     async def close(self, linger: bool = True) -> None:
         """Stop the receive tasks and close the sockets and the context. Idempotent; waiting

@@ -56,11 +56,15 @@ class LoginFlow:
 
     async def login_as(self, user: str, password: str) -> bool:
         """Log in as `user`; print the outcome. Returns True when the session is open."""
+        return await self._login(user, password) is None
+
+    async def _login(self, user: str, password: str) -> ErrorReply | None:
+        """Log in as `user`. Returns None when the session is open, else the error reply (printed)."""
         reply = await self.conn.login(user, password)
         if not isinstance(reply, ErrorReply):
-            return True
+            return None
         self._show_login_error(reply)
-        return False
+        return reply
 
     async def _answer(self, answer: str) -> bool | None:
         """Handle one answer to the top question: True logged in, False quit, None ask again."""
@@ -102,22 +106,23 @@ class LoginFlow:
         return user
 
     async def _existing_user(self) -> bool:
+        """Log in as the user asked for; the password is asked again after a wrong one."""
         user = await self._ask_user()
-        if user is None:
-            return False
-        while True:
-            password = await self.prompter.password("password: ")
-            reply = await self.conn.login(user, password)
-            if not isinstance(reply, ErrorReply):
+        while user is not None:
+            error = await self._login(user, await self.prompter.password("password: "))
+            if error is None:
                 return True
-            self._show_login_error(reply)
-            if reply.code != ErrorCode.BAD_CREDENTIALS:
-                return False
+            if error.code != ErrorCode.BAD_CREDENTIALS:
+                break
+        return False
 
     async def _new_user(self) -> bool:
+        """Register the user asked for with a new, confirmed password, then log in."""
         user = await self._ask_user()
-        if user is None:
-            return False
+        return user is not None and await self._register_and_login(user, await self._new_password())
+
+    async def _new_password(self) -> str:
+        """Ask for a password the broker accepts until it is typed twice the same."""
         while True:
             password = await self.prompter.password(f"password (at least {self.min_password} characters): ")
             try:
@@ -126,9 +131,8 @@ class LoginFlow:
                 print(exc.message)
                 continue
             if await self.prompter.password("confirm password: ") == password:
-                break
+                return password
             print("the passwords do not match; try again")
-        return await self._register_and_login(user, password)
 
     async def _register_and_login(self, user: str, password: str) -> bool:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import msgspec
 
@@ -17,9 +17,6 @@ from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.replies import UNSET, ErrorReply, HistoryReply, Reply
 from zmq_chat.protocol.wire import TOPIC_BCAST, TOPIC_HEARTBEAT, TOPIC_PRESENCE, WELCOME_PREFIX, decode_event
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zmq_chat.client.core import ClientCore
 
 _mark_decoder = msgspec.json.Decoder(m.PubMark)
 
@@ -59,8 +56,16 @@ class _SeqState:
 
 
 class EventSequence:
-    """Event sequencing and gap repair; mixed into ClientCore (which owns `_seq`, `_queue`,
-    `_clock`, `_history_limit` and `_max_held`)."""
+    """Event sequencing and gap repair; mixed into ClientCore, which provides `_queue`, `_clock`,
+    `_history_limit` and `_max_held` (declared here) and calls `_init_sequence` for `_seq`."""
+
+    _clock: Callable[[], float]  # monotonic seconds
+    _history_limit: int  # `limit` of every history request
+    _max_held: int  # most events held behind a gap
+
+    def _queue(self, msg: m.Request, purpose: str) -> int:
+        """Queue an internal request (`purpose` "history"); returns its request id. The host's."""
+        raise NotImplementedError
 
     def _init_sequence(self) -> None:
         self._seq: _SeqState | None = None
@@ -89,7 +94,7 @@ class EventSequence:
             due.append(st.retry_at)
         return due
 
-    def receive_event(self: "ClientCore", frames: list[bytes]) -> list[Output]:
+    def receive_event(self, frames: list[bytes]) -> list[Output]:
         """Feed one multipart message received on the SUB ([topic, Event]).
 
         Returns:
@@ -111,24 +116,24 @@ class EventSequence:
             return []
         return self._accept_event(event)
 
-    def sub_topics(self: "ClientCore") -> list[bytes]:
+    def sub_topics(self) -> list[bytes]:
         """The topics to subscribe the SUB to: bcast, presence, hb and this client's welcome topic."""
         return [TOPIC_BCAST, TOPIC_PRESENCE, TOPIC_HEARTBEAT, self.welcome_topic]
 
-    def sub_opened(self: "ClientCore") -> None:
+    def sub_opened(self) -> None:
         """The SUB was opened and subscribed: the catch-up `history` is asked when the broker's
         welcome arrives (the subscription is then active, so no event falls between the two), or
         after WELCOME_TIMEOUT seconds without it."""
         if self._seq is not None:
             self._seq.sub_opened = self._clock()
 
-    def _on_welcome(self: "ClientCore", seq: int) -> list[Output]:
+    def _on_welcome(self, seq: int) -> list[Output]:
         assert self._seq is not None
         if not self._seq.caught_up:
             self.catch_up()
         return []
 
-    def _on_pub_heartbeat(self: "ClientCore", seq: int) -> list[Output]:
+    def _on_pub_heartbeat(self, seq: int) -> list[Output]:
         """A PUB heartbeat says the newest seq is `seq`: events up to it that never came were lost
         (e.g. the last one before a quiet period): repair now rather than at the next event."""
         st = self._seq
@@ -137,7 +142,7 @@ class EventSequence:
             self._request_history()
         return []
 
-    def catch_up(self: "ClientCore") -> int | None:
+    def catch_up(self) -> int | None:
         """Queue the catch-up `history` request (after = login `since`); call it once the SUB socket
         is connected and subscribed. Returns the request id, or None without a session."""
         if self._seq is None:
@@ -148,20 +153,20 @@ class EventSequence:
         return self._seq.history_req
 
     @property
-    def last_seq(self: "ClientCore") -> int | None:
+    def last_seq(self) -> int | None:
         """The last event seq delivered in order (or skipped as gone); None without a session."""
         return self._seq.last if self._seq else None
 
-    def _request_history(self: "ClientCore") -> None:
+    def _request_history(self) -> None:
         assert self._seq is not None
         self._seq.history_req = self._queue(m.History(req=0, after=self._seq.last, limit=self._history_limit), "history")
 
-    def _deliver(self: "ClientCore", event: m.Event) -> EventReceived:
+    def _deliver(self, event: m.Event) -> EventReceived:
         assert self._seq is not None
         self._seq.last = event.seq
         return EventReceived(event, catchup=event.seq <= self._seq.login_seq)
 
-    def _drain_held(self: "ClientCore") -> list[Output]:
+    def _drain_held(self) -> list[Output]:
         st = self._seq
         assert st is not None
         out: list[Output] = []
@@ -171,7 +176,7 @@ class EventSequence:
             del st.held[seq]
         return out
 
-    def _accept_event(self: "ClientCore", event: m.Event) -> list[Output]:
+    def _accept_event(self, event: m.Event) -> list[Output]:
         st = self._seq
         assert st is not None
         if event.seq <= st.last or event.seq in st.held:
@@ -184,14 +189,14 @@ class EventSequence:
             self._request_history()
         return []
 
-    def _history_failed(self: "ClientCore", req: int) -> None:
+    def _history_failed(self, req: int) -> None:
         """The reply to history request `req` was malformed: ask again in a second."""
         st = self._seq
         if st is not None and st.history_req == req:
             st.history_req = None
             st.retry_at = self._clock() + 1.0
 
-    def _on_history(self: "ClientCore", req: int, reply: Reply) -> list[Output]:
+    def _on_history(self, req: int, reply: Reply) -> list[Output]:
         st = self._seq
         if st is None or st.history_req != req:
             return []

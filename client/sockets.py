@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import zmq
 
@@ -22,6 +23,9 @@ LINGER_MS = 500
 SNDHWM = 1000
 RCVHWM = 10_000
 SUB_RCVHWM = 100_000
+
+SocketT = TypeVar("SocketT", bound="zmq.Socket[Any]")
+"""The socket type of a context: zmq.Socket for a zmq.Context, zmq.asyncio.Socket for a zmq.asyncio.Context."""
 
 
 def resolve_host(host: str, port: int, timeout: float = 3.0) -> tuple[str, bool]:
@@ -100,8 +104,8 @@ def new_routing_id() -> bytes:
     return bytes(rid)
 
 
-def open_dealer(ctx: zmq.Context, url: str, ipv6: bool = False, routing_id: bytes | None = None,
-                keys: CurveKeys | None = None) -> zmq.Socket:
+def open_dealer(ctx: zmq.Context[SocketT], url: str, ipv6: bool = False, routing_id: bytes | None = None,
+                keys: CurveKeys | None = None) -> SocketT:
     """Create and connect the request DEALER: own ROUTING_ID (random when None), CURVE with
     `keys` (NULL when None or keys.server is None), LINGER 500 ms, SNDHWM 1000, RCVHWM 10000.
     Returns the socket (connect is asynchronous; nothing is sent)."""
@@ -118,8 +122,8 @@ def open_dealer(ctx: zmq.Context, url: str, ipv6: bool = False, routing_id: byte
     return sock
 
 
-def open_sub(ctx: zmq.Context, url: str, ipv6: bool = False, keys: CurveKeys | None = None,
-             topics: list[bytes] | None = None) -> zmq.Socket:
+def open_sub(ctx: zmq.Context[SocketT], url: str, ipv6: bool = False, keys: CurveKeys | None = None,
+             topics: list[bytes] | None = None) -> SocketT:
     """Create a SUB socket subscribed to `topics` (ClientCore.sub_topics(); everything when None)
     and connected to the broker's PUB `url`, with the same CURVE keys as the DEALER.
     RCVHWM 100000: beyond that zmq drops events and the client repairs the gap with `history`."""

@@ -50,7 +50,7 @@ class SyncConnection(SubFollower):
             opens is entered as registry[socket] = owner (removed when it closes).
         owner: what the registry maps this object's sockets to (default: this object).
     Attributes:
-        core, dealer, sub (None outside a session), keys (sockets.CurveKeys), errors (count of
+        core, dealer (None once closed), sub (None outside a session), keys (sockets.CurveKeys), errors (count of
         broker messages that were not [kind, JSON body] or did not decode).
     Not thread-safe; never blocks: sends use NOBLOCK, and frames that do not fit (the DEALER is
     at its high-water mark or not yet connected) wait for the next flush, in order.
@@ -65,7 +65,7 @@ class SyncConnection(SubFollower):
         self._owner = self if owner is None else owner
         self._sub_kinds = frozenset(self.core.sub_topics())
         self.keys = sockets.CurveKeys.new(server_key)
-        self.dealer = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6, keys=self.keys)
+        self.dealer: zmq.Socket | None = sockets.open_dealer(ctx, sockets.endpoint(address, port, ipv6), ipv6, keys=self.keys)
         self._register(self.dealer)
         self.sub: zmq.Socket | None = None
         self.errors = 0
@@ -84,6 +84,7 @@ class SyncConnection(SubFollower):
         if self._backlog:
             out = self._backlog + out
             self._backlog = []
+        assert self.dealer is not None, "flush() after close()"
         send = self.dealer.send_multipart
         for i, frames in enumerate(out):
             try:
@@ -113,6 +114,7 @@ class SyncConnection(SubFollower):
     def read_dealer(self) -> list[Output]:
         """Feed every message waiting on the DEALER to the core (opens or closes the SUB when the
         session begins or ends). Returns the core's outputs; call `flush()` afterwards."""
+        assert self.dealer is not None, "read_dealer() after close()"
         out = self._read(self.dealer, DEALER_KINDS, self.core.receive_dealer)
         self._follow_session()
         return out
@@ -141,7 +143,7 @@ class SyncConnection(SubFollower):
         if self.dealer is not None:
             self._unregister(self.dealer)
             self.dealer.close(0)
-            self.dealer = None  # type: ignore[assignment]
+            self.dealer = None
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -13,20 +13,22 @@ The known-brokers file is `$XDG_CONFIG_HOME/zmq-chat/known_brokers` (default `~/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import zmq
 import zmq.asyncio
 import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
-from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.errors import ConnectError, RequestTimeout
 from zmq_chat.protocol.keys import fingerprint
 
 SERVER_KEY_ENV = "CHAT_SERVER_KEY"
@@ -135,7 +137,7 @@ def fetch_key(address: str, port: int, ipv6: bool = False, timeout: float = KEY_
         sock.send_multipart([b"key", b"{}"])
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(left * 1000):
+            if not sock.poll(math.ceil(left * 1000)):
                 return None
             frames = sock.recv_multipart()
             if len(frames) == 2 and frames[0] == b"key":
@@ -235,6 +237,30 @@ async def handshake_failure(monitor: zmq.asyncio.Socket) -> bool:
             return False
         if event & HANDSHAKE_FAILED or event == zmq.EVENT_DISCONNECTED:
             return True
+
+
+async def hello_failed(hello: asyncio.Future[Any], monitor: zmq.asyncio.Socket) -> bool:
+    """Wait until `hello` (the hello request in flight) is done, watching the handshake on
+    `monitor` (the DEALER's monitor socket for HANDSHAKE_EVENTS) meanwhile.
+
+    Returns True when the handshake failed, or `hello` ended in RequestTimeout: `hello` is then
+    cancelled and the caller finds out why (`explain`); False when `hello` is done otherwise (its
+    result is the reply, or the error it raises). The monitor socket is left to the caller.
+    """
+    watch = asyncio.ensure_future(handshake_failure(monitor))
+    try:
+        await asyncio.wait({hello, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch.done() and not watch.result():  # the handshake succeeded: wait for hello
+            await asyncio.wait({hello})
+        failed = watch.done() and watch.result()
+        if failed or (hello.done() and isinstance(hello.exception(), RequestTimeout)):
+            hello.cancel()
+            return True
+        return False
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watch
 
 
 async def first_use(address: str, ip: str, key_port: int, ipv6: bool, timeout: float,

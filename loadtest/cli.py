@@ -20,6 +20,7 @@ from zmq_chat.loadtest.accounts import prepare_accounts
 from zmq_chat.loadtest.connect import HELLO_TIMEOUT, BrokerUnreachable, check_broker
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, OptionsError
 from zmq_chat.loadtest.spawn import BrokerStartError, SpawnedBroker, raise_fd_limit
+from zmq_chat.protocol.limits import DEFAULT_PORT
 from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Load test of a chat broker with many real clients: throughput, "
                 "end-to-end latency, losses. Creates the accounts lt<prefix><i> first (resumable).")
     p.add_argument("--host", default=d.host, help="broker host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=d.port, help="broker ROUTER port (default 4119)")
+    p.add_argument("--port", type=int, default=d.port, help=f"broker ROUTER port (default {DEFAULT_PORT})")
     p.add_argument("--spawn-broker", action="store_true",
                    help="start a private broker on free 127.0.0.1 ports with a temporary data directory "
                         "(ignores --host/--port); stopped at the end")
@@ -66,9 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most seconds for the login phase (default 60 + 0.1 per client)")
     p.add_argument("--seed", type=int, default=None, help="random seed of the message mix (default random)")
     p.add_argument("--server-key", help="the broker's public key, 40 Z85 characters (chat-broker --print-key); default: "
-                   "$CHAT_SERVER_KEY, else the key chat-client recorded for this broker; taken from the broker itself with --spawn-broker")
-    p.add_argument("--insecure", action="store_true", help="the broker runs --insecure: no encryption (with --spawn-broker: spawn it so)")
-    p.add_argument("--compare-insecure", action="store_true", help="with --spawn-broker: run the same load again on an --insecure broker and print the cost of CURVE against NULL")
+                   "$CHAT_SERVER_KEY, else the key chat-client recorded for this broker; "
+                   "taken from the broker itself with --spawn-broker")
+    p.add_argument("--insecure", action="store_true",
+                   help="the broker runs --insecure: no encryption (with --spawn-broker: spawn it so)")
+    p.add_argument("--compare-insecure", action="store_true",
+                   help="with --spawn-broker: run the same load again on an --insecure broker "
+                   "and print the cost of CURVE against NULL")
     p.add_argument("--prepare-only", action="store_true", help="create the accounts, then exit")
     p.add_argument("--skip-prepare", action="store_true", help="assume the accounts exist")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             options.host, options.port, options.server_key = broker.host, broker.port, broker.server_key
         code = _run(args, options, broker)
         if args.compare_insecure and code in (0, 1):
+            assert broker is not None  # --compare-insecure was checked to come with --spawn-broker
             broker.stop()
             broker = SpawnedBroker([*extra, "--insecure"]).start()
             plain = dataclasses.replace(options, port=broker.port, server_key=None, insecure=True)

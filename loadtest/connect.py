@@ -4,6 +4,7 @@ and host resolution with load-tester errors. Connections are client.sync.SyncCon
 
 from __future__ import annotations
 
+import math
 import time
 
 import zmq
@@ -54,7 +55,7 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_ke
                 raise BrokerUnreachable(
                     f"no chat broker answered at {host}:{port} within {timeout:g} s (is it running? right host "
                     "and port? the right --server-key, or --insecure for a broker run with --insecure?)")
-            ready = dict(poller.poll(left * 1000))
+            ready = dict(poller.poll(math.ceil(left * 1000)))
             if ready:
                 for out in conn.handle(ready):
                     if isinstance(out, ReplyReceived) and out.req == req:

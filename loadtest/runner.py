@@ -146,8 +146,8 @@ class _Pool:
                 missing = [i for i in range(len(self.conns)) if i not in got]
                 raise LoadTestError(f"load process(es) {missing} did not finish {what} in time")
             pending = [c for i, c in enumerate(self.conns) if i not in got]
-            for conn in mp_wait(pending, min(left, PROGRESS_EVERY_S)):
-                i = index[id(conn)]
+            for i in [index[id(ready)] for ready in mp_wait(pending, min(left, PROGRESS_EVERY_S))]:
+                conn = self.conns[i]
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
@@ -184,7 +184,8 @@ class _Pool:
         def total(key: str) -> int:
             return sum(int(st.get(key, 0)) for st in states)
 
-        s.private_sent, s.private_acked, s.private_delivered = total("private_sent"), total("private_acked"), total("private_delivered")
+        s.private_sent, s.private_acked, s.private_delivered = (
+            total("private_sent"), total("private_acked"), total("private_delivered"))
         s.broadcast_sent, s.broadcast_acked, s.broadcast_delivered = (
             total("broadcast_sent"), total("broadcast_acked"), total("broadcast_delivered"))
         s.errors, s.inflight = total("errors"), total("inflight")

@@ -16,8 +16,9 @@ from zmq_chat.broker.limits import raise_open_files_limit
 
 __all__ = ["LOAD_LIMITS", "WANTED_FDS", "BrokerStartError", "SpawnedBroker", "raise_fd_limit"]
 
-LOAD_LIMITS = ["--max-connections-per-ip", "1000000", "--connection-rate", "1000000", "--rate-limit", "0", "--max-registrations-per-ip", "1000000",
-               "--max-failed-logins-per-ip", "1000000", "--max-queued-logins-per-ip", "100000"]
+LOAD_LIMITS = ["--max-connections-per-ip", "1000000", "--connection-rate", "1000000", "--rate-limit", "0",
+               "--max-registrations-per-ip", "1000000", "--max-failed-logins-per-ip", "1000000",
+               "--max-queued-logins-per-ip", "100000"]
 """Per-IP and per-connection limits lifted for a spawned broker: every load client comes from
 127.0.0.1 and sends as fast as it may (later flags in extra_args override these)."""
 
