@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zmq_chat.broker.authqueue import AuthQueue
+from zmq_chat.broker.connections import Conn
+from zmq_chat.broker.corebase import CoreBase
 from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.session import Session
@@ -32,9 +34,6 @@ from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.replies import ErrorReply, HelloReply, LoginReply, LogoutReply, PingReply, RegisterReply
 from zmq_chat.protocol.validation import validate_password, validate_username
 from zmq_chat.protocol.version import PROTOCOL_VERSION
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zmq_chat.broker.core import BrokerCore
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,10 @@ class AuthJob:
     conn: Any = field(default=None, repr=False)
 
 
-class Accounts:
-    """Account requests; mixed into BrokerCore."""
+class Accounts(CoreBase):
+    """Account requests; mixed into BrokerCore (the state they use: broker.corebase.CoreBase)."""
 
-    def __init__(self: "BrokerCore") -> None:
+    def __init__(self) -> None:
         cfg = self.cfg
         self.pending_auth: set[bytes] = set()  # routing ids with a job queued or running
         self.pending_pairs: set[tuple[str, str]] = set()  # (user, ip) with a verify queued or running
@@ -93,7 +92,7 @@ class Accounts:
         self.ip_registrations = KeyedBuckets(r / 3600.0, r)
         self.known_ips: dict[str, list[str]] = {}  # user -> addresses of its last successful logins
 
-    def _no_session_request(self: "BrokerCore", rid: bytes, kind: bytes, request: Any, ip: str, key: str,
+    def _no_session_request(self, rid: bytes, kind: bytes, request: Any, ip: str, key: str,
                             fd: int, session: Session | None, conn: Any = None) -> None:
         if kind == b"ping":
             self._ok(rid, PingReply(req=request.req, ts=self.clock(), session=session is not None))
@@ -129,7 +128,7 @@ class Accounts:
         else:
             self._login(rid, request, ip, key, fd, conn)
 
-    def _check_capacity(self: "BrokerCore", rid: bytes) -> None:
+    def _check_capacity(self, rid: bytes) -> None:
         if rid in self.pending_auth:
             raise ProtocolError(ErrorCode.OVERLOADED, "a login or registration is already in progress on this connection",
                                 fields={"retry_after": OVERLOADED_RETRY})
@@ -137,7 +136,7 @@ class Accounts:
             raise ProtocolError(ErrorCode.OVERLOADED, "too many logins in progress; retry in a moment",
                                 fields={"retry_after": OVERLOADED_RETRY})
 
-    def _enqueue(self: "BrokerCore", job: AuthJob) -> None:
+    def _enqueue(self, job: AuthJob) -> None:
         """Queue argon2id work for a free hashing thread. Raises E_OVERLOADED when its IP has
         --max-queued-logins-per-ip jobs waiting, or when PER_ACCOUNT logins of its account wait
         (an account under attack verifies once a second; a login from an address the account
@@ -155,14 +154,21 @@ class Accounts:
         else:
             self.pending_pairs.add((job.user, job.ip))
 
-    def _forget_job(self: "BrokerCore", job: AuthJob) -> None:
+    def _drop_jobs(self, conn: Conn) -> None:
+        """Drop the waiting argon2id jobs of connection `conn` (its record, broker.connections.Conn:
+        it closed), unrun."""
+        for job in self.auth_queue.drop(lambda j: j.conn is not conn):
+            log.debug("dropped a login of a closed connection ip=%s", job.ip)
+            self._forget_job(job)
+
+    def _forget_job(self, job: AuthJob) -> None:
         self.pending_auth.discard(job.rid)
         if job.kind == "hash":
             self.pending_names.discard(job.user)
         else:
             self.pending_pairs.discard((job.user, job.ip))
 
-    def _dispatch_jobs(self: "BrokerCore") -> None:
+    def _dispatch_jobs(self) -> None:
         """Hand queued jobs to free hashing threads (at most --hash-workers at once), fairly
         (broker.authqueue). Jobs of closed connections were dropped unrun (on_disconnected)."""
         if not len(self.auth_queue) or self.hashing >= self.cfg.hash_workers:
@@ -181,7 +187,7 @@ class Accounts:
                 self.throttle.started(job.user, now)
             self._out.jobs.append(job)
 
-    def _rank(self: "BrokerCore", job: AuthJob) -> int:
+    def _rank(self, job: AuthJob) -> int:
         """The queue rank of a job (broker.authqueue): 0 from an address its account logged in from
         before, 2 from an address with recent wrong passwords (or one for this account), else 1."""
         if job.kind == "verify" and job.ip in self.known_ips.get(job.user, ()):
@@ -190,17 +196,19 @@ class Accounts:
             return 2
         return 2 if job.kind == "verify" and self.guard.failures(job.user, job.ip) else 1
 
-    def _purge_guards(self: "BrokerCore", now: float) -> None:
-        """Forget expired lockouts, throttles and full buckets (call about once a second)."""
+    def _purge_guards(self, now: float) -> None:
+        """Forget expired lockouts, throttles, full buckets and registrations older than
+        REGISTER_MEMORY seconds (call about once a second)."""
         self.guard.purge(now)
         self.throttle.purge(now)
         self.ip_failures.purge(now)
         self.ip_registrations.purge(now)
+        self._forget_registrations(now)
 
-    def _client_id(self: "BrokerCore", rid: bytes, key: str) -> str:
+    def _client_id(self, rid: bytes, key: str) -> str:
         return key or rid.hex()
 
-    def _register(self: "BrokerCore", rid: bytes, r: m.Register, ip: str, key: str, fd: int, conn: Any) -> None:
+    def _register(self, rid: bytes, r: m.Register, ip: str, key: str, fd: int, conn: Any) -> None:
         validate_username(r.user)
         validate_password(r.password, self.cfg.min_password_chars)
         if r.user in self.users:
@@ -218,7 +226,7 @@ class Accounts:
                                 fields={"retry_after": round(wait, 1)})
         self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn))
 
-    def _login(self: "BrokerCore", rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Any) -> None:
+    def _login(self, rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Any) -> None:
         now = self.clock()
         ip_wait = self.ip_failures.wait(ip, now)
         if ip_wait > 0:
@@ -243,13 +251,13 @@ class Accounts:
         self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, self.users[r.user].hash, ip, key, fd,
                               conn=conn))
 
-    def _ip_failed(self: "BrokerCore", ip: str, now: float) -> None:
+    def _ip_failed(self, ip: str, now: float) -> None:
         """One failed login (wrong password or unknown name) from `ip`: takes a token of its
         --max-failed-logins-per-ip bucket."""
         if self.ip_failures.take(ip, now) > 0:
             log.info("login blocked ip=%s: too many failed logins", ip)
 
-    def on_auth_result(self: "BrokerCore", job: AuthJob) -> None:
+    def on_auth_result(self, job: AuthJob) -> None:
         """Finish a login or registration whose argon2id work (job.result) is done. Like a request,
         it changes nothing when it fails (store writes and output undone)."""
         self.hashing = max(0, self.hashing - 1)
@@ -269,7 +277,7 @@ class Accounts:
             self._err(job.rid, ErrorReply.of(job.req, ErrorCode.INTERNAL,
                                              "internal broker error; the request may be retried"))
 
-    def _finish_register(self: "BrokerCore", job: AuthJob) -> None:
+    def _finish_register(self, job: AuthJob) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         if job.user in self.users:
@@ -282,24 +290,16 @@ class Accounts:
         log.info("registered user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, RegisterReply(req=job.req, user=job.user, dup=False))
 
-    def _finish_login(self: "BrokerCore", job: AuthJob) -> None:
+    def _finish_login(self, job: AuthJob) -> None:
+        """Finish a login whose password check (job.result, bool) is done: a wrong password counts
+        against the account and the address; a right one opens the session, ending the user's
+        other session (and one of the same client key under another name) first. Raises
+        ProtocolError for a broker shutting down, full or already logged in on that connection."""
         now = self.clock()
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
         if not job.result:
-            self._ip_failed(job.ip, now)
-            self.throttle.failed(job.user, now)
-            left = self.guard.fail(job.user, job.ip, now)
-            log.info("failed login user=%s ip=%s attempts_left=%d", job.user, job.ip, left)
-            if left == 0:
-                secs = self.cfg.block_seconds
-                self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BLOCKED,
-                                              message=f"wrong password; too many tries: try again in {secs:.0f} s",
-                                              retry_after=secs))
-            else:
-                self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BAD_CREDENTIALS,
-                                              message=f"wrong password ({left} {'try' if left == 1 else 'tries'} left)",
-                                              attempts_left=left))
+            self._wrong_password(job, now)
             return
         self.guard.succeed(job.user, job.ip)  # (the account throttle stays: an attack goes on)
         ips = self.known_ips.setdefault(job.user, [])
@@ -317,6 +317,33 @@ class Accounts:
         if job.key and job.key in self.by_key:  # the same client key logged in as someone else
             other = self.by_key[job.key]
             self._end(other, "logout", "replaced", "this client logged in as another user; this session ends")
+        s = self._open_session(job, now)
+        log.info("login user=%s ip=%s", job.user, job.ip)
+        self._ok(job.rid, LoginReply(req=job.req, **s.login, dup=False))
+        if old is None:
+            self._presence(s, "login")
+        self._pump(s)
+
+    def _wrong_password(self, job: AuthJob, now: float) -> None:
+        """Count a failed password check against the address and the account, and answer
+        E_BAD_CREDENTIALS with attempts_left, or E_BLOCKED with retry_after after the last try."""
+        self._ip_failed(job.ip, now)
+        self.throttle.failed(job.user, now)
+        left = self.guard.fail(job.user, job.ip, now)
+        log.info("failed login user=%s ip=%s attempts_left=%d", job.user, job.ip, left)
+        if left == 0:
+            secs = self.cfg.block_seconds
+            self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BLOCKED,
+                                          message=f"wrong password; too many tries: try again in {secs:.0f} s",
+                                          retry_after=secs))
+        else:
+            self._err(job.rid, ErrorReply(req=job.req, code=ErrorCode.BAD_CREDENTIALS,
+                                          message=f"wrong password ({left} {'try' if left == 1 else 'tries'} left)",
+                                          attempts_left=left))
+
+    def _open_session(self, job: AuthJob, now: float) -> Session:
+        """Make and register the session of login `job` (at `now`, seconds), with the fields of
+        its ok reply in `login`; detached when its connection closed while hashing."""
         row = self.users.get(job.user)
         since = row.last_seq if row else self.seq
         alive = job.conn is None or self.conns.get(job.fd) is job.conn
@@ -340,13 +367,9 @@ class Accounts:
             self.by_key[job.key] = s
         if alive and job.conn is not None:
             job.conn.bound = True
-        log.info("login user=%s ip=%s", job.user, job.ip)
-        self._ok(job.rid, LoginReply(req=job.req, **s.login, dup=False))
-        if old is None:
-            self._presence(s, "login")
-        self._pump(s)
+        return s
 
-    def _forget_registrations(self: "BrokerCore", now: float) -> None:
+    def _forget_registrations(self, now: float) -> None:
         """Drop remembered registrations older than REGISTER_MEMORY seconds."""
         stale = [k for k, when in self.registered.items() if when + REGISTER_MEMORY < now]
         for k in stale:

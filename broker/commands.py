@@ -8,10 +8,11 @@ its helpers (`_ok`, `_err`, `_push`, `_publish`); nothing here touches a socket.
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from zmq_chat.broker.corebase import CoreBase
 from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
@@ -20,11 +21,9 @@ from zmq_chat.protocol.replies import (
     AckReply, BroadcastReply, BusyRecipient, BusyReply, EmptyReply, ErrorReply, HistoryReply, IdleReply, SendReply,
     StatusReply, UsersReply,
 )
-from zmq_chat.protocol.limits import MAX_COUNTER  # seq and mail ids stay <= it (docs 3): past it broadcasts and sends get E_INTERNAL
+# seq and mail ids stay <= MAX_COUNTER (docs 3): past it broadcasts and sends get E_INTERNAL
+from zmq_chat.protocol.limits import MAX_COUNTER
 from zmq_chat.protocol.validation import validate_text, validate_username
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zmq_chat.broker.core import BrokerCore
 
 BUSY_TEXT_BUDGET = 2000
 """Characters of auto-reply text one `send` reply carries in all: with many busy recipients each
@@ -56,15 +55,15 @@ def _names(names: list[str], most: int = 5) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-class Commands:
-    """Session command handlers; mixed into BrokerCore (see there for the attributes used)."""
+class Commands(CoreBase):
+    """Session command handlers; mixed into BrokerCore (the state they use: broker.corebase.CoreBase)."""
 
-    def _who(self: "BrokerCore", s: Session, r: m.Who) -> None:
+    def _who(self, s: Session, r: m.Who) -> None:
         names = {o.user for o in self.sessions.values() if not o.hidden}
         names.add(s.user)
         self._names_reply(s, r.req, names)
 
-    def _last(self: "BrokerCore", s: Session, r: m.Last) -> None:
+    def _last(self, s: Session, r: m.Last) -> None:
         """Visible users online now, those whose last session ended visible within `minutes`,
         and the caller; a user who is online and hidden now is left out (docs 6.1, 9.6)."""
         names = {o.user for o in self.sessions.values() if not o.hidden}
@@ -76,7 +75,7 @@ class Commands:
         names.add(s.user)
         self._names_reply(s, r.req, names)
 
-    def _names_reply(self: "BrokerCore", s: Session, req: int, names: set[str]) -> None:
+    def _names_reply(self, s: Session, req: int, names: set[str]) -> None:
         """`users` sorted; cut to what fits in --reply-bytes (then `truncated` is true)."""
         users = sorted(names)
         budget = self.cfg.reply_bytes - 200
@@ -94,7 +93,7 @@ class Commands:
             return
         self._ok(s.rid, UsersReply(req=req, users=users, truncated=truncated))
 
-    def _refuse_large(self: "BrokerCore", s: Session, size: int) -> bool:
+    def _refuse_large(self, s: Session, size: int) -> bool:
         """Whether a large reply of `size` bytes must wait (then E_OVERLOADED is queued): more than
         --backlog-limit bytes of large replies are already queued to this session in this batch,
         or its peer leaves what it was sent unread (the kernel's send queue is full). So a client
@@ -108,7 +107,7 @@ class Commands:
                                     message="earlier replies are still unread; retry in a moment", retry_after=1.0))
         return True
 
-    def _replay(self: "BrokerCore", s: Session, req: int, cid: str, digest: int) -> None:
+    def _replay(self, s: Session, req: int, cid: str, digest: int) -> None:
         """Answer a retried send id with its first reply, marked dup: the stored fields (docs 9.2)
         as a BroadcastReply (they have `seq`), a SendReply or an ErrorReply.
 
@@ -126,7 +125,7 @@ class Commands:
         else:
             self._err(s.rid, msgspec.convert({"req": req, **fields}, ErrorReply))
 
-    def _broadcast(self: "BrokerCore", s: Session, r: m.Broadcast) -> None:
+    def _broadcast(self, s: Session, r: m.Broadcast) -> None:
         validate_text(r.text, self.cfg.max_message_chars)
         digest = content_digest([], r.text)
         if self.seq >= MAX_COUNTER:
@@ -139,7 +138,7 @@ class Commands:
         self._publish(event)
         self._ok(s.rid, BroadcastReply(req=r.req, seq=event.seq, ts=event.ts, dup=False))
 
-    def _send(self: "BrokerCore", s: Session, r: m.Send) -> None:
+    def _send(self, s: Session, r: m.Send) -> None:
         """Store a private message in each known recipient's mailbox; push it to those online.
 
         The send id is claimed first (one INSERT OR IGNORE): a retry changes nothing and gets the
@@ -152,17 +151,9 @@ class Commands:
         for name in to:  # a name that breaks the rule has no account: say so before storing anything
             validate_username(name)
         digest = content_digest(to, r.text)
-        unknown = [n for n in to if n not in self.users]
-        quota = self.cfg.mailbox_quota
-        full = [n for n in to if n in self.users and self.mail_counts.get(n, 0) >= quota]
-        known = [n for n in to if n in self.users and self.mail_counts.get(n, 0) < quota]
+        unknown, full, known = self._recipients(to)
         if not known:
-            if self.sends.get(s.user, r.id) is not None:
-                self._replay(s, r.req, r.id, digest)
-                return
-            code, message = _refusal(unknown, full, [])
-            self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, ids={}, busy=[], unknown=unknown,
-                                        full=full, dup=False))
+            self._refuse_send(s, r, digest, unknown, full)
             return
         if self.last_mail_id + len(known) > MAX_COUNTER:
             raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53)")
@@ -185,24 +176,49 @@ class Commands:
         self.last_mail_id += len(known)
         for rs in busy_now:
             rs.auto_replied.add(s.user)
-        for name, mid in ids.items():
-            msg = m.PrivateMessage(mid, s.user, name, now, r.text, r.id)
-            self.batch.mail.append(msg)
-            self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
-            self._req_mail.append((name, 1))
-            rs = self.by_user.get(name)
-            if rs is None:
-                continue
-            if rs.busy or rs.detached:
-                rs.backlog = True
-            else:
-                self._deliver_new(rs, msg)
+        self._store_mail(s.user, ids, now, r)
         if unknown or full:
             self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, **fields, dup=False))
         else:
             self._ok(s.rid, SendReply(req=r.req, **fields, dup=False))
 
-    def _deliver_new(self: "BrokerCore", rs: Session, msg: m.PrivateMessage) -> None:
+    def _recipients(self, to: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """Split the names `to` (in order) into (unknown: no account, full: a mailbox holding
+        --mailbox-quota messages, known: the others, who get the message)."""
+        quota = self.cfg.mailbox_quota
+        unknown = [n for n in to if n not in self.users]
+        full = [n for n in to if n in self.users and self.mail_counts.get(n, 0) >= quota]
+        known = [n for n in to if n in self.users and self.mail_counts.get(n, 0) < quota]
+        return unknown, full, known
+
+    def _refuse_send(self, s: Session, r: m.Send, digest: int, unknown: list[str], full: list[str]) -> None:
+        """Answer a send that no recipient gets: its first reply again when the id was used
+        (ProtocolError(E_DUPLICATE_ID) for other content), else E_UNKNOWN_USER or E_MAILBOX_FULL
+        (nothing is stored, so the id stays free)."""
+        if self.sends.get(s.user, r.id) is not None:
+            self._replay(s, r.req, r.id, digest)
+            return
+        code, message = _refusal(unknown, full, [])
+        self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, ids={}, busy=[], unknown=unknown,
+                                    full=full, dup=False))
+
+    def _store_mail(self, sender: str, ids: dict[str, int], now: float, r: m.Send) -> None:
+        """Write the message of send `r` (at `now`, seconds) to each recipient's mailbox under its
+        mail id (`ids`: name -> id); push it to the recipients online, not busy and attached."""
+        for name, mid in ids.items():
+            msg = m.PrivateMessage(mid, sender, name, now, r.text, r.id)
+            self.batch.mail.append(msg)
+            self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
+            self._req_mail.append((name, 1))
+            recipient = self.by_user.get(name)
+            if recipient is None:
+                continue
+            if recipient.busy or recipient.detached:
+                recipient.backlog = True
+            else:
+                self._deliver_new(recipient, msg)
+
+    def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:
         if rs.backlog or len(rs.inflight) >= self.cfg.mail_window:
             rs.backlog = True
             self._pump(rs)
@@ -211,7 +227,7 @@ class Commands:
         rs.cursor = msg.id
         self._push(rs.rid, wire.encode_msg(msg), msg.id)
 
-    def _pump(self: "BrokerCore", s: Session) -> None:
+    def _pump(self, s: Session) -> None:
         """Push mailbox messages while the in-flight window has room (not while busy or
         detached): first those whose push was dropped (on_push_dropped), then those beyond the
         session's cursor, oldest first."""
@@ -235,7 +251,7 @@ class Commands:
         if len(rows) < room:
             s.backlog = False
 
-    def on_push_dropped(self: "BrokerCore", rid: bytes, mail_id: int) -> None:
+    def on_push_dropped(self, rid: bytes, mail_id: int) -> None:
         """A `msg` push of `mail_id` to `rid` could not be queued (EAGAIN: the peer is past its
         high-water mark). Frees its window slot; the next pump (after an ack) sends it again. It
         stays in the mailbox meanwhile."""
@@ -245,7 +261,7 @@ class Commands:
         s.inflight.discard(mail_id)
         s.dropped.add(mail_id)
 
-    def _ack(self: "BrokerCore", s: Session, r: m.Ack) -> None:
+    def _ack(self, s: Session, r: m.Ack) -> None:
         if self.cfg.rate_limit > 0 and len(r.ids) > ACK_IDS_PER_TOKEN:  # the first 100 ids are free
             wait = self.user_buckets.take(s.user, self.clock(), len(r.ids) // ACK_IDS_PER_TOKEN)
             if wait > 0:
@@ -260,7 +276,7 @@ class Commands:
         self._ok(s.rid, AckReply(req=r.req, removed=removed))
         self._pump(s)
 
-    def _delete_mail(self: "BrokerCore", s: Session, ids: list[int]) -> int:
+    def _delete_mail(self, s: Session, ids: list[int]) -> int:
         """Delete acked mail of `s.user` (with the batch); returns how many of `ids` were in the
         mailbox. Ids pushed in this session and unacked are known to be there; the store is asked
         only about the others (an ack of a push of an earlier session)."""
@@ -273,7 +289,7 @@ class Commands:
             self.batch.acks.append((s.user, sorted(known)))
         return len(known)
 
-    def _busy(self: "BrokerCore", s: Session, r: m.Busy) -> None:
+    def _busy(self, s: Session, r: m.Busy) -> None:
         if len(r.text) > self.cfg.max_message_chars:
             raise ProtocolError(ErrorCode.MESSAGE_TOO_LONG, f"an auto-reply has at most {self.cfg.max_message_chars} characters")
         if not s.busy:
@@ -283,7 +299,7 @@ class Commands:
         s.busy_text = r.text
         self._ok(s.rid, BusyReply(req=r.req, text=r.text))
 
-    def _idle(self: "BrokerCore", s: Session, r: m.Idle) -> None:
+    def _idle(self, s: Session, r: m.Idle) -> None:
         # every message up to the cursor was pushed in this session: unacked, it is in flight or dropped
         held = max(0, self.mail_counts.get(s.user, 0) - len(s.inflight) - len(s.dropped))
         s.busy = False
@@ -293,24 +309,25 @@ class Commands:
         self._ok(s.rid, IdleReply(req=r.req, held=held))
         self._pump(s)
 
-    def _hide(self: "BrokerCore", s: Session, r: m.Hide) -> None:
+    def _hide(self, s: Session, r: m.Hide) -> None:
         s.hidden = True
         self._ok(s.rid, EmptyReply(req=r.req))
 
-    def _appear(self: "BrokerCore", s: Session, r: m.Appear) -> None:
+    def _appear(self, s: Session, r: m.Appear) -> None:
         s.hidden = False
         self._ok(s.rid, EmptyReply(req=r.req))
 
-    def _status(self: "BrokerCore", s: Session, r: m.Status) -> None:
+    def _status(self, s: Session, r: m.Status) -> None:
         self._ok(s.rid, StatusReply(req=r.req, user=s.user, busy=s.busy, busy_text=s.busy_text,
                                     hidden=s.hidden, since_ts=s.since))
 
-    def _history(self: "BrokerCore", s: Session, r: m.History) -> None:
+    def _history(self, s: Session, r: m.History) -> None:
         """The oldest kept events after `after`: at most `limit` (capped at --history) and at most
         --reply-bytes of event JSON (at least one event); `complete` tells whether they reach `seq`."""
         limit = min(r.limit, self.cfg.history)
         rows = self._event_bodies_after(r.after, limit) if r.after < self.seq else []
-        events, size = [], 0
+        events: list[tuple[int, bytes]] = []
+        size = 0
         for seq, body in rows:
             size += len(body) + 1
             if events and size > self.cfg.reply_bytes:

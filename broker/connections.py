@@ -108,6 +108,10 @@ class ConnTable:
     def __iter__(self) -> Iterator[Conn]:
         return iter(list(self.conns.values()))
 
+    def __getitem__(self, fd: int) -> Conn:
+        """The connection on `fd`; raises KeyError when there is none."""
+        return self.conns[fd]
+
     def get(self, fd: int) -> Conn | None:
         """The connection on `fd`, or None (unknown, or already closed)."""
         return self.conns.get(fd)

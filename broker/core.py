@@ -4,36 +4,36 @@ Input: requests as frame lists `[type, body]` with the sender's routing id, conn
 CURVE key; argon2id job results; ZAP requests; connection events of the socket monitors; PUB
 subscriptions; clock ticks; unreachable peers; shutdown. Output, collected until `drain()`:
 ROUTER messages, PUB messages, AuthJobs to run, connections to cut off, and the batch of store
-writes (broker.storage.WriteBatch) they depend on (broker.core.Output). The loop (broker.loop)
+writes (broker.storage.WriteBatch) they depend on (broker.corebase.Output). The loop (broker.loop)
 commits that batch *before* sending any output, so every ok reply that acknowledges a message
 follows its commit. The core reads the store only for message and event bodies; everything else it
 needs (accounts, counters, mailbox sizes, send ids) is loaded at start and kept in memory.
 
 The handlers are split by concern over mixins of the one BrokerCore class: broker.commands (session
 commands, mailbox delivery), broker.accounts (hello, register, login, argon2id results) and
-broker.links (ZAP, connections, PUB subscriptions and heartbeats).
+broker.links (ZAP, connections, PUB subscriptions and heartbeats). All of them derive from
+broker.corebase.CoreBase: the shared state with its types, and the output queue with its undo.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from zmq_chat.broker.accounts import Accounts, AuthJob
-from zmq_chat.broker.commands import MAX_COUNTER, Commands
+from zmq_chat.broker.accounts import Accounts
+from zmq_chat.broker.commands import Commands
 from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import Conn, ConnTable
+from zmq_chat.broker.corebase import Output
 from zmq_chat.broker.links import Links
 from zmq_chat.broker.ratelimit import KeyedBuckets, TokenBucket
 from zmq_chat.broker.sendids import SendIds
 from zmq_chat.broker.session import Session
-from zmq_chat.broker.storage import SendRecord, Store, UserRecord, WriteBatch
-from zmq_chat.protocol import messages as m
+from zmq_chat.broker.storage import Store
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.replies import ErrorReply, Reply, encode_reply
+from zmq_chat.protocol.replies import ErrorReply
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,6 @@ FLOOD_CUT_GRACE = 0.05
 """Seconds between deciding to cut a flooder and cutting it (its last replies leave first)."""
 CUT_GRACE = 2.0
 """Seconds between ending a silent session and cutting its connection (the `end` push goes first)."""
-
-
-@dataclass
-class Output:
-    """What the core asks the loop to do, in order, after committing the store.
-
-    router: (routing id, kind, body, mail id or 0) per ROUTER message; a nonzero mail id marks a
-    `msg` push (on EAGAIN the loop calls on_push_dropped). pub: (topic, body) per PUB message.
-    jobs: argon2id work. cuts: connections to shut down (the loop checks fd, IP and port first).
-    writes: the store writes to commit before any of the above leaves.
-    """
-
-    router: list[tuple[bytes, bytes, bytes, int]] = field(default_factory=list)
-    pub: list[tuple[bytes, bytes]] = field(default_factory=list)
-    jobs: list[AuthJob] = field(default_factory=list)
-    cuts: list[Conn] = field(default_factory=list)
-    writes: WriteBatch = field(default_factory=WriteBatch)
-
-    def __bool__(self) -> bool:
-        return bool(self.router or self.pub or self.jobs or self.cuts or self.writes)
 
 
 class BrokerCore(Commands, Accounts, Links):
@@ -89,25 +69,25 @@ class BrokerCore(Commands, Accounts, Links):
         self.pub_port = pub_port
         self.clock = clock
         self.peer_behind = peer_behind
-        self.sessions: dict[bytes, Session] = {}
-        self.by_user: dict[str, Session] = {}
-        self.by_key: dict[str, Session] = {}
+        self.sessions = {}
+        self.by_user = {}
+        self.by_key = {}
         self.conns = ConnTable(config.max_conns_per_ip, config.login_timeout, config.key_timeout,
                                config.pending_limit, small_pending_limit=config.small_pending_limit)
         snap = store.load(clock() - config.sends_keep_seconds)
-        self.users: dict[str, UserRecord] = snap.users
+        self.users = snap.users
         self.seq = snap.seq
         self.last_mail_id = snap.last_mail_id
-        self.mail_counts: dict[str, int] = snap.mail_counts
+        self.mail_counts = snap.mail_counts
         self.sends = SendIds(snap.sends)
         self.stopping = False
-        self._current_req: int | None = None
+        self._current_req = None
         self._out = Output()
-        self._later_cuts: list[tuple[float, Conn, bool]] = []  # (when, connection, even if in use)
-        self._req_mail: list[tuple[str, int]] = []  # (recipient, change) of mail counts by this request (for _undo)
-        self._req_sends: list[SendRecord] = []  # send ids this request claimed (for _undo)
-        self._req_users: list[str] = []  # accounts this request created (for _undo)
-        self._batch_bytes: dict[bytes, int] = {}  # large-reply bytes queued per routing id this batch
+        self._later_cuts = []  # (when, connection, even if in use)
+        self._req_mail = []  # (recipient, change) of mail counts by this request (for _undo)
+        self._req_sends = []  # send ids this request claimed (for _undo)
+        self._req_users = []  # accounts this request created (for _undo)
+        self._batch_bytes = {}  # large-reply bytes queued per routing id this batch
         self.user_buckets = KeyedBuckets(config.rate_limit, config.rate_burst)  # flood control per user
         self._handlers: dict[bytes, Callable[[Session, Any], None]] = {
             b"who": self._who,
@@ -137,26 +117,6 @@ class BrokerCore(Commands, Accounts, Links):
         out, self._out = self._out, Output()
         self._batch_bytes.clear()
         return out
-
-    @property
-    def batch(self) -> WriteBatch:
-        """The store writes of the requests handled since the last drain()."""
-        return self._out.writes
-
-    def _ok(self, rid: bytes, reply: Reply) -> None:
-        """Queue the reply `reply` (a protocol.replies ok Struct, e.g. AckReply(req=7, removed=2),
-        carrying the request's req) for routing id `rid`."""
-        kind, body = encode_reply(reply)
-        self._out.router.append((rid, kind, body, 0))
-
-    def _err(self, rid: bytes, reply: ErrorReply) -> None:
-        """Queue the error reply `reply` (protocol.replies.ErrorReply: req, code, message and the
-        extra fields of docs 6.2 that apply) for routing id `rid`."""
-        kind, body = encode_reply(reply)
-        self._out.router.append((rid, kind, body, 0))
-
-    def _push(self, rid: bytes, frames: list[bytes], mail_id: int = 0) -> None:
-        self._out.router.append((rid, frames[0], frames[1], mail_id))
 
     # -- requests -------------------------------------------------------------------------------
     def on_request(self, rid: bytes, frames: list[bytes], fd: int = -1, key: str = "", wire_bytes: int = 0) -> None:
@@ -233,34 +193,6 @@ class BrokerCore(Commands, Accounts, Links):
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
-    def _mark(self) -> tuple[int, int, int, int, tuple[int, int, int, int, int]]:
-        """Where the output, the sequence and the store writes stand before a request (for _undo)."""
-        self._req_mail = []
-        self._req_sends = []
-        self._req_users = []
-        return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.batch.mark()
-
-    def _undo(self, mark: tuple[int, int, int, int, tuple[int, int, int, int, int]]) -> None:
-        """Drop the output, the store writes and the counters of a request that raised (ends of
-        sessions excepted: they happened). Mail ids handed out stay used (never given twice);
-        pushes of them are taken out of their sessions' windows."""
-        n_router, n_pub, n_jobs, self.seq, writes = mark
-        self.batch.rollback(writes)
-        for record in self._req_sends:
-            self.sends.remove(record.sender, record.cid)
-        for name in self._req_users:
-            self.users.pop(name, None)
-        for rid, _, _, mail_id in self._out.router[n_router:]:
-            s = self.sessions.get(rid)
-            if mail_id and s is not None:
-                s.inflight.discard(mail_id)
-        del self._out.router[n_router:]
-        del self._out.pub[n_pub:]
-        del self._out.jobs[n_jobs:]
-        for name, change in self._req_mail:
-            self.mail_counts[name] = max(0, self.mail_counts.get(name, 0) - change)
-        self._req_mail, self._req_sends, self._req_users = [], [], []
-
     def _attach(self, s: Session, fd: int, conn: Conn | None) -> None:
         """A request of session `s` came on connection `fd`: follow it there; if the session was
         detached (its connection closed), resume pushing its mailbox."""
@@ -294,57 +226,6 @@ class BrokerCore(Commands, Accounts, Links):
             self._push(s.rid, wire.encode_end(reason, message))
         if presence:
             self._presence(s, presence)
-
-    def _record_end(self, user: str, when: float, hidden: bool, last_seq: int) -> None:
-        """Remember the end of `user`'s session (seconds; hidden then; the last event seen)."""
-        record = self.users.get(user)
-        if record is not None:
-            record.last_seen, record.last_seen_hidden, record.last_seq = when, hidden, last_seq
-        self.batch.last_seen.append((user, when, hidden, last_seq))
-
-    def _claim_send(self, sender: str, cid: str, ts: float, reply: bytes) -> bool:
-        """Remember a new send id with its first reply's fields (JSON bytes; stored with the
-        batch). False, and nothing changes, when the sender already used this id: a retry."""
-        if self.sends.get(sender, cid) is not None:
-            return False
-        record = SendRecord(sender, cid, ts, reply)
-        self.sends.add(record)
-        self.batch.sends.append(record)
-        self._req_sends.append(record)
-        return True
-
-    def _mail_after(self, user: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
-        """Up to `limit` messages of `user`'s mailbox with id > after_id, oldest first: the store's
-        and those of the batch not yet committed, less what the batch deletes."""
-        acked = self.batch.acked(user)
-        stored = [x for x in self.store.mail_after(user, after_id, limit + len(acked)) if x.id not in acked]
-        return (stored + self.batch.pending_mail(user, after_id))[:limit]
-
-    def _mail_by_ids(self, user: str, ids: list[int]) -> list[m.PrivateMessage]:
-        """The messages of `user`'s mailbox among `ids`, stored or in the batch, oldest first."""
-        wanted = set(ids)
-        acked = self.batch.acked(user)
-        found = [x for x in self.store.mail_by_ids(user, ids) if x.id not in acked]
-        found += [x for x in self.batch.pending_mail(user, 0) if x.id in wanted]
-        return sorted(found, key=lambda x: x.id)
-
-    def _event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` events with seq > after, oldest first, as (seq, JSON body): the logged
-        ones, then those of the batch not yet committed (their numbers are all newer)."""
-        rows = list(self.store.event_bodies_after(after, limit))
-        if len(rows) < limit:
-            rows += [e for e in self.batch.events if e[0] > after][:limit - len(rows)]
-        return rows
-
-    def _presence(self, s: Session, event: str) -> None:
-        if not s.hidden and self.seq < MAX_COUNTER:  # past 2^53 presence is no longer published
-            self._publish(m.Event(self.seq + 1, self.clock(), "presence", s.user, event=event))
-
-    def _publish(self, event: m.Event) -> None:
-        self.seq = event.seq
-        self.batch.add_event(event)
-        topic, body = wire.encode_event(event)
-        self._out.pub.append((topic, body))
 
     def on_unreachable(self, rid: bytes) -> None:
         """A ROUTER send to `rid` failed with EHOSTUNREACH: its client is gone; end the session."""

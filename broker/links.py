@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from zmq_chat.broker.connections import KEY, PUB, ROUTER, Conn
+from zmq_chat.broker.corebase import CoreBase
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.zap import DOMAIN_KEY, DOMAIN_PUB, DOMAIN_ROUTER
 from zmq_chat.protocol import wire
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zmq_chat.broker.core import BrokerCore
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +29,15 @@ EVENT_TOPICS = frozenset({wire.TOPIC_BCAST, wire.TOPIC_PRESENCE, wire.TOPIC_HEAR
 _encoder = msgspec.json.Encoder()
 
 
-class Links:
-    """Connection-level decisions; mixed into BrokerCore."""
+class Links(CoreBase):
+    """Connection-level decisions; mixed into BrokerCore (the state they use: broker.corebase.CoreBase)."""
 
-    def __init__(self: "BrokerCore") -> None:
+    def __init__(self) -> None:
         self._next_pub_heartbeat = 0.0
         self.new_conns = KeyedBuckets(self.cfg.conn_rate, max(1.0, self.cfg.conn_rate * 4))
 
     # -- ZAP ------------------------------------------------------------------------------------
-    def authorize(self: "BrokerCore", domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
+    def authorize(self, domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
         """Decide one ZAP request (RFC 27). `key` is the client's CURVE public key in Z85 ("" for
         NULL). Returns (status code, status text, user id): 200 admits with the key as the user
         id; 400 refuses (libzmq then closes the connection)."""
@@ -48,7 +45,7 @@ class Links:
         log.debug("ZAP %s %s %s: %d %s", domain, address, mechanism, status, text)
         return status, text, user_id
 
-    def _authorize(self: "BrokerCore", domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
+    def _authorize(self, domain: str, address: str, mechanism: str, key: str) -> tuple[int, str, str]:
         if self.conns.over_limit(address):
             log.info("refused connection ip=%s: more than %d connections", address, self.cfg.max_conns_per_ip)
             return 400, "too many connections from this address", ""
@@ -65,7 +62,7 @@ class Links:
         return 200, "OK", key
 
     # -- connection events (socket monitors) ------------------------------------------------------
-    def on_accepted(self: "BrokerCore", fd: int, kind: str, ip: str, port: int) -> None:
+    def on_accepted(self, fd: int, kind: str, ip: str, port: int) -> None:
         """A connection was accepted on socket `kind` (ROUTER, PUB or KEY). The monitors of the
         three sockets are not ordered with each other, so a record still on this fd belongs to
         a connection that closed (its DISCONNECTED is still on the way): close it now."""
@@ -74,9 +71,9 @@ class Links:
             self.on_disconnected(fd, stale.kind)
         if not self.conns.accepted(fd, kind, ip, port, self.clock()):
             log.info("cut connection ip=%s: connection flood", ip)
-            self._out.cuts.append(self.conns.get(fd))
+            self._out.cuts.append(self.conns[fd])
 
-    def on_disconnected(self: "BrokerCore", fd: int, kind: str) -> None:
+    def on_disconnected(self, fd: int, kind: str) -> None:
         """The connection of socket `kind` on `fd` closed (an event for a record of another kind
         is late news about a connection already closed here, and is ignored). A session using it
         is detached: nothing is pushed to its routing id until a request with the session's key
@@ -88,9 +85,7 @@ class Links:
         self.conns.closed(fd)
         if kind != ROUTER:
             return
-        for job in self.auth_queue.drop(lambda j: j.conn is not conn):
-            log.debug("dropped a login of a closed connection ip=%s", job.ip)
-            self._forget_job(job)
+        self._drop_jobs(conn)
         s = self.sessions.get(conn.rid)
         if s is not None and s.fd == fd:
             s.detached = True
@@ -98,7 +93,7 @@ class Links:
             s.dropped.update(s.inflight)
             s.inflight.clear()
 
-    def on_subscribe(self: "BrokerCore", fd: int, key: str, data: bytes, wire_bytes: int) -> bool:
+    def on_subscribe(self, fd: int, key: str, data: bytes, wire_bytes: int) -> bool:
         """The XPUB (in XPUB_MANUAL mode) read a subscription message `data` (b"\\x01" + topic)
         from connection `fd` with client key `key`. Returns True when the loop may apply it (only
         then does the SUB receive that topic). Allowed: bcast, presence, hb and one
@@ -123,33 +118,33 @@ class Links:
             self._out.pub.append((topic, _encoder.encode({"seq": self.seq, "ts": self.clock()})))
         return True
 
-    def on_scan(self: "BrokerCore", received: dict[int, int]) -> None:
+    def on_scan(self, received: dict[int, int]) -> None:
         """A memory scan read the bytes received on each connection (fd -> tcpi_bytes_received);
         cut those buffering more than --pending-limit beyond their last complete message."""
         for fd, count in received.items():
-            if self.conns.scanned(fd, count):
-                conn = self.conns.get(fd)
+            if self.conns.scanned(fd, count):  # only a known connection can be
+                conn = self.conns[fd]
                 log.warning("cut connection ip=%s: %d bytes buffered without a complete message",
                             conn.ip, count - conn.consumed)
                 self._out.cuts.append(conn)
 
-    def on_too_many_frames(self: "BrokerCore", fd: int) -> None:
+    def on_too_many_frames(self, fd: int) -> None:
         """A request on `fd` had more than --max-frames frames: no client sends that; cut it."""
         conn = self.conns.get(fd)
         if conn is not None:
             log.info("cut connection ip=%s: a request of more than %d frames", conn.ip, self.cfg.max_frames)
             self._out.cuts.append(conn)
 
-    def on_key_request(self: "BrokerCore", fd: int, wire_bytes: int) -> None:
+    def on_key_request(self, fd: int, wire_bytes: int) -> None:
         """Count a request read on the key endpoint (it is answered by the loop)."""
         self.conns.message(fd, wire_bytes, self.clock())
 
-    def _cut_key(self: "BrokerCore", key: str) -> None:
+    def _cut_key(self, key: str) -> None:
         """Cut the SUB connections of client key `key` (its session ended)."""
         self._out.cuts.extend(self.conns.with_key(key, PUB))
 
-    def _links_tick(self: "BrokerCore", now: float) -> None:
-        """Cut silent connections; publish the PUB heartbeat when due; forget old registrations."""
+    def _links_tick(self, now: float) -> None:
+        """Cut silent connections; publish the PUB heartbeat when due; forget old connection counts."""
         for conn in self.conns.idle(now):
             log.debug("cut idle connection ip=%s kind=%s", conn.ip, conn.kind)
             conn.last_msg = now  # cut once; the record goes when the monitor reports the close
@@ -157,10 +152,9 @@ class Links:
         if now >= self._next_pub_heartbeat:
             self._next_pub_heartbeat = now + self.cfg.pub_heartbeat
             self._out.pub.append((wire.TOPIC_HEARTBEAT, _encoder.encode({"seq": self.seq, "ts": now})))
-        self._forget_registrations(now)
         self.new_conns.purge(now)
 
-    def connection_kinds(self: "BrokerCore") -> dict[str, int]:
+    def connection_kinds(self) -> dict[str, int]:
         """Open connections per socket kind (for logs and tests)."""
         counts = {ROUTER: 0, PUB: 0, KEY: 0}
         for conn in self.conns:
