@@ -36,6 +36,7 @@ import socket
 import struct
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
@@ -380,31 +381,28 @@ class Gen:
 
 @dataclass
 class Stats:
-    rounds: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    requests: int = 0
-    replies: dict[str, int] = field(default_factory=dict)
-    allowed_cuts: int = 0
-    raw_peers: int = 0
-    raw_closed: int = 0
-    key_answers: int = 0
-    welcomes: int = 0
-    tcp: int = 0
+    """What the fuzzer did, printed at the end: rounds {kind: count}, seconds {kind: seconds spent},
+    replies {error code or status: count}, tally {what: count} ("requests", "allowed cuts", "raw peers",
+    "raw closed", "key answers", "welcomes", "tcp")."""
 
-    def count(self, table: dict[str, int], key: str) -> None:
-        table[key] = table.get(key, 0) + 1
+    rounds: Counter[str] = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    replies: Counter[str] = field(default_factory=Counter)
+    tally: Counter[str] = field(default_factory=Counter)
 
 
 class Fuzzer:
-    def __init__(self, broker: Broker, ctx: zmq.Context, rng: random.Random, gen: Gen, keyholder: Peer,
-                 canary_rids: list[bytes]) -> None:
-        self.broker = broker
-        self.ctx = ctx
-        self.rng = rng
-        self.gen = gen
-        self.keyholder = keyholder
-        self.canary_rids = canary_rids
-        self.server_key = z85_to_raw(broker.server_key)
+    """Rounds of hostile input against the canaries' broker, drawn from `gen` (and its rng); the
+    canaries' routing ids are stolen and the key holder's keys reused on the PUB; DEALER rounds may
+    log in as one of `throwaways` (password `throwaway_password`)."""
+
+    def __init__(self, canary: Canary, ctx: zmq.Context, gen: Gen, throwaways: list[str],
+                 throwaway_password: str) -> None:
+        self.broker, self.keyholder = canary.broker, canary.keyholder
+        self.canary_rids = [p.dealer.getsockopt(zmq.ROUTING_ID) for p in (canary.alice, canary.bob)]
+        self.ctx, self.gen, self.rng = ctx, gen, gen.rng
+        self.throwaways, self.throwaway_password = throwaways, throwaway_password
+        self.server_key = z85_to_raw(self.broker.server_key)
         self.findings: list[str] = []
         self.pending: list[tuple[ZmtpPeer, float, str]] = []  # raw peers the broker must close
         self.open: list = []  # every fuzz socket still open
@@ -412,8 +410,6 @@ class Fuzzer:
         self.where = ""
         self._sentinel = SENTINEL_BASE
         self.sentinels: set[int] = set()
-        self.throwaways: list[str] = []
-        self.throwaway_password = ""
         self.trace: list[str] = []  # the requests and replies of the current round, for findings
         self.broker_sockets: dict[str, str] = {}  # broker-side socket inode -> the round that made it
         self.written: list[str] = []  # what the current raw peer wrote after its handshake
@@ -458,7 +454,7 @@ class Fuzzer:
                 problems.append("E_INTERNAL")
             if not isinstance(body.get("message"), str):
                 problems.append("an error without a message")
-        self.stats.count(self.stats.replies, code or str(status))
+        self.stats.replies[code or str(status)] += 1
         expected = ErrorCode.FRAMES.value if len(frames) != 2 else (
             ErrorCode.UNKNOWN_TYPE.value if frames[0] not in REQUEST_TYPES else None)
         if expected and code != expected:
@@ -556,7 +552,7 @@ class Fuzzer:
         for frames in batch:
             peer.send_raw(frames)
             self.trace.append(f"sent {short(frames)[:300]}")
-        self.stats.requests += len(batch)
+        self.stats.tally["requests"] += len(batch)
         deadline = time.monotonic() + 10.0
         for frames in batch:
             body = self.await_reply(peer, deadline)
@@ -576,7 +572,7 @@ class Fuzzer:
         r = self.rng
         for _ in range(r.randint(3, 12)):
             frames = self.gen.frames()
-            self.stats.requests += 1
+            self.stats.tally["requests"] += 1
             risky = len(frames) > MAX_FRAMES or any(len(f) > FRAME_CUT for f in frames)
             peer.send_raw(frames)
             self.trace.append(f"sent {short(frames)[:300]}")
@@ -589,7 +585,7 @@ class Fuzzer:
                 elif len(replies) > 1:
                     self.finding(f"{len(replies)} replies to one request", frames, replies)
                 elif not replies:
-                    self.stats.allowed_cuts += 1
+                    self.stats.tally["allowed cuts"] += 1
                 for body in (replies or [])[:1]:
                     self.check(body, frames)
                 break
@@ -612,7 +608,7 @@ class Fuzzer:
         p = ZmtpPeer("127.0.0.1", port, mechanism=mechanism,
                      server_key=self.server_key if mechanism == "CURVE" else None, timeout=5.0, **kw)
         self.open.append(p)
-        self.stats.raw_peers += 1
+        self.stats.tally["raw peers"] += 1
         return p
 
     def must_close(self, p: ZmtpPeer, within: float = CLOSE_WITHIN) -> None:
@@ -634,7 +630,7 @@ class Fuzzer:
             if not closed and time.monotonic() < deadline:
                 continue
             if closed:
-                self.stats.raw_closed += 1
+                self.stats.tally["raw closed"] += 1
             else:
                 self.findings.append(f"[seed {SEED}] {where}: the broker did not close the connection in time")
             p.close()
@@ -763,7 +759,7 @@ class Fuzzer:
         """Well-formed frames on a raw CURVE connection: each request gets exactly one reply."""
         for _ in range(self.rng.randint(1, 5)):
             frames = self.gen.frames(allow_cut=False)
-            self.stats.requests += 1
+            self.stats.tally["requests"] += 1
             try:
                 p.send_multipart(frames)
                 body = self.raw_reply(p, 10.0)
@@ -826,7 +822,7 @@ class Fuzzer:
                 if frames[0] != topic or not isinstance(mark, dict) or not isinstance(mark.get("seq"), int):
                     self.finding("a bad welcome", frames)
                 else:
-                    self.stats.welcomes += 1
+                    self.stats.tally["welcomes"] += 1
             except (OSError, ZmtpError, ValueError) as exc:
                 self.finding(f"no welcome for a live session's key ({type(exc).__name__}: {exc})")
             p.close()  # subscribed, so the broker keeps it: we close it
@@ -837,21 +833,28 @@ class Fuzzer:
             if not self.quietly(p.handshake):
                 self.finding("the PUB refused the key of a live session")
             elif variant == "admitted_frames":
-                steps: list[tuple[str, object]] = []
-                for _ in range(r.randint(1, 6)):
-                    pick = r.randrange(4)
-                    if pick == 0:  # a random topic
-                        steps.append(("frame", b"\x01" + r.randbytes(r.randint(0, 60))))
-                    elif pick == 1:  # an unsubscription, or not a subscription at all
-                        steps.append(("frame", r.choice([b"\x00", b"\x02", b""]) + r.randbytes(r.randint(0, 60))))
-                    elif pick == 2:  # a subscription of several frames
-                        steps.append(("multipart", [b"\x01bcast", *(r.randbytes(8) for _ in range(r.randint(1, 4)))]))
-                    else:  # over the PUB's 1 KiB message limit
-                        steps.append(("frame", b"\x01" + r.randbytes(r.randint(1025, 3000))))
-                self.writes(p, steps)
+                self.writes(p, self.subscription_steps())
             else:
                 self.after_handshake(p, variant)
         self.must_close(p)
+
+    def subscription_steps(self) -> list[tuple[str, object]]:
+        """1 to 6 writes for an admitted SUB (see writes()): random topics, unsubscriptions and
+        frames that are no subscription, subscriptions of several frames, frames over the PUB's
+        1 KiB message limit."""
+        r = self.rng
+        steps: list[tuple[str, object]] = []
+        for _ in range(r.randint(1, 6)):
+            pick = r.randrange(4)
+            if pick == 0:  # a random topic
+                steps.append(("frame", b"\x01" + r.randbytes(r.randint(0, 60))))
+            elif pick == 1:  # an unsubscription, or not a subscription at all
+                steps.append(("frame", r.choice([b"\x00", b"\x02", b""]) + r.randbytes(r.randint(0, 60))))
+            elif pick == 2:  # a subscription of several frames
+                steps.append(("multipart", [b"\x01bcast", *(r.randbytes(8) for _ in range(r.randint(1, 4)))]))
+            else:  # over the PUB's 1 KiB message limit
+                steps.append(("frame", b"\x01" + r.randbytes(r.randint(1025, 3000))))
+        return steps
 
     def round_raw_key(self) -> None:
         r = self.rng
@@ -916,7 +919,7 @@ class Fuzzer:
                 or info.get("public_key") != self.broker.server_key.decode() or info.get("port") != self.broker.port:
             self.finding("a bad key reply", frames)
         else:
-            self.stats.key_answers += 1
+            self.stats.tally["key answers"] += 1
 
     # -- d. plain TCP --------------------------------------------------------------------------------
     def round_tcp(self) -> None:
@@ -927,7 +930,7 @@ class Fuzzer:
             data = r.randbytes(r.randint(1, 64)) if r.random() < 0.6 else b""
             reset = r.random() < 0.3
             s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
-            self.stats.tcp += 1
+            self.stats.tally["tcp"] += 1
             try:
                 s.sendall(data)
                 if reset:  # close with a RST instead of a FIN
@@ -1039,97 +1042,123 @@ class Canary:
 
 # -- the test ---------------------------------------------------------------------------------------------
 
-@pytest.mark.timeout(120)
-def test_fuzz_every_port_while_the_canaries_chat(tmp_path, ctx):
-    started = time.monotonic()
-    rng = random.Random(SEED)
-    broker = Broker(tmp_path / "data", "--login-timeout", "2")
+def start(ctx: zmq.Context, broker: Broker, rng: random.Random, made: list[Peer]) -> tuple[Canary, Fuzzer]:
+    """Log the canaries and the key holder in, register the fuzz target and the throwaway users, and
+    build the fuzzer on `rng`; every Peer opened is appended to `made`, for the caller to close."""
     tag = "%06x" % rng.getrandbits(24)
-    made: list[Peer] = []
 
     def peer() -> Peer:
         p = Peer(ctx, broker)
         made.append(p)
         return p
 
+    alice, bob, keyholder = peer(), peer(), peer()
+    for p, name in ((alice, f"alice{tag}"), (bob, f"bob{tag}"), (keyholder, f"keys{tag}")):
+        ok(p.register(name))
+        ok(p.login(name, subscribe=p is not keyholder))
+    target, target_pw = f"fz{tag}", "fuzz target password"
+    throwaway_pw = "throwaway " + uuid.uuid4().hex
+    setup = peer()
+    ok(setup.register(target, target_pw))
+    throwaways = [f"thr{tag}{i}" for i in range(2)]
+    for name in throwaways:
+        ok(setup.register(name, throwaway_pw))
+    setup.close()
+    canary = Canary(broker, alice, bob, keyholder)
+    names = [alice.user, bob.user, target, "nobody" + tag]
+    passwords = [target_pw, "short", "p" * 1025, "\u00e9" * 600, "x" * 4097, "12345678", "correct horse x"]
+    return canary, Fuzzer(canary, ctx, Gen(rng, names, passwords), throwaways, throwaway_pw)
+
+
+def run_rounds(fuzzer: Fuzzer, canary: Canary) -> None:
+    """ROUNDS rounds, each of a kind drawn by weight and followed by a canary exchange."""
+    rounds = {"dealer": fuzzer.round_dealer, "router": fuzzer.round_raw_router, "pub": fuzzer.round_raw_pub,
+              "key": fuzzer.round_raw_key, "tcp": fuzzer.round_tcp}
+    for n in range(ROUNDS):
+        kind = fuzzer.rng.choices(list(rounds), weights=[40, 22, 16, 12, 10])[0]
+        fuzzer.where = f"round {n}"
+        fuzzer.trace = []
+        fuzzer.stats.rounds[kind] += 1
+        t0 = time.monotonic()
+        rounds[kind]()
+        fuzzer.stats.seconds[kind] = fuzzer.stats.seconds.get(kind, 0.0) + time.monotonic() - t0
+        fuzzer.reap()
+        canary.exchange(f"round {n} ({fuzzer.where})")
+
+
+def settle(fuzzer: Fuzzer, canary: Canary, pid: int, base_fds: int, base_rss: int) -> tuple[int, int]:
+    """Wait for the broker to close every raw peer it must, close the other fuzz sockets, and add a
+    finding when the broker is not back within 20 s to its baseline of file descriptors and RSS
+    (bytes), or still holds the socket of a connection that ended. Returns (fds, RSS) after it."""
+    fuzzer.where = "end"
+
+    def all_closed() -> bool:
+        fuzzer.reap()  # each pending peer is judged at its own deadline
+        return not fuzzer.pending
+    poll_until(all_closed, KEY_CLOSE_WITHIN + 5, canary.keepalive)
+    fuzzer.close_all()
+    canary.exchange("after")
+
+    def at_baseline() -> bool:
+        return fds(pid) <= base_fds + FD_SLACK and rss(pid) <= base_rss + RSS_SLACK
+    if not poll_until(at_baseline, 20, canary.keepalive):
+        now_fds, now_rss = fds(pid), rss(pid)
+        fuzzer.findings.append(
+            f"[seed {SEED}] the broker did not return to its baseline within 20 s: "
+            f"fds {now_fds} (baseline {base_fds}, allowed +{FD_SLACK}), "
+            f"RSS {now_rss / MIB:.1f} MiB (baseline {base_rss / MIB:.1f} MiB, allowed +{RSS_SLACK // MIB})")
+    now_fds, now_rss = fds(pid), rss(pid)
+    if not poll_until(lambda: not dead_sockets(pid), 5, canary.keepalive):
+        leaks = sorted((fuzzer.broker_sockets.get(inode, "a connection the fuzzer did not map"), inode)
+                       for inode in dead_sockets(pid))
+        for where, inode in leaks:
+            head, _, wrote = where.partition("\n")
+            fuzzer.findings.append(f"[seed {SEED}] {head}: the broker still holds the file descriptor of this "
+                                   f"connection (socket inode {inode}), which ended on both sides\n{wrote}")
+    return now_fds, now_rss
+
+
+def check_broker_health(fuzzer: Fuzzer, broker: Broker) -> None:
+    """Add a finding for a broker that has died or logged a traceback or an internal error."""
+    log = broker.log_text()
+    if broker.proc.poll() is not None:
+        fuzzer.findings.append(f"[seed {SEED}] the broker died: exit status {broker.proc.returncode}")
+    for bad in ("Traceback", "internal error"):
+        if bad in log:
+            at = log.index(bad)
+            fuzzer.findings.append(f"[seed {SEED}] the broker logged {bad!r}:\n{log[max(0, at - 500):at + 2500]}")
+
+
+def report(stats: Stats, base: tuple[int, int], now: tuple[int, int], started: float, fuzz_done: float) -> None:
+    """Print what the fuzzer did, the broker's (fds, RSS bytes) at the baseline and at the end, and
+    the seconds spent (monotonic `started` and `fuzz_done`)."""
+    seconds = {k: round(v, 1) for k, v in stats.seconds.items()}
+    t = stats.tally
+    print(f"\nfuzz seed={SEED} rounds={dict(stats.rounds)} seconds={seconds} requests={t['requests']} "
+          f"replies={dict(stats.replies)} allowed cuts={t['allowed cuts']} raw peers={t['raw peers']} "
+          f"(closed by the broker: {t['raw closed']}) key answers={t['key answers']} welcomes={t['welcomes']} "
+          f"tcp={t['tcp']}\nfds {base[0]} -> {now[0]}, RSS {base[1] / MIB:.1f} -> {now[1] / MIB:.1f} MiB; "
+          f"fuzzing {fuzz_done - started:.1f} s, total {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_every_port_while_the_canaries_chat(tmp_path, ctx):
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    broker = Broker(tmp_path / "data", "--login-timeout", "2")
+    made: list[Peer] = []
     fuzzer = None
     try:
-        alice, bob, keyholder = peer(), peer(), peer()
-        for p, name in ((alice, f"alice{tag}"), (bob, f"bob{tag}"), (keyholder, f"keys{tag}")):
-            ok(p.register(name))
-            ok(p.login(name, subscribe=p is not keyholder))
-        target, target_pw = f"fz{tag}", "fuzz target password"
-        throwaway_pw = "throwaway " + uuid.uuid4().hex
-        setup = peer()
-        ok(setup.register(target, target_pw))
-        throwaways = [f"thr{tag}{i}" for i in range(2)]
-        for name in throwaways:
-            ok(setup.register(name, throwaway_pw))
-        setup.close()
-        canary = Canary(broker, alice, bob, keyholder)
+        canary, fuzzer = start(ctx, broker, rng, made)
         canary.exchange("baseline")
         pid = broker.proc.pid
-        base_fds, base_rss = fds(pid), rss(pid)
-
-        names = [alice.user, bob.user, target, "nobody" + tag]
-        passwords = [target_pw, "short", "p" * 1025, "\u00e9" * 600, "x" * 4097, "12345678", "correct horse x"]
-        gen = Gen(rng, names, passwords)
-        rids = [alice.dealer.getsockopt(zmq.ROUTING_ID), bob.dealer.getsockopt(zmq.ROUTING_ID)]
-        fuzzer = Fuzzer(broker, ctx, rng, gen, keyholder, rids)
-        fuzzer.throwaways, fuzzer.throwaway_password = throwaways, throwaway_pw
-        rounds = {"dealer": fuzzer.round_dealer, "router": fuzzer.round_raw_router, "pub": fuzzer.round_raw_pub,
-                  "key": fuzzer.round_raw_key, "tcp": fuzzer.round_tcp}
-        for n in range(ROUNDS):
-            kind = rng.choices(list(rounds), weights=[40, 22, 16, 12, 10])[0]
-            fuzzer.where = f"round {n}"
-            fuzzer.trace = []
-            fuzzer.stats.count(fuzzer.stats.rounds, kind)
-            t0 = time.monotonic()
-            rounds[kind]()
-            fuzzer.stats.seconds[kind] = fuzzer.stats.seconds.get(kind, 0.0) + time.monotonic() - t0
-            fuzzer.reap()
-            canary.exchange(f"round {n} ({fuzzer.where})")
+        base = fds(pid), rss(pid)
+        run_rounds(fuzzer, canary)
         fuzz_done = time.monotonic()
-        fuzzer.where = "end"
-
-        def all_closed() -> bool:
-            fuzzer.reap()  # each pending peer is judged at its own deadline
-            return not fuzzer.pending
-        poll_until(all_closed, KEY_CLOSE_WITHIN + 5, canary.keepalive)
-        fuzzer.close_all()
-        canary.exchange("after")
-
-        def at_baseline() -> bool:
-            return fds(pid) <= base_fds + FD_SLACK and rss(pid) <= base_rss + RSS_SLACK
-        if not poll_until(at_baseline, 20, canary.keepalive):
-            now_fds, now_rss = fds(pid), rss(pid)
-            fuzzer.findings.append(
-                f"[seed {SEED}] the broker did not return to its baseline within 20 s: "
-                f"fds {now_fds} (baseline {base_fds}, allowed +{FD_SLACK}), "
-                f"RSS {now_rss / MIB:.1f} MiB (baseline {base_rss / MIB:.1f} MiB, allowed +{RSS_SLACK // MIB})")
-        now_fds, now_rss = fds(pid), rss(pid)
-        if not poll_until(lambda: not dead_sockets(pid), 5, canary.keepalive):
-            leaks = sorted((fuzzer.broker_sockets.get(inode, "a connection the fuzzer did not map"), inode)
-                           for inode in dead_sockets(pid))
-            for where, inode in leaks:
-                head, _, wrote = where.partition("\n")
-                fuzzer.findings.append(f"[seed {SEED}] {head}: the broker still holds the file descriptor of this "
-                                       f"connection (socket inode {inode}), which ended on both sides\n{wrote}")
+        now = settle(fuzzer, canary, pid, *base)
         canary.exchange("final")
-        log = broker.log_text()
-        if broker.proc.poll() is not None:
-            fuzzer.findings.append(f"[seed {SEED}] the broker died: exit status {broker.proc.returncode}")
-        for bad in ("Traceback", "internal error"):
-            if bad in log:
-                at = log.index(bad)
-                fuzzer.findings.append(f"[seed {SEED}] the broker logged {bad!r}:\n{log[max(0, at - 500):at + 2500]}")
-        s = fuzzer.stats
-        seconds = {k: round(v, 1) for k, v in s.seconds.items()}
-        print(f"\nfuzz seed={SEED} rounds={s.rounds} seconds={seconds} requests={s.requests} replies={s.replies} "
-              f"allowed cuts={s.allowed_cuts} raw peers={s.raw_peers} (closed by the broker: {s.raw_closed}) "
-              f"key answers={s.key_answers} welcomes={s.welcomes} tcp={s.tcp}\n"
-              f"fds {base_fds} -> {now_fds}, RSS {base_rss / MIB:.1f} -> {now_rss / MIB:.1f} MiB; "
-              f"fuzzing {fuzz_done - started:.1f} s, total {time.monotonic() - started:.1f} s")
+        check_broker_health(fuzzer, broker)
+        report(fuzzer.stats, base, now, started, fuzz_done)
         assert not fuzzer.findings, f"[seed {SEED}] {len(fuzzer.findings)} findings:\n" + "\n".join(fuzzer.findings)
     finally:
         if fuzzer is not None:
