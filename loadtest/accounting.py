@@ -11,42 +11,33 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from zmq_chat.loadtest.latency import LatencySummary
-from zmq_chat.loadtest.ledgers import BroadcastPart, KindPart, PrivatePart, WorkerReport, tally
+from zmq_chat.loadtest.ledgers import (
+    BroadcastPart, LoginCounts, PhasePace, PrivatePart, RunCounts, SendCounts, WorkerReport,
+)
 
 
 @dataclass
-class LoginResults:
-    """Login phase over all workers: ok, failed {code: count}, retries, elapsed_s (first login sent
-    to last reply, seconds), rate (ok logins per second), latency (LatencySummary, ms),
-    first_ns/last_ns (monotonic ns of the first login sent / the last reply; 0 when none)."""
+class LoginResults(PhasePace, LoginCounts):
+    """Login phase over all workers: the LoginCounts (first_ns/last_ns: the first login sent
+    anywhere / the last ok reply anywhere, both 0 unless both happened), the PhasePace
+    (elapsed_s: first login sent to last reply; rate: ok logins per second), latency
+    (LatencySummary, ms)."""
 
-    ok: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    retries: int = 0
-    first_ns: int = 0
-    last_ns: int = 0
-    elapsed_s: float = 0.0
-    rate: float = 0.0
     latency: LatencySummary = field(default_factory=LatencySummary)
 
 
 @dataclass
-class KindResults:
+class KindResults(SendCounts):
     """Figures of one message kind ("private" or "broadcast").
 
-    Messages: sent, acked, failed, unanswered (sent = acked + failed + unanswered), errors {code:
-    count}. Deliveries (private: one per message; broadcast: one per subscriber and message):
+    Messages: the SendCounts (sent = acked + failed + unanswered, errors {code: count}).
+    Deliveries (private: one per message; broadcast: one per subscriber and message):
     expected (broadcast: acked x subscribers logged in before it; private: = acked), delivered
     (deliveries of acked messages), delivered_unacked, lost (expected - delivered), duplicated,
     repaired (broadcast: via history), throughput (deliveries per second over the active time),
     send_rate (messages sent per second of the sending window), latency (LatencySummary, ms).
     """
 
-    sent: int = 0
-    acked: int = 0
-    failed: int = 0
-    unanswered: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
     expected: int = 0
     delivered: int = 0
     delivered_unacked: int = 0
@@ -72,22 +63,19 @@ class SecondStats:
 
 
 @dataclass
-class Results:
+class Results(RunCounts):
     """The figures of one load run (what `run_load` returns; `to_dict()` is the JSON form).
 
-    Fields: clients (requested), logged_in, processes, duration_s (sending window, s), active_s
-    (start to last delivery, s), drain_s (stop of sending to end of drain, s), login
-    (LoginResults), private / broadcast (KindResults), subscribers (logged-in SUB clients),
-    timeline (list of SecondStats), sessions_ended {reason: count}, broker_lost, skipped,
-    bad_frames, drained (all workers ended with nothing outstanding), options (dict of the
+    Fields: the RunCounts of all processes (clients: requested; drained: all workers ended with
+    nothing outstanding; start_ns: monotonic ns at which second 0 of the timeline begins);
+    processes, duration_s (sending window, s), active_s (start to last delivery, s), drain_s (stop
+    of sending to end of drain, s), login (LoginResults), private / broadcast (KindResults),
+    subscribers (logged-in SUB clients), timeline (list of SecondStats), options (dict of the
     options used), prepare (dict from the account preparation, if it ran), null_run (the figures of
-    the --compare-insecure run, if any), start_ns (monotonic ns
-    at which second 0 of the timeline begins). Not in to_dict: the per-second latency histograms
-    behind `latency_between`.
+    the --compare-insecure run, if any). Not in to_dict: the per-second latency histograms behind
+    `latency_between`.
     """
 
-    clients: int = 0
-    logged_in: int = 0
     processes: int = 0
     duration_s: float = 0.0
     active_s: float = 0.0
@@ -97,15 +85,9 @@ class Results:
     broadcast: KindResults = field(default_factory=KindResults)
     subscribers: int = 0
     timeline: list[SecondStats] = field(default_factory=list)
-    sessions_ended: dict[str, int] = field(default_factory=dict)
-    broker_lost: int = 0
-    skipped: int = 0
-    bad_frames: int = 0
-    drained: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     prepare: dict[str, Any] = field(default_factory=dict)
     null_run: dict[str, Any] | None = None  # --compare-insecure: the same load without encryption
-    start_ns: int = 0
     seconds: dict[str, dict[int, list[bytes]]] = field(default_factory=dict, repr=False)
 
     def latency_between(self, kind: str, t0_ns: int, t1_ns: int) -> LatencySummary:
@@ -144,22 +126,13 @@ def broadcast_expectations(acked_seqs: Iterable[int], login_seqs: Iterable[int])
     return {seq: bisect.bisect_left(lows, seq) for seq in acked_seqs}
 
 
-def _add_sender_side(r: KindResults, p: KindPart) -> None:
-    r.sent += p.sent
-    r.acked += p.acked
-    r.failed += p.failed
-    r.unanswered += p.unanswered
-    for code, n in p.errors.items():
-        tally(r.errors, code, n)
-
-
 def merge_privates(parts: list[PrivatePart]) -> KindResults:
     """Add up the processes' private parts (KindResults without rates): expected = acked; a
     recipient is always a client of the sender's process, so each part's losses are final."""
     r = KindResults()
     for p in parts:
-        _add_sender_side(r, p)
-        r.delivered += p.delivered - p.delivered_unacked
+        r.add_counts(p)
+        r.delivered += p.acked_deliveries()
         r.delivered_unacked += p.delivered_unacked
         r.lost += p.lost
         r.duplicated += p.duplicated
@@ -180,7 +153,7 @@ def merge_broadcasts(parts: list[BroadcastPart]) -> tuple[KindResults, int]:
     acked: list[int] = []
     logins: list[int] = []
     for p in parts:
-        _add_sender_side(r, p)
+        r.add_counts(p)
         r.repaired += p.repaired
         acked.extend(p.acked_seqs)
         logins.extend(p.login_seqs)
@@ -203,16 +176,12 @@ def merge_logins(reports: list[WorkerReport]) -> LoginResults:
     """Add up the login phases: elapsed_s from the first login sent to the last reply anywhere."""
     lg = LoginResults()
     for r in reports:
-        lg.ok += r.login.ok
-        lg.retries += r.login.retries
-        for code, n in r.login.failed.items():
-            tally(lg.failed, code, n)
+        lg.add_counts(r.login)
     firsts = [r.login.first_ns for r in reports if r.login.first_ns]
     lasts = [r.login.last_ns for r in reports if r.login.last_ns]
     if firsts and lasts:
         lg.first_ns, lg.last_ns = min(firsts), max(lasts)
-        lg.elapsed_s = max(0.0, (lg.last_ns - lg.first_ns) / 1e9)
-        lg.rate = lg.ok / lg.elapsed_s if lg.elapsed_s > 0 else 0.0
+        lg.set_pace((lg.last_ns - lg.first_ns) / 1e9, lg.ok)
     lg.latency = LatencySummary.merged(r.login.latency for r in reports)
     return lg
 
@@ -232,15 +201,7 @@ def merge_reports(reports: list[WorkerReport], duration_s: float, drain_s: float
     if not reports:
         return res
     for r in reports:
-        res.clients += r.clients
-        res.logged_in += r.logged_in
-        for reason, n in r.sessions_ended.items():
-            tally(res.sessions_ended, reason, n)
-        res.broker_lost += r.broker_lost
-        res.skipped += r.skipped
-        res.bad_frames += r.bad_frames
-        res.drained = res.drained and r.drained
-    res.start_ns = min((r.start_ns for r in reports if r.start_ns), default=0)
+        res.add_counts(r)
     res.login = merge_logins(reports)
     pv = res.private = merge_privates([r.private for r in reports])
     bc, res.subscribers = merge_broadcasts([r.broadcast for r in reports])

@@ -19,7 +19,7 @@ import zmq
 from zmq_chat.client.core import Output, ReplyReceived
 from zmq_chat.client.sync import SyncConnection
 from zmq_chat.loadtest.connect import resolve
-from zmq_chat.loadtest.ledgers import tally
+from zmq_chat.loadtest.ledgers import PhasePace, tally
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, user_names
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode
@@ -32,12 +32,12 @@ REQUEST_TIMEOUT = 30.0
 
 
 @dataclass
-class PrepareResult:
+class PrepareResult(PhasePace):
     """Outcome of `prepare_accounts`.
 
-    Fields: requested (accounts asked for), created (new), existed (E_USER_EXISTS: already there),
-    failed {code or "timeout": count}, retries (E_OVERLOADED answers retried), elapsed_s (seconds),
-    rate (created accounts per second).
+    Fields: the PhasePace (elapsed_s: seconds; rate: created accounts per second), requested
+    (accounts asked for), created (new), existed (E_USER_EXISTS: already there), failed {code or
+    "timeout": count}, retries (E_OVERLOADED answers retried).
     """
 
     requested: int = 0
@@ -45,8 +45,6 @@ class PrepareResult:
     existed: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     retries: int = 0
-    elapsed_s: float = 0.0
-    rate: float = 0.0
 
     @property
     def ready(self) -> int:
@@ -107,30 +105,15 @@ def prepare_accounts(
     conns = [SyncConnection(ctx, poller, address, port, ipv6=ipv6, server_key=server_key, registry=work.owner)
              for _ in range(max(1, min(concurrency, count)))]
     began = time.monotonic()
-    last_progress = 0.0
     try:
-        while work.unfinished() and time.monotonic() < deadline:
-            work.send(conns)
-            ready = dict(poller.poll(50))
-            for sock in ready:
-                conn = work.owner.get(sock)
-                if conn is not None:
-                    for out in conn.handle(ready):
-                        work.answer(conn, out)
-            now = time.monotonic()
-            work.expire(now)
-            if progress is not None and now - last_progress >= 0.1:
-                last_progress = now
-                progress(result.ready + sum(result.failed.values()), count)
-        work.give_up()
+        work.run(conns, poller, deadline, progress)
     finally:
         for c in conns:
             c.close()
         ctx.term()
-    result.elapsed_s = time.monotonic() - began
-    result.rate = result.created / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    result.set_pace(time.monotonic() - began, result.created)
     if progress is not None:
-        progress(result.ready + sum(result.failed.values()), count)
+        progress(work.answered(), count)
     return result
 
 
@@ -149,6 +132,31 @@ class _Registrations:
     def unfinished(self) -> bool:
         """True while names wait to be sent, to be retried, or for their answer."""
         return bool(self.todo or self.busy or self.retry)
+
+    def answered(self) -> int:
+        """Names done for good: created, existed or failed."""
+        return self.result.ready + sum(self.result.failed.values())
+
+    def run(self, conns: list[SyncConnection], poller: zmq.Poller, deadline: float,
+            progress: Callable[[int, int], None] | None) -> None:
+        """Send on `conns` and read what `poller` reports until every name is answered or `deadline`
+        (monotonic s) passes, then count what is left as "timeout"; `progress(answered, requested)`
+        at most every 0.1 s."""
+        last_progress = 0.0
+        while self.unfinished() and time.monotonic() < deadline:
+            self.send(conns)
+            ready = dict(poller.poll(50))
+            for sock in ready:
+                conn = self.owner.get(sock)
+                if conn is not None:
+                    for out in conn.handle(ready):
+                        self.answer(conn, out)
+            now = time.monotonic()
+            self.expire(now)
+            if progress is not None and now - last_progress >= 0.1:
+                last_progress = now
+                progress(self.answered(), self.result.requested)
+        self.give_up()
 
     def send(self, conns: list[SyncConnection]) -> None:
         """Send the next names (retries that are due first) on the idle connections."""

@@ -8,13 +8,16 @@ monotonic nanoseconds in.
       side (how many local subscribers got each seq, and each subscriber's login seq).
     Each ledger's `part()` returns a picklable summary (`PrivatePart`, `BroadcastPart`) that the
     process ships to the parent in a `WorkerReport` (merged by loadtest.accounting.merge_reports).
+    * The figures that a process reports and the parent's loadtest.accounting results both have
+      are shared bases here (`SendCounts`, `LoginCounts`, `RunCounts`, `PhasePace`); the parent adds
+      them up with `Counters.add_counts`.
 """
 
 from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from zmq_chat.loadtest.latency import LatencyRecorder
 
@@ -27,17 +30,57 @@ def tally(counts: dict[str, int], key: str, n: int = 1) -> None:
     counts[key] = counts.get(key, 0) + n
 
 
+class Counters:
+    """Base of the figures that are merged across processes by adding them up: `add_counts`
+    sums the int fields named in SUMMED and tallies the {key: count} dicts among them."""
+
+    SUMMED: ClassVar[tuple[str, ...]] = ()
+
+    def add_counts(self, other: Counters) -> None:
+        """Add `other`'s SUMMED fields to these (`other` has at least those fields)."""
+        for name in self.SUMMED:
+            theirs = getattr(other, name)
+            if isinstance(theirs, dict):
+                for key, n in theirs.items():
+                    tally(getattr(self, name), key, n)
+            else:
+                setattr(self, name, getattr(self, name) + theirs)
+
+
 @dataclass
-class KindPart:
-    """What both parts have (counts are messages): sent = acked + failed + unanswered; errors
-    {code: count}; latency (encoded histogram, us) and seconds [(second, count, encoded)] of the
-    deliveries; last_delivery_ns (monotonic ns, 0 when none)."""
+class PhasePace:
+    """How long a phase of requests (registrations, logins) took: elapsed_s (seconds) and rate
+    (successful requests per second; 0.0 when no time passed)."""
+
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+
+    def set_pace(self, elapsed_s: float, done: int) -> None:
+        """The phase took `elapsed_s` seconds (less than 0 counts as 0) for `done` successes."""
+        self.elapsed_s = max(0.0, elapsed_s)
+        self.rate = done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class SendCounts(Counters):
+    """How the broker answered the sends of one message kind (counts are messages): sent = acked +
+    failed + unanswered; errors {code: count} of the failed ones. Kept per process (KindPart) and
+    merged for the run (loadtest.accounting.KindResults)."""
 
     sent: int = 0
     acked: int = 0
     failed: int = 0
     unanswered: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+    SUMMED = ("sent", "acked", "failed", "unanswered", "errors")
+
+
+@dataclass
+class KindPart(SendCounts):
+    """What both parts have: the SendCounts; latency (encoded histogram, us) and seconds
+    [(second, count, encoded)] of the deliveries; last_delivery_ns (monotonic ns, 0 when none)."""
+
     latency: bytes = b""
     seconds: list[tuple[int, int, bytes]] = field(default_factory=list)
     last_delivery_ns: int = 0
@@ -55,6 +98,10 @@ class PrivatePart(KindPart):
     lost: int = 0
     duplicated: int = 0
     foreign: int = 0
+
+    def acked_deliveries(self) -> int:
+        """First deliveries of acked messages (what loadtest.accounting.KindResults.delivered counts)."""
+        return self.delivered - self.delivered_unacked
 
 
 @dataclass
@@ -229,42 +276,70 @@ class BroadcastLedger(_Ledger):
 
 
 @dataclass
-class LoginPart:
-    """One process's login phase: ok (sessions started), failed {code or "timeout": count}, retries
-    (E_OVERLOADED answers retried), latency (encoded histogram, us, request to ok reply),
-    first_ns/last_ns (monotonic ns of the first login sent / the last reply)."""
+class LoginCounts(Counters):
+    """A login phase: ok (sessions started), failed {code or "timeout": count}, retries
+    (E_OVERLOADED answers retried), first_ns/last_ns (monotonic ns of the first login sent / the
+    last ok reply; 0 when none). Kept per process (LoginPart) and merged for the run
+    (loadtest.accounting.LoginResults)."""
 
     ok: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     retries: int = 0
-    latency: bytes = b""
     first_ns: int = 0
     last_ns: int = 0
 
+    SUMMED = ("ok", "failed", "retries")  # first_ns/last_ns are combined by the caller
+
 
 @dataclass
-class WorkerReport:
-    """Everything one load process sends back at the end (picklable).
+class LoginPart(LoginCounts):
+    """One process's login phase: the LoginCounts and latency (encoded histogram, us, request to
+    ok reply)."""
 
-    Fields: worker (index), clients (assigned), logged_in, login (LoginPart), private
-    (PrivatePart), broadcast (BroadcastPart), sent_per_second (messages sent in second i of the
-    run, both kinds), sessions_ended {reason: count}, broker_lost (BrokerLost reports), skipped
-    (rate mode: sends due while every window was full), bad_frames (unparseable broker messages),
-    start_ns/end_ns (monotonic ns: sending started/stopped), drained (True when nothing was
-    outstanding at the end of the drain).
-    """
+    latency: bytes = b""
 
-    worker: int = 0
+
+@dataclass
+class RunCounts(Counters):
+    """What happened to the clients of a run: clients (assigned), logged_in, sessions_ended
+    {reason: count}, broker_lost (BrokerLost reports), skipped (rate mode: sends due while every
+    window was full), bad_frames (unparseable broker messages), drained (nothing was outstanding at
+    the end of the drain), start_ns (monotonic ns: sending started; 0 when it did not). Kept per
+    process (WorkerReport) and merged for the run (loadtest.accounting.Results)."""
+
     clients: int = 0
     logged_in: int = 0
-    login: LoginPart = field(default_factory=LoginPart)
-    private: PrivatePart = field(default_factory=PrivatePart)
-    broadcast: BroadcastPart = field(default_factory=BroadcastPart)
-    sent_per_second: list[int] = field(default_factory=list)
     sessions_ended: dict[str, int] = field(default_factory=dict)
     broker_lost: int = 0
     skipped: int = 0
     bad_frames: int = 0
-    start_ns: int = 0
-    end_ns: int = 0
     drained: bool = True
+    start_ns: int = 0
+
+    SUMMED = ("clients", "logged_in", "sessions_ended", "broker_lost", "skipped", "bad_frames")
+
+    def add_counts(self, other: Counters) -> None:
+        """Add `other`'s (a RunCounts) counts to these; drained only when both are; start_ns the
+        earliest set one."""
+        assert isinstance(other, RunCounts)
+        super().add_counts(other)
+        self.drained = self.drained and other.drained
+        if other.start_ns and (not self.start_ns or other.start_ns < self.start_ns):
+            self.start_ns = other.start_ns
+
+
+@dataclass
+class WorkerReport(RunCounts):
+    """Everything one load process sends back at the end (picklable).
+
+    Fields: the RunCounts of its clients; worker (index), login (LoginPart), private
+    (PrivatePart), broadcast (BroadcastPart), sent_per_second (messages sent in second i of the
+    run, both kinds), end_ns (monotonic ns: sending stopped).
+    """
+
+    worker: int = 0
+    login: LoginPart = field(default_factory=LoginPart)
+    private: PrivatePart = field(default_factory=PrivatePart)
+    broadcast: BroadcastPart = field(default_factory=BroadcastPart)
+    sent_per_second: list[int] = field(default_factory=list)
+    end_ns: int = 0

@@ -91,11 +91,9 @@ def test_api_prepare_and_run_against_harness_broker(tmp_path):
         again = prepare_accounts("127.0.0.1", broker.port, 4, prefix="api", server_key=key)  # resumable: all exist
         assert again.ok and again.created == 0 and again.existed == 4
         snapshots = []
-        res = run_load(
-            LoadOptions(port=broker.port, clients=4, duration=1.5, processes=1, user_prefix="api",
-                        rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1, server_key=key),
-            progress=snapshots.append,
-        )
+        options = LoadOptions(port=broker.port, clients=4, duration=1.5, processes=1, user_prefix="api",
+                              rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1, server_key=key)
+        res = run_load(options, progress=snapshots.append)
     finally:
         broker.stop()
     assert res.ok and res.logged_in == 4 and res.drained
@@ -103,9 +101,12 @@ def test_api_prepare_and_run_against_harness_broker(tmp_path):
         assert kind.sent > 0 and kind.sent == kind.acked + kind.failed + kind.unanswered
         assert kind.lost == 0 and kind.delivered == kind.expected
     assert res.broadcast.expected == 4 * res.broadcast.acked
-    # rate mode: about 4 clients x 40 msg/s x 1.5 s = 240 messages
+    # rate mode: the pacing schedules at most rate x clients x duration sends (4 x 40/s x 1.5 s =
+    # 240), each either sent or skipped (every window full); every send is in the timeline
     sent = res.private.sent + res.broadcast.sent
-    assert 150 <= sent <= 260, sent
+    assert options.rate is not None
+    assert sent + res.skipped <= options.rate * options.clients * options.duration, (sent, res.skipped)
+    assert sum(s.sent for s in res.timeline) == sent
     assert {s.phase for s in snapshots} >= {"login", "run", "done"}
 
 
