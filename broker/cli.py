@@ -9,6 +9,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import zmq
 
@@ -27,9 +28,14 @@ from zmq_chat.protocol.version import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
+Number = TypeVar("Number", int, float)
+NumberFlag = tuple[str, Callable[[str], Any], Any, str]
+"""A flag taking one number: (flag, parser of its value, default, help text)."""
 
-def _positive(kind):
-    def parse(text: str):
+
+def _positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    """A parser of `kind` (int or float) that refuses values <= 0 (argparse.ArgumentTypeError)."""
+    def parse(text: str) -> Number:
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
@@ -37,47 +43,101 @@ def _positive(kind):
     return parse
 
 
+def _add_numbers(p: argparse.ArgumentParser, flags: list[NumberFlag]) -> None:
+    """Add the flags of one number each, in order."""
+    for flag, parse, default, text in flags:
+        p.add_argument(flag, type=parse, default=default, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of chat-broker (every flag, with units in its help)."""
     d = Config()
     p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB, SQLite store)")
-    p.add_argument("--port", type=int, default=d.port, help=f"ROUTER port for requests and private delivery (default {d.port}; 0 = any free port)")
-    p.add_argument("--pub-port", type=int, default=None, help="PUB port for broadcasts and presence (default port+1)")
-    p.add_argument("--key-port", type=int, default=None, help="key endpoint port: serves the broker's public key in clear for trust on first use (default port+2)")
-    p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
-    p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
-    p.add_argument("--sync", choices=["full", "normal"], default=d.sync, help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss (SQLite WAL synchronous=NORMAL)")
-    p.add_argument("--min-password-length", type=_positive(int), default=d.min_password_chars, help="shortest new password, characters (default 8)")
-    p.add_argument("--max-login-attempts", type=_positive(int), default=d.max_login_attempts, help="wrong passwords per account and IP before a block (default 3)")
-    p.add_argument("--block-seconds", type=_positive(float), default=d.block_seconds, help="length of a login block, seconds (default 60)")
-    p.add_argument("--max-message-chars", type=_positive(int), default=d.max_message_chars, help="longest message, characters (default 1000)")
-    p.add_argument("--history", type=_positive(int), default=d.history, help="broadcasts and presence events kept for catch-up (default 1000)")
-    p.add_argument("--heartbeat-timeout", type=_positive(float), default=d.heartbeat_timeout, help="seconds of client silence that end a session (default 15)")
-    p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout / 60, help="minutes without a command that log a user out (default 30)")
-    p.add_argument("--max-clients", type=_positive(int), default=None, help=f"most users logged in at once (default {d.max_clients})")
-    p.add_argument("--hash-workers", type=_positive(int), default=d.hash_workers, help="threads hashing passwords with argon2id (default: one per core)")
-    p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice, help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic (default 10; 0 = same priority as the loop)")
-    p.add_argument("--max-pending-logins", type=_positive(int), default=d.max_pending_auth, help="logins waiting for hashing before E_OVERLOADED (default 256)")
-    p.add_argument("--print-key", action="store_true", help="print the broker's public key and its fingerprint (creating the key pair if missing), then exit")
-    p.add_argument("--insecure", action="store_true", help="no encryption (NULL mechanism): passwords and messages in clear text, sessions not bound to keys; for debugging on a trusted network only")
-    p.add_argument("--allow-readable-store", action="store_true", help="start even when group or others can read the data directory or the store")
-    p.add_argument("--max-connections-per-ip", type=_positive(int), default=d.max_conns_per_ip, help="TCP connections one IP address may hold (default 64; a client uses 2)")
-    p.add_argument("--connection-rate", type=_positive(float), default=d.conn_rate, help="new connections one IP address may make per second, 4 seconds' worth at once (default 10)")
-    p.add_argument("--login-timeout", type=_positive(float), default=d.login_timeout, help="seconds a connection may stay silent without logging in before it is cut (default 60)")
-    p.add_argument("--rate-limit", type=float, default=d.rate_limit, help="requests per second one connection may make, acks not counted; more get E_RATE_LIMITED (default 20; 0 = no limit)")
-    p.add_argument("--rate-burst", type=_positive(int), default=d.rate_burst, help="requests one connection may make at once above --rate-limit (default 100)")
-    p.add_argument("--mailbox-quota", type=_positive(int), default=d.mailbox_quota, help="messages one recipient's mailbox may hold; senders then get E_MAILBOX_FULL (default 10000)")
-    p.add_argument("--max-registrations-per-ip", type=_positive(int), default=d.max_registrations_per_ip, help="accounts one IP address may create per hour (default 10)")
-    p.add_argument("--max-failed-logins-per-ip", type=_positive(int), default=d.max_failed_logins_per_ip, help="wrong passwords and unknown names one IP address may send per 10 minutes, across all accounts, before E_BLOCKED (default 20)")
-    p.add_argument("--account-verify-interval", type=float, default=d.account_verify_interval, help="seconds between password checks of an account that had --max-login-attempts wrong passwords from any address (default 1)")
-    p.add_argument("--max-queued-logins-per-ip", type=_positive(int), default=d.max_queued_auth_per_ip, help="logins and registrations of one IP address waiting for password hashing (default 8)")
+    _add_endpoint_flags(p, d)
+    _add_session_flags(p, d)
+    p.add_argument("--print-key", action="store_true",
+                   help="print the broker's public key and its fingerprint (creating the key pair if missing), then exit")
+    p.add_argument("--insecure", action="store_true",
+                   help="no encryption (NULL mechanism): passwords and messages in clear text, sessions not bound to keys; "
+                        "for debugging on a trusted network only")
+    p.add_argument("--allow-readable-store", action="store_true",
+                   help="start even when group or others can read the data directory or the store")
+    _add_numbers(p, _limit_flags(d))
     p.add_argument("--import-users", metavar="FILE", help="add accounts from lines 'username password', then exit")
-    p.add_argument("--ready-file", metavar="PATH", help="once every socket is bound, write a JSON object with the pid, version, "
-                   "bound ports, public key and data directory to PATH (atomically; removed at a clean exit), for supervisors and tests")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level, any case (default INFO)")
+    p.add_argument("--ready-file", metavar="PATH",
+                   help="once every socket is bound, write a JSON object with the pid, version, bound ports, public key and "
+                        "data directory to PATH (atomically; removed at a clean exit), for supervisors and tests")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level, any case (default INFO)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
     return p
 
+
+def _add_endpoint_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    """Where the broker listens and keeps its store (`d`: the defaults)."""
+    _add_numbers(p, [
+        ("--port", int, d.port, f"ROUTER port for requests and private delivery (default {d.port}; 0 = any free port)"),
+        ("--pub-port", int, None, "PUB port for broadcasts and presence (default port+1)"),
+        ("--key-port", int, None,
+         "key endpoint port: serves the broker's public key in clear for trust on first use (default port+2)"),
+    ])
+    p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
+    p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
+    p.add_argument("--sync", choices=["full", "normal"], default=d.sync,
+                   help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); "
+                        "normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss "
+                        "(SQLite WAL synchronous=NORMAL)")
+
+
+def _add_session_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    """Passwords, messages, sessions and the password hashing (`d`: the defaults)."""
+    _add_numbers(p, [
+        ("--min-password-length", _positive(int), d.min_password_chars, "shortest new password, characters (default 8)"),
+        ("--max-login-attempts", _positive(int), d.max_login_attempts,
+         "wrong passwords per account and IP before a block (default 3)"),
+        ("--block-seconds", _positive(float), d.block_seconds, "length of a login block, seconds (default 60)"),
+        ("--max-message-chars", _positive(int), d.max_message_chars, "longest message, characters (default 1000)"),
+        ("--history", _positive(int), d.history, "broadcasts and presence events kept for catch-up (default 1000)"),
+        ("--heartbeat-timeout", _positive(float), d.heartbeat_timeout,
+         "seconds of client silence that end a session (default 15)"),
+        ("--idle-timeout", _positive(float), d.idle_timeout / 60, "minutes without a command that log a user out (default 30)"),
+        ("--max-clients", _positive(int), None, f"most users logged in at once (default {d.max_clients})"),
+        ("--hash-workers", _positive(int), d.hash_workers, "threads hashing passwords with argon2id (default: one per core)"),
+    ])
+    p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice,
+                   help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic "
+                        "(default 10; 0 = same priority as the loop)")
+    _add_numbers(p, [("--max-pending-logins", _positive(int), d.max_pending_auth,
+                      "logins waiting for hashing before E_OVERLOADED (default 256)")])
+
+
+def _limit_flags(d: Config) -> list[NumberFlag]:
+    """The flags of what one IP address or connection may cost the broker (`d`: the defaults)."""
+    return [
+        ("--max-connections-per-ip", _positive(int), d.max_conns_per_ip,
+         "TCP connections one IP address may hold (default 64; a client uses 2)"),
+        ("--connection-rate", _positive(float), d.conn_rate,
+         "new connections one IP address may make per second, 4 seconds' worth at once (default 10)"),
+        ("--login-timeout", _positive(float), d.login_timeout,
+         "seconds a connection may stay silent without logging in before it is cut (default 60)"),
+        ("--rate-limit", float, d.rate_limit,
+         "requests per second one connection may make, acks not counted; more get E_RATE_LIMITED "
+         "(default 20; 0 = no limit)"),
+        ("--rate-burst", _positive(int), d.rate_burst,
+         "requests one connection may make at once above --rate-limit (default 100)"),
+        ("--mailbox-quota", _positive(int), d.mailbox_quota,
+         "messages one recipient's mailbox may hold; senders then get E_MAILBOX_FULL (default 10000)"),
+        ("--max-registrations-per-ip", _positive(int), d.max_registrations_per_ip,
+         "accounts one IP address may create per hour (default 10)"),
+        ("--max-failed-logins-per-ip", _positive(int), d.max_failed_logins_per_ip,
+         "wrong passwords and unknown names one IP address may send per 10 minutes, across all accounts, "
+         "before E_BLOCKED (default 20)"),
+        ("--account-verify-interval", float, d.account_verify_interval,
+         "seconds between password checks of an account that had --max-login-attempts wrong passwords "
+         "from any address (default 1)"),
+        ("--max-queued-logins-per-ip", _positive(int), d.max_queued_auth_per_ip,
+         "logins and registrations of one IP address waiting for password hashing (default 8)"),
+    ]
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Build a Config from parsed arguments."""
@@ -86,7 +146,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,
-        max_clients=args.max_clients or Config.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice, max_pending_auth=args.max_pending_logins,
+        max_clients=args.max_clients or Config.max_clients, hash_workers=args.hash_workers, hash_nice=args.hash_nice,
+        max_pending_auth=args.max_pending_logins,
         key_port=args.key_port, insecure=args.insecure, allow_readable_store=args.allow_readable_store,
         max_conns_per_ip=args.max_connections_per_ip, login_timeout=args.login_timeout, conn_rate=args.connection_rate,
         rate_limit=args.rate_limit, rate_burst=args.rate_burst, mailbox_quota=args.mailbox_quota,
@@ -127,7 +188,7 @@ def import_users(store: SqliteStore, path: Path, min_password_chars: int, worker
     with ThreadPoolExecutor(workers) as pool:
         hashes = list(pool.map(lambda t: hash_password(t[2]), todo))
     batch = WriteBatch(users=[UserRecord(name, pwhash, time.time(), last_seq=snap.seq)
-                              for (_, name, _), pwhash in zip(todo, hashes)])
+                              for (_, name, _), pwhash in zip(todo, hashes, strict=True)])
     store.commit(batch)
     return len(todo), skipped
 
@@ -155,18 +216,18 @@ def check_fd_limit(max_clients: int, explicit: bool = True) -> int:
 
 def ready_info(config: Config, endpoints: dict[str, str], keys: BrokerKeys | None) -> ReadyInfo:
     """The ready file's content for a broker bound at `endpoints` (kind -> "tcp://host:port")."""
-    secure = keys is not None and not config.insecure
+    used = None if config.insecure else keys  # the key pair the broker runs with, if any
     return ReadyInfo(
         pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, bind=config.bind,
         port=port_of(endpoints["router"]), pub_port=port_of(endpoints["pub"]), key_port=port_of(endpoints["key"]),
-        insecure=config.insecure, public_key=keys.public.decode() if secure else "",
-        fingerprint=keys.fingerprint if secure else "", data_dir=str(Path(config.data_dir).resolve()),
+        insecure=config.insecure, public_key=used.public.decode() if used else "",
+        fingerprint=used.fingerprint if used else "", data_dir=str(Path(config.data_dir).resolve()),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run chat-broker. Returns 0 after a clean shutdown, 2 on a startup error (bad port, store,
-    keys, a data directory readable by others)."""
+    """Run chat-broker. Returns 0 after a clean shutdown (or after --print-key, --import-users), 2 on
+    a startup error (bad port, store, keys, a data directory readable by others)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     config = config_from_args(args)
@@ -175,28 +236,45 @@ def main(argv: list[str] | None = None) -> int:
         make_data_dir(config.data_dir)
         if not config.allow_readable_store:
             check_private(config.data_dir)
-        keys, created = (None, False) if config.insecure and not args.print_key else load_or_create(config.data_dir)
+        if args.print_key:
+            pair, _ = load_or_create(config.data_dir)
+            print(f"public key:  {pair.public.decode()}\nfingerprint: {pair.fingerprint}")
+            return 0
+        keys, created = (None, False) if config.insecure else load_or_create(config.data_dir)
     except KeyFileError as exc:
-        print(f"chat-broker: {exc}", file=sys.stderr)
-        return 2
-    if args.print_key:
-        print(f"public key:  {keys.public.decode()}\nfingerprint: {keys.fingerprint}")
-        return 0
+        return _startup_error(str(exc))
     try:
         store = SqliteStore(config.data_dir, synchronous=config.sync.upper())
     except StoreError as exc:
-        print(f"chat-broker: {exc}", file=sys.stderr)
-        return 2
+        return _startup_error(str(exc))
     if args.import_users:
-        try:
-            added, skipped = import_users(store, Path(args.import_users), config.min_password_chars, config.hash_workers)
-        except OSError as exc:
-            print(f"chat-broker: cannot read {args.import_users}: {exc.strerror}", file=sys.stderr)
-            return 2
-        finally:
-            store.close()
-        print(f"imported {added} users, skipped {skipped} lines")
-        return 0
+        return _import_file(store, args.import_users, config)
+    return _serve(args, config, store, keys, created)
+
+
+def _startup_error(message: str) -> int:
+    """Say why the broker cannot start, on stderr; returns the exit status 2."""
+    print(f"chat-broker: {message}", file=sys.stderr)
+    return 2
+
+
+def _import_file(store: SqliteStore, path: str, config: Config) -> int:
+    """--import-users: add the accounts of `path` (import_users) and close the store. Returns 0, or
+    2 when the file cannot be read."""
+    try:
+        added, skipped = import_users(store, Path(path), config.min_password_chars, config.hash_workers)
+    except OSError as exc:
+        return _startup_error(f"cannot read {path}: {exc.strerror}")
+    finally:
+        store.close()
+    print(f"imported {added} users, skipped {skipped} lines")
+    return 0
+
+
+def _serve(args: argparse.Namespace, config: Config, store: SqliteStore, keys: BrokerKeys | None, created: bool) -> int:
+    """Bind the sockets, write the ready file (--ready-file) and run the loop until a signal stops
+    it. `keys`: the key pair (None with --insecure), `created` when it was made just now. Returns
+    the loop's exit status, or 2 when a port cannot be bound or the ready file cannot be written."""
     from zmq_chat.broker.loop import BrokerLoop
 
     check_fd_limit(config.max_clients, explicit=args.max_clients is not None)
@@ -204,24 +282,23 @@ def main(argv: list[str] | None = None) -> int:
         loop = BrokerLoop(config, store, keys)
     except zmq.ZMQError as exc:
         store.close()
-        print(f"chat-broker: cannot bind port {config.port}, {config.effective_pub_port} or "
-              f"{config.effective_key_port} on {config.bind}: {exc}", file=sys.stderr)
-        return 2
+        return _startup_error(f"cannot bind port {config.port}, {config.effective_pub_port} or "
+                              f"{config.effective_key_port} on {config.bind}: {exc}")
+    fingerprint = "none (insecure)" if keys is None else keys.fingerprint
     if config.insecure:
         log.warning("INSECURE: --insecure turns encryption off: passwords and messages cross the network in "
                     "clear text and sessions are not bound to keys; CURVE clients will refuse this broker")
     elif created:
-        log.info("created the broker key pair in %s (fingerprint %s)", Path(config.data_dir).resolve(), keys.fingerprint)
+        log.info("created the broker key pair in %s (fingerprint %s)", Path(config.data_dir).resolve(), fingerprint)
     e = loop.endpoints
     log.info("broker started router=%s pub=%s key=%s data=%s fingerprint=%s", e["router"], e["pub"], e["key"],
-             Path(config.data_dir).resolve(), "none (insecure)" if config.insecure else keys.fingerprint)
+             Path(config.data_dir).resolve(), fingerprint)
     if args.ready_file:
         try:
             write_ready_file(args.ready_file, ready_info(config, e, keys))
         except OSError as exc:
             loop.close()
-            print(f"chat-broker: cannot write the ready file {args.ready_file}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            return _startup_error(f"cannot write the ready file {args.ready_file}: {exc.strerror or exc}")
     try:
         return loop.run()
     finally:

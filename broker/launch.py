@@ -22,8 +22,11 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Generic, TypeVar, cast, overload
 
 from zmq_chat.broker.ready import ReadyInfo, read_ready_file
+
+T = TypeVar("T")
 
 POLL_S = 0.02
 """Seconds between looks at the ready file while waiting for it (the wait is on the process, so an
@@ -33,6 +36,28 @@ early exit is seen at once)."""
 class BrokerStartError(RuntimeError):
     """The broker exited before it was ready, or was not ready within the deadline. str(exc): one
     line saying which, then the last lines the broker wrote on stderr."""
+
+
+class _FromReady(Generic[T]):
+    """A read-only attribute of LaunchedBroker: the field of the same name of its ReadyInfo
+    (RuntimeError before start())."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, broker: None, owner: type) -> _FromReady[T]: ...
+
+    @overload
+    def __get__(self, broker: LaunchedBroker, owner: type) -> T: ...
+
+    def __get__(self, broker: LaunchedBroker | None, owner: type) -> _FromReady[T] | T:
+        if broker is None:
+            return self
+        return cast(T, getattr(broker._ready(), self.name))
+
+    def __set__(self, broker: LaunchedBroker, value: T) -> None:
+        raise AttributeError(f"{self.name} is read from the ready file")
 
 
 class LaunchedBroker:
@@ -78,36 +103,17 @@ class LaunchedBroker:
             raise RuntimeError("the broker has not been started")
         return self.info
 
-    @property
-    def port(self) -> int:
-        """The bound ROUTER port."""
-        return self._ready().port
-
-    @property
-    def pub_port(self) -> int:
-        """The bound PUB port."""
-        return self._ready().pub_port
-
-    @property
-    def key_port(self) -> int:
-        """The bound key endpoint port."""
-        return self._ready().key_port
+    port: _FromReady[int] = _FromReady()  # the bound ROUTER port
+    pub_port: _FromReady[int] = _FromReady()  # the bound PUB port
+    key_port: _FromReady[int] = _FromReady()  # the bound key endpoint port
+    fingerprint: _FromReady[str] = _FromReady()  # `SHA256:...` of the public key; "" with --insecure
+    pid: _FromReady[int] = _FromReady()  # the broker's process id
 
     @property
     def server_key(self) -> bytes | None:
         """The broker's CURVE public key, Z85 bytes (40); None when it runs --insecure."""
         info = self._ready()
         return None if info.insecure else info.public_key.encode()
-
-    @property
-    def fingerprint(self) -> str:
-        """`SHA256:...` of the public key; "" with --insecure."""
-        return self._ready().fingerprint
-
-    @property
-    def pid(self) -> int:
-        """The broker's process id."""
-        return self._ready().pid
 
     # -- life cycle --------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -152,13 +158,17 @@ class LaunchedBroker:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.stop(kill=True)
-                raise BrokerStartError(f"the broker was not ready within {self.start_timeout:g} s; its stderr ends:\n{self.tail(10)}")
+                raise self._start_error(f"the broker was not ready within {self.start_timeout:g} s")
             try:
                 status = proc.wait(min(POLL_S, left))
             except subprocess.TimeoutExpired:
                 continue
             self.stop()  # reaps it, reads the rest of its stderr, removes the ready directory
-            raise BrokerStartError(f"the broker exited with status {status} before it was ready; its stderr ends:\n{self.tail(10)}")
+            raise self._start_error(f"the broker exited with status {status} before it was ready")
+
+    def _start_error(self, what: str) -> BrokerStartError:
+        """A BrokerStartError saying `what` happened, then the last 10 lines of the broker's stderr."""
+        return BrokerStartError(f"{what}; its stderr ends:\n{self.tail(10)}")
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> int | None:
         """Stop the broker: SIGTERM (a clean shutdown), or SIGKILL with `kill`; SIGKILL anyway after

@@ -17,6 +17,7 @@ import queue
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import msgspec
 import zmq
@@ -63,7 +64,7 @@ def _origin(frame: zmq.Frame, curve: bool) -> tuple[int, str]:
     itself (e.g. the XPUB's unsubscriptions when a subscriber leaves)."""
     try:
         fd = frame.get(SRCFD)
-        return fd, frame.get("User-Id") if curve else ""
+        return fd, cast(str, frame.get("User-Id")) if curve else ""  # a metadata property: always str
     except zmq.ZMQError:
         return -1, ""
 
@@ -143,7 +144,7 @@ class BrokerLoop:
         try:
             while not self.stop_requested:
                 timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle
-                ready = dict(poller.poll(timeout * 1000))
+                ready = dict(poller.poll(int(timeout * 1000)))
                 if ready.keys() & s.monitors.values() or s.zap in ready:
                     self._drain_monitors()
                 if s.zap in ready:

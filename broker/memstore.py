@@ -58,9 +58,9 @@ class MemoryStore:
                 if i in self.mail and self.mail[i].to == name:
                     del self.mail[i]
         for name, when, hidden, last_seq in batch.last_seen:
-            u = self.users.get(name)
-            if u is not None:
-                u.last_seen, u.last_seen_hidden, u.last_seq = when, hidden, last_seq
+            record = self.users.get(name)
+            if record is not None:
+                record.last_seen, record.last_seen_hidden, record.last_seq = when, hidden, last_seq
         if batch.prune is not None:
             keep, sends_before = batch.prune
             for seq in [s for s in self.events if s <= self.seq - keep]:

@@ -19,32 +19,32 @@ class TokenBucket:
     tokens: float | None = None  # None: full, from the first use on
     stamp: float = 0.0
 
-    def _refill(self, now: float) -> None:
+    def _refill(self, now: float) -> float:
+        """Add the tokens gained up to `now` (seconds); returns how many there are."""
         if self.tokens is None:
             self.tokens, self.stamp = self.burst, now
-            return
-        if now > self.stamp:
+        elif now > self.stamp:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
+        return self.tokens
 
     def take(self, now: float, cost: float = 1.0) -> float:
         """Take `cost` tokens at time `now` (seconds). Returns 0.0 when taken, else the seconds
         until they would be there (nothing is taken then)."""
-        self._refill(now)
-        if self.tokens >= cost:
-            self.tokens -= cost
+        tokens = self._refill(now)
+        if tokens >= cost:
+            self.tokens = tokens - cost
             return 0.0
-        return (cost - self.tokens) / self.rate
+        return (cost - tokens) / self.rate
 
     def wait(self, now: float, cost: float = 1.0) -> float:
         """Seconds until `cost` tokens are there (0.0 when they are now); takes nothing."""
-        self._refill(now)
-        return 0.0 if self.tokens >= cost else (cost - self.tokens) / self.rate
+        tokens = self._refill(now)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate
 
     def full(self, now: float) -> bool:
         """True when the bucket is back to `burst` (it can be forgotten)."""
-        self._refill(now)
-        return self.tokens >= self.burst
+        return self._refill(now) >= self.burst
 
 
 class KeyedBuckets:

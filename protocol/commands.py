@@ -74,10 +74,22 @@ class Last(Command):
 
 
 @dataclass(frozen=True)
-class Broadcast(Command):
-    """`broadcast <message>`, `send all <message>`, `send_all <message>`."""
+class TextCommand(Command):
+    """Base of the commands that carry one text, as typed (Broadcast, Busy)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class UserCommand(Command):
+    """Base of the commands that name one user, a valid username (Reg, Credentials)."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class Broadcast(TextCommand):
+    """`broadcast <message>`, `send all <message>`, `send_all <message>`: text is not empty."""
 
 
 @dataclass(frozen=True)
@@ -89,21 +101,17 @@ class Send(Command):
 
 
 @dataclass(frozen=True)
-class Busy(Command):
+class Busy(TextCommand):
     """`busy [auto-reply text]`: text may be ""."""
 
-    text: str
-
 
 @dataclass(frozen=True)
-class Reg(Command):
+class Reg(UserCommand):
     """`reg <user>`: log in again as user; the password is asked interactively."""
 
-    user: str
-
 
 @dataclass(frozen=True)
-class Credentials(Command):
+class Credentials(UserCommand):
     """`login <user> <password>` or `newuser <user> <password>` (the password is one word here)."""
 
     user: str
