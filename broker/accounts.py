@@ -70,7 +70,7 @@ class AuthJob:
     key: str = ""
     fd: int = -1
     result: bool | str | None = None
-    conn: Any = field(default=None, repr=False)
+    conn: Conn | None = field(default=None, repr=False)
 
 
 class Accounts(CoreBase):
@@ -93,7 +93,7 @@ class Accounts(CoreBase):
         self.known_ips: dict[str, list[str]] = {}  # user -> addresses of its last successful logins
 
     def _no_session_request(self, rid: bytes, kind: bytes, request: Any, ip: str, key: str,
-                            fd: int, session: Session | None, conn: Any = None) -> None:
+                            fd: int, session: Session | None, conn: Conn | None = None) -> None:
         if kind == b"ping":
             self._ok(rid, PingReply(req=request.req, ts=self.clock(), session=session is not None))
             return
@@ -208,7 +208,7 @@ class Accounts(CoreBase):
     def _client_id(self, rid: bytes, key: str) -> str:
         return key or rid.hex()
 
-    def _register(self, rid: bytes, r: m.Register, ip: str, key: str, fd: int, conn: Any) -> None:
+    def _register(self, rid: bytes, r: m.Register, ip: str, key: str, fd: int, conn: Conn | None) -> None:
         validate_username(r.user)
         validate_password(r.password, self.cfg.min_password_chars)
         if r.user in self.users:
@@ -226,7 +226,7 @@ class Accounts(CoreBase):
                                 fields={"retry_after": round(wait, 1)})
         self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn))
 
-    def _login(self, rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Any) -> None:
+    def _login(self, rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Conn | None) -> None:
         now = self.clock()
         ip_wait = self.ip_failures.wait(ip, now)
         if ip_wait > 0:
