@@ -4,7 +4,7 @@ This package imports no zmq and does no I/O: bytes and values go in, values and 
 so it can be unit-tested and fuzzed alone. The wire format is specified in docs/protocol.md.
 """
 
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
-from zmq_chat.protocol.version import PROTOCOL_VERSION
+from .errors import ErrorCode, ProtocolError, UsageError
+from .version import PROTOCOL_VERSION
 
 __all__ = ["ErrorCode", "ProtocolError", "UsageError", "PROTOCOL_VERSION"]

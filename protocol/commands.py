@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from zmq_chat.protocol.errors import ProtocolError, UsageError
-from zmq_chat.protocol.limits import MAX_LAST_MINUTES
-from zmq_chat.protocol.validation import DEFAULT_MAX_MESSAGE_CHARS, validate_text, validate_username
+from .errors import ProtocolError, UsageError
+from .limits import MAX_LAST_MINUTES
+from .validation import DEFAULT_MAX_MESSAGE_CHARS, validate_text, validate_username
 
 USAGE: dict[str, str] = {
     "who": "who",

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from zmq_chat.protocol.limits import MAX_ACK_IDS, MAX_COUNTER, MAX_LAST_MINUTES
+from .limits import MAX_ACK_IDS, MAX_COUNTER, MAX_LAST_MINUTES
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
 """Request id: a whole number 0..2**53 chosen by the client, echoed in the reply."""

@@ -26,10 +26,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
-from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.limits import MAX_COUNTER
-from zmq_chat.protocol.wire import REPLY
+from . import messages as m
+from .errors import ErrorCode, ProtocolError
+from .limits import MAX_COUNTER
+from .wire import REPLY
 
 __all__ = [
     "REPLY_TYPES",

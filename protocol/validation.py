@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.limits import USERNAME_PATTERN
+from .errors import ErrorCode, ProtocolError
+from .limits import USERNAME_PATTERN
 
 USERNAME_RE = re.compile(USERNAME_PATTERN)
 """A username is 3 to 32 ASCII letters or digits, case-sensitive (seed 002: 3 to 32 characters)."""

@@ -16,9 +16,9 @@ from typing import Any
 
 import msgspec
 
-from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.limits import MAX_COUNTER
+from . import messages as m
+from .errors import ErrorCode, ProtocolError
+from .limits import MAX_COUNTER
 
 REQUEST_TYPES: dict[bytes, type[m.Request]] = {
     b"hello": m.Hello,
