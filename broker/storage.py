@@ -89,6 +89,9 @@ class WriteBatch:
     last_seen: list[tuple[str, float, bool, int]] = field(default_factory=list)
     prune: tuple[int, float] | None = None
     """(events to keep, forget send ids stored before this time in seconds), or None."""
+    _mail_to: dict[str, list[m.PrivateMessage]] = field(default_factory=dict, repr=False)
+    _acked: dict[str, set[int]] = field(default_factory=dict, repr=False)
+    _indexed: tuple[int, int] = (0, 0)  # (mail, acks) entries in the two indexes above
 
     def __bool__(self) -> bool:
         return bool(self.users or self.sends or self.mail or self.events or self.acks or self.last_seen
@@ -107,15 +110,28 @@ class WriteBatch:
         n_users, n_sends, n_mail, n_events, n_acks = mark
         del self.users[n_users:], self.sends[n_sends:], self.mail[n_mail:]
         del self.events[n_events:], self.acks[n_acks:]
+        self._mail_to, self._acked, self._indexed = {}, {}, (0, 0)  # rebuilt when next asked
+
+    def _index(self) -> None:
+        """Bring the per-recipient indexes of mail and acks up to date with the two lists (only
+        the entries added since the last call are read, so a wake-up's lookups stay linear)."""
+        n_mail, n_acks = self._indexed
+        for x in self.mail[n_mail:]:
+            self._mail_to.setdefault(x.to, []).append(x)
+        for name, ids in self.acks[n_acks:]:
+            self._acked.setdefault(name, set()).update(ids)
+        self._indexed = (len(self.mail), len(self.acks))
 
     def pending_mail(self, recipient: str, after_id: int) -> list[m.PrivateMessage]:
         """Mail of this batch for `recipient` with id > after_id, not acked in this batch, oldest first."""
-        acked = self.acked(recipient)
-        return [x for x in self.mail if x.to == recipient and x.id > after_id and x.id not in acked]
+        self._index()
+        acked = self._acked.get(recipient, set())
+        return [x for x in self._mail_to.get(recipient, ()) if x.id > after_id and x.id not in acked]
 
     def acked(self, recipient: str) -> set[int]:
-        """Mail ids of `recipient` deleted by this batch."""
-        return {i for name, ids in self.acks if name == recipient for i in ids}
+        """Mail ids of `recipient` deleted by this batch (do not change the set)."""
+        self._index()
+        return self._acked.get(recipient, set())
 
 
 class Store(Protocol):

@@ -291,3 +291,22 @@ def test_an_ack_that_fails_after_deleting_restores_the_mail_count(rig, monkeypat
     monkeypatch.setattr(rig.core, "_pump", lambda *args: (_ for _ in ()).throw(RuntimeError("bug")))
     assert rig.call(b, "ack", ids=[1])["code"] == "E_INTERNAL"
     assert rig.core.mail_counts["bob"] == 1 and [x.id for x in rig.store.mail_after("bob", 0, 10)] == [1]
+
+
+def test_a_write_batch_indexes_mail_and_acks_per_recipient_across_a_rollback():
+    from zmq_chat.broker.storage import WriteBatch
+    from zmq_chat.protocol.messages import PrivateMessage
+
+    batch = WriteBatch()
+    batch.mail += [PrivateMessage(1, "a", "bob", 1.0, "one"), PrivateMessage(2, "a", "carol", 1.0, "two")]
+    batch.acks.append(("bob", [1]))
+    assert batch.pending_mail("bob", 0) == [] and [x.id for x in batch.pending_mail("carol", 0)] == [2]
+    mark = batch.mark()
+    batch.mail.append(PrivateMessage(3, "a", "bob", 1.0, "three"))
+    batch.acks.append(("carol", [2]))
+    assert [x.id for x in batch.pending_mail("bob", 0)] == [3] and batch.acked("carol") == {2}
+    batch.rollback(mark)
+    batch.mail.append(PrivateMessage(4, "a", "bob", 1.0, "four"))
+    batch.acks.append(("dave", [9]))  # the lists are as long as before the rollback again
+    assert [x.id for x in batch.pending_mail("bob", 0)] == [4]
+    assert batch.acked("carol") == set() and [x.id for x in batch.pending_mail("carol", 1)] == [2]
