@@ -7,7 +7,7 @@ import pytest
 
 from zmq_chat.protocol import messages as m
 from tests.harness import Broker, err, ok
-from tests.test_protocol_wire import documented_reply_fields
+from tests.protocol_doc import documented_reply_fields
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import types
 import typing
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,33 +14,7 @@ from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import replies as r
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.wire import REPLY, REQUEST_TYPES, encode_error, encode_ok
-
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
-
-TYPE_WORDS = "int|str|bool|float|array|object"
-FIELD = re.compile(rf"`(\w+)` ({TYPE_WORDS})\b")
-
-
-def section(title: str) -> str:
-    """The text of the docs section whose heading line is `title`, up to the next heading."""
-    start = DOC.index(f"\n{title}\n") + len(title) + 2
-    end = DOC.find("\n#", start)
-    return DOC[start:end if end >= 0 else len(DOC)]
-
-
-def doc_fields(text: str) -> dict[str, str]:
-    """Field name -> doc type word of every "`name` type" in `text`; `{...}` groups left out."""
-    return {name: kind for name, kind in FIELD.findall(re.sub(r"\{[^{}]*\}", "", text))}
-
-
-def ok_table() -> dict[str, str]:
-    """Request word -> the cell of its row in the table of 6.1."""
-    rows = {}
-    for line in section("### 6.1 Ok reply fields").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and re.fullmatch(r"`\w+`", cells[0]):
-            rows[cells[0].strip("`")] = cells[1]
-    return rows
+from tests.protocol_doc import common_keys, doc_fields, ok_table, section
 
 
 def kind_of(tp: object) -> str:
@@ -59,12 +32,6 @@ def kind_of(tp: object) -> str:
 
 def struct_fields(cls: type[msgspec.Struct]) -> dict[str, str]:
     return {f.encode_name: kind_of(f.type) for f in msgspec.structs.fields(cls)}
-
-
-def common_keys(line_start: str) -> list[str]:
-    """The keys of the body shown in section 6 on the bullet starting with `line_start`."""
-    line = next(ln for ln in section("## 6. Replies").splitlines() if ln.startswith(line_start))
-    return re.findall(r'"(\w+)":', line)
 
 
 # ---- the Structs follow the doc -----------------------------------------------------------
