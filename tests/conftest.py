@@ -1,4 +1,5 @@
-"""Shared fixtures: a zmq context, a broker subprocess per test module, fresh user names."""
+"""Shared fixtures: a zmq context, a broker subprocess per test module, fresh user names, and an
+in-process broker core (`rig`; a module sets RIG_CONFIG to change its settings)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 import pytest
 import zmq
 
+from tests.core_harness import CoreRig
 from tests.harness import Broker, Peer
 
 
@@ -16,6 +18,14 @@ def ctx():
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+@pytest.fixture
+def rig(tmp_path, request):
+    """A CoreRig (fake clock, in-memory store) with the module's RIG_CONFIG settings, if any."""
+    r = CoreRig(tmp_path, **getattr(request.module, "RIG_CONFIG", {}))
+    yield r
+    r.store.close()
 
 
 @pytest.fixture(scope="module")

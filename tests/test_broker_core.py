@@ -14,12 +14,6 @@ from tests.core_harness import PASSWORD, CoreRig
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def rig(tmp_path):
-    r = CoreRig(tmp_path)
-    yield r
-    r.store.close()
-
 
 def test_register_of_a_name_still_hashing_is_overloaded_not_taken(rig):
     first, second = rig.connect(), rig.connect()

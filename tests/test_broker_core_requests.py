@@ -10,16 +10,10 @@ import pytest
 
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.replies import REPLY_TYPES, decode_reply
-from tests.core_harness import PASSWORD, CoreRig
+from tests.core_harness import PASSWORD
 
 pytestmark = pytest.mark.timeout(30)
 
-
-@pytest.fixture
-def rig(tmp_path):
-    r = CoreRig(tmp_path)
-    yield r
-    r.store.close()
 
 
 def ok(reply: dict, word: str, *fields: str) -> dict:

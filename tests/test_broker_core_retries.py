@@ -14,11 +14,7 @@ from tests.core_harness import PASSWORD, CoreRig
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def rig(tmp_path):
-    r = CoreRig(tmp_path, sends_keep_seconds=60.0, history=5)
-    yield r
-    r.store.close()
+RIG_CONFIG = {"sends_keep_seconds": 60.0, "history": 5}
 
 
 def _without(reply: dict, *keys: str) -> dict:

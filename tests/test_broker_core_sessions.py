@@ -14,11 +14,7 @@ from tests.core_harness import PASSWORD, CoreRig
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def rig(tmp_path):
-    r = CoreRig(tmp_path, mail_window=3)
-    yield r
-    r.store.close()
+RIG_CONFIG = {"mail_window": 3}
 
 
 def _mail(rig: CoreRig, sender, to: str, n: int, tag: str = "m") -> None:
