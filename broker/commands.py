@@ -141,8 +141,8 @@ class Commands(CoreBase):
     def _send(self, s: Session, r: m.Send) -> None:
         """Store a private message in each known recipient's mailbox; push it to those online.
 
-        The send id is claimed first (one INSERT OR IGNORE): a retry changes nothing and gets the
-        first reply. Mail ids are assigned here, increasing, so the reply is known before writing.
+        The send id is claimed first (broker.sendids, in memory; stored with the batch): a retry
+        changes nothing and gets the first reply. Mail ids are assigned here, increasing, so the reply is known before writing.
         Names without an account (`unknown`) and recipients whose mailbox holds --mailbox-quota
         messages (`full`) get nothing; the others do (docs 6.2).
         """
