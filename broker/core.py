@@ -137,6 +137,7 @@ class BrokerCore(Commands, Accounts, Links):
             ip = conn.ip
         self._current_req = None
         mark = self._mark()
+        resumed: Session | None = None
         try:
             kind, request = wire.decode_request(frames)
             self._current_req = request.req
@@ -146,7 +147,8 @@ class BrokerCore(Commands, Accounts, Links):
             if conn is not None and (kind != b"ack" or session is None):  # a session's acks: see _ack
                 self._flood_control(conn, session, now)
             if session is not None:
-                self._attach(session, fd, conn)
+                if self._attach(session, fd, conn):
+                    resumed = session
                 session.last_heard = now
                 if kind not in NOT_A_COMMAND:
                     session.last_command = now
@@ -167,6 +169,18 @@ class BrokerCore(Commands, Accounts, Links):
             self._undo(mark)
             self._err(rid, ErrorReply.of(self._current_req, ErrorCode.INTERNAL,
                                          "internal broker error; the request may be retried"))
+        if resumed is not None:  # after the request, whatever became of it: its pushes are not undone
+            self._resume(resumed)
+
+    def _resume(self, s: Session) -> None:
+        """Push the mailbox of session `s`, which came back on a new connection (its unacked
+        pushes first). A bug here is logged and undone like a request's, the session kept."""
+        mark = self._mark()
+        try:
+            self._pump(s)
+        except Exception:
+            log.exception("internal error resuming a session")
+            self._undo(mark)
 
     def _flood_control(self, conn: Conn, session: Session | None, now: float) -> None:
         """Take a token of the user's bucket in a session, else of the connection's (--rate-limit
@@ -193,17 +207,19 @@ class BrokerCore(Commands, Accounts, Links):
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                 fields={"retry_after": round(wait, 3)})
 
-    def _attach(self, s: Session, fd: int, conn: Conn | None) -> None:
-        """A request of session `s` came on connection `fd`: follow it there; if the session was
-        detached (its connection closed), resume pushing its mailbox."""
+    def _attach(self, s: Session, fd: int, conn: Conn | None) -> bool:
+        """A request of session `s` came on connection `fd`: follow it there. True when the
+        session was detached (its connection closed): its mailbox is to be pushed again
+        (on_request does it after the request, see _resume)."""
         if s.fd != fd:
             s.fd = fd
             if conn is not None:
                 conn.bound = True
-        if s.detached:
-            s.detached = False
-            s.backlog = True
-            self._pump(s)
+        if not s.detached:
+            return False
+        s.detached = False
+        s.backlog = True
+        return True
 
     # -- session end ----------------------------------------------------------------------------
     def _end(self, s: Session, presence: str | None, reason: str | None, message: str = "", cut: bool = False) -> None:

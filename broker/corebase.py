@@ -150,8 +150,10 @@ class CoreBase(ABC):
     def _undo(self, mark: Mark) -> None:
         """Drop the output, the store writes and the counters of a request that raised (ends of
         sessions excepted: they happened). Mail ids handed out stay used (never given twice);
-        pushes of them are taken out of their sessions' windows."""
+        pushes of them are taken out of their sessions' windows, and pushes of mail that stays in
+        the mailbox are pushed again later (as if dropped)."""
         n_router, n_pub, n_jobs, self.seq, writes = mark
+        created = {x.id for x in self.batch.mail[writes[2]:]}  # mail of this request: it goes
         self.batch.rollback(writes)
         for record in self._req_sends:
             self.sends.remove(record.sender, record.cid)
@@ -161,6 +163,8 @@ class CoreBase(ABC):
             s = self.sessions.get(rid)
             if mail_id and s is not None:
                 s.inflight.discard(mail_id)
+                if mail_id not in created:
+                    s.dropped.add(mail_id)
         del self._out.router[n_router:]
         del self._out.pub[n_pub:]
         del self._out.jobs[n_jobs:]

@@ -304,3 +304,16 @@ def test_a_write_batch_indexes_mail_and_acks_per_recipient_across_a_rollback():
     batch.acks.append(("dave", [9]))  # the lists are as long as before the rollback again
     assert [x.id for x in batch.pending_mail("bob", 0)] == [4]
     assert batch.acked("carol") == set() and [x.id for x in batch.pending_mail("carol", 1)] == [2]
+
+
+def test_a_session_back_on_a_new_connection_gets_its_mail_even_if_its_first_request_is_refused(rig):
+    a, b = rig.user("alice"), rig.user("bob")
+    for i in range(3):
+        rig.call(a, "send", id=f"c{i}", to=["bob"], text=f"m{i}")
+    rid, fd, key = b
+    rig.core.on_disconnected(fd, ROUTER)  # bob's connection closes: his session is detached
+    back = (rid, rig.connect()[1], key)  # the same routing id and key on a new connection
+    rig.out.router.clear()
+    assert rig.call(back, "send", id="zz", to=["alice"], text="x" * 5000)["code"] == "E_MESSAGE_TOO_LONG"
+    assert [(p.id, p.text) for p in rig.pushes(back)] == [(1, "m0"), (2, "m1"), (3, "m2")]
+    assert rig.call(back, "idle")["held"] == 0
