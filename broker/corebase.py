@@ -119,8 +119,7 @@ class CoreBase(ABC):
     def _err(self, rid: bytes, reply: ErrorReply) -> None:
         """Queue the error reply `reply` (protocol.replies.ErrorReply: req, code, message and the
         extra fields of docs 6.2 that apply) for routing id `rid`."""
-        kind, body = encode_reply(reply)
-        self._out.router.append((rid, kind, body, 0))
+        self._ok(rid, reply)
 
     def _push(self, rid: bytes, frames: list[bytes], mail_id: int = 0) -> None:
         """Queue a push `[kind, body]` (`frames`, e.g. wire.encode_msg) for routing id `rid`;
@@ -135,8 +134,8 @@ class CoreBase(ABC):
     def _publish(self, event: m.Event) -> None:
         """Log `event` (its seq becomes the newest) and queue it on the PUB."""
         self.seq = event.seq
-        self.batch.add_event(event)
         topic, body = wire.encode_event(event)
+        self.batch.add_event(event, body)
         self._out.pub.append((topic, body))
 
     # -- a request's changes and their undoing --------------------------------------------------------

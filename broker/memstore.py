@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 
+from zmq_chat.broker.sendids import MAX_IDS
 from zmq_chat.broker.storage import SendRecord, Snapshot, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 
@@ -36,8 +37,8 @@ class MemoryStore:
         counts: dict[str, int] = {}
         for msg in self.mail.values():
             counts[msg.to] = counts.get(msg.to, 0) + 1
-        sends = sorted((x for x in self.sends.values() if x.ts >= sends_since), key=lambda x: x.ts)
-        return Snapshot(copy.deepcopy(self.users), self.seq, self.last_mail_id, counts, list(sends))
+        sends = sorted((x for x in self.sends.values() if x.ts >= sends_since), key=lambda x: x.ts)[-MAX_IDS:]
+        return Snapshot(copy.deepcopy(self.users), self.seq, self.last_mail_id, counts, sends)
 
     def commit(self, batch: WriteBatch) -> None:
         """Apply `batch` (in WriteBatch's order)."""
@@ -46,7 +47,7 @@ class MemoryStore:
         for u in batch.users:
             self.users.setdefault(u.name, copy.copy(u))
         for x in batch.sends:
-            self.sends.setdefault((x.sender, x.cid), x)
+            self.sends[(x.sender, x.cid)] = x  # an id forgotten by the core and used again: the new reply
         for msg in batch.mail:
             self.mail[msg.id] = msg
             self.last_mail_id = max(self.last_mail_id, msg.id)

@@ -97,9 +97,10 @@ class WriteBatch:
         return bool(self.users or self.sends or self.mail or self.events or self.acks or self.last_seen
                     or self.prune)
 
-    def add_event(self, event: m.Event) -> None:
-        """Append `event` to the log (stored as its JSON body, docs/protocol.md 7.3)."""
-        self.events.append((event.seq, encode_json(event)))
+    def add_event(self, event: m.Event, body: bytes | None = None) -> None:
+        """Append `event` to the log, stored as its JSON body (docs/protocol.md 7.3): `body` when
+        the caller has it encoded already (the PUB message's body), else encoded here."""
+        self.events.append((event.seq, encode_json(event) if body is None else body))
 
     def mark(self) -> tuple[int, int, int, int, int]:
         """Where the rolled-back lists stand now (for rollback)."""
@@ -110,7 +111,8 @@ class WriteBatch:
         n_users, n_sends, n_mail, n_events, n_acks = mark
         del self.users[n_users:], self.sends[n_sends:], self.mail[n_mail:]
         del self.events[n_events:], self.acks[n_acks:]
-        self._mail_to, self._acked, self._indexed = {}, {}, (0, 0)  # rebuilt when next asked
+        if self._indexed[0] > n_mail or self._indexed[1] > n_acks:  # the indexes hold what went
+            self._mail_to, self._acked, self._indexed = {}, {}, (0, 0)  # rebuilt when next asked
 
     def _index(self) -> None:
         """Bring the per-recipient indexes of mail and acks up to date with the two lists (only
@@ -138,8 +140,9 @@ class Store(Protocol):
     """Persistent state behind the broker core (implementations: SqliteStore, MemoryStore).
 
     Reads must reflect every batch handed to commit() earlier, also one still being committed.
-    Errors: StoreError when the store cannot be opened or read; commit() raises what the backend
-    raises (the loop treats it as fatal: nothing of the batch was acknowledged).
+    Errors: opening raises StoreError (unreadable, newer schema, or the data held by another
+    broker); reads and commit() raise what the backend raises (the loop treats it as fatal:
+    nothing of the batch was acknowledged).
     """
 
     def load(self, sends_since: float) -> Snapshot:

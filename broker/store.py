@@ -9,12 +9,14 @@ transaction before any reply that acknowledges them, so an acknowledged message 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
 
+from zmq_chat.broker.sendids import MAX_IDS
 from zmq_chat.broker.storage import SendRecord, Snapshot, StoreError, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.wire import decode_stored_event
 
 SCHEMA_VERSION = 1
 
@@ -56,8 +58,11 @@ class SqliteStore:
     """The broker's persistent state in `<data_dir>/chat.sqlite3` (implements broker.storage.Store).
 
     synchronous: "FULL" (fsync at every commit) or "NORMAL" (survives a crash of the broker, not
-    of the machine). Raises StoreError when the database cannot be opened or was written by a
-    newer schema; ValueError for another synchronous value.
+    of the machine). The store holds an exclusive lock on `<data_dir>/chat.lock` until close():
+    the core keeps accounts and counters in memory, so a second writer (another broker on the
+    same directory) would be lost or collide. Raises StoreError when the database cannot be
+    opened, was written by a newer schema, or is locked by another process; ValueError for
+    another synchronous value.
     """
 
     def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
@@ -66,12 +71,19 @@ class SqliteStore:
         path = Path(data_dir)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_dir(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store in {path}: {exc}") from exc
+        try:
             self.db = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the send-id index hot
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            os.close(self._lock)
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
         self.path = path
 
@@ -89,8 +101,9 @@ class SqliteStore:
             "SELECT name, hash, created, last_seen, last_seen_hidden, last_seq FROM users")}
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'").fetchone()
         counts = dict(db.execute("SELECT recipient, count(*) FROM mailbox GROUP BY recipient").fetchall())
-        sends = [SendRecord(*r) for r in db.execute(
-            "SELECT sender, cid, ts, reply FROM sends WHERE ts >= ? ORDER BY ts", (sends_since,))]
+        newest = db.execute("SELECT sender, cid, ts, reply FROM sends WHERE ts >= ? ORDER BY ts DESC LIMIT ?",
+                            (sends_since, MAX_IDS)).fetchall()  # broker.sendids keeps no more
+        sends = [SendRecord(*r) for r in reversed(newest)]
         seq = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
         return Snapshot(users, seq, row[0] if row else 0, counts, sends)
 
@@ -105,7 +118,7 @@ class SqliteStore:
                 db.executemany("INSERT OR IGNORE INTO users (name, hash, created, last_seq) VALUES (?, ?, ?, ?)",
                                [(u.name, u.hash, u.created, u.last_seq) for u in batch.users])
             if batch.sends:
-                db.executemany("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, ?)",
+                db.executemany("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?)",
                                [(x.sender, x.cid, x.ts, x.reply) for x in batch.sends])
             if batch.mail:
                 db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?)",
@@ -124,13 +137,15 @@ class SqliteStore:
                 db.execute("DELETE FROM events WHERE seq <= (SELECT value FROM meta WHERE key = 'seq') - ?", (keep,))
                 db.execute("DELETE FROM sends WHERE ts < ?", (sends_before,))
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # (SQLite rolls back by itself after some errors, e.g. a full disk)
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the connection (every batch was committed by commit())."""
+        """Close the connection (every batch was committed by commit()) and release the lock."""
         self.db.close()
+        os.close(self._lock)
 
     # -- reads ----------------------------------------------------------------------------------
     def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
@@ -143,12 +158,15 @@ class SqliteStore:
 
     def mail_by_ids(self, recipient: str, ids: list[int]) -> list[m.PrivateMessage]:
         """The messages of `recipient`'s mailbox among `ids` (at most 1000), oldest first."""
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(
-            f"SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id IN ({marks}) ORDER BY id",
-            (recipient, *ids),
-        ).fetchall()
-        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
+        rows = []
+        for start in range(0, len(ids), 500):  # SQLite before 3.32 takes at most 999 parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(
+                f"SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id IN ({marks})",
+                (recipient, *chunk),
+            ).fetchall()
+        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in sorted(rows)]
 
     def event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` logged events with seq > after, oldest first, as (seq, JSON body bytes)."""
@@ -156,6 +174,15 @@ class SqliteStore:
             "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         ).fetchall()
 
-    def events_after(self, after: int, limit: int) -> list[m.Event]:
-        """Up to `limit` logged events with seq > after, oldest first (decoded; for tools and tests)."""
-        return [decode_stored_event(body) for _, body in self.event_bodies_after(after, limit)]
+
+def _lock_dir(path: Path) -> int:
+    """Take the exclusive lock of the store in directory `path` (flock on `chat.lock`, mode 0600;
+    released when the file descriptor is closed, also by the kernel when the process dies).
+    Returns the descriptor. Raises StoreError when another process holds it."""
+    fd = os.open(path / "chat.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"the store in {path} is in use by another process (another broker?)") from None
+    return fd

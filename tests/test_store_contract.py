@@ -136,15 +136,16 @@ def test_last_seen_updates_an_account_and_ignores_unknown_names(store):
     assert snap.users["alice"].last_seen is None and set(snap.users) == {"alice", "bob"}
 
 
-def test_a_stored_account_and_a_stored_send_id_keep_their_first_record(store):
+def test_a_stored_account_keeps_its_first_record_and_a_send_id_used_again_its_new_reply(store):
     _seed(store)
     batch = WriteBatch()
     batch.users.append(UserRecord("alice", "$argon2id$other", T0 + 99))
-    batch.sends.append(SendRecord("alice", "s1", T0 + 30, b'{"status":"ok","digest":2}'))
+    batch.sends.append(SendRecord("alice", "s1", T0 + 30, b'{"status":"ok","digest":2}'))  # forgotten in memory
     store.commit(batch)
     snap = store.load(0.0)
     assert snap.users["alice"].hash == "$argon2id$a"
-    assert [(x.cid, x.ts) for x in snap.sends if x.sender == "alice"] == [("s1", T0), ("s2", T0 + 10)]
+    assert [(x.cid, x.ts, x.reply) for x in snap.sends if x.sender == "alice"] == [
+        ("s2", T0 + 10, _send("alice", "s2", T0 + 10).reply), ("s1", T0 + 30, b'{"status":"ok","digest":2}')]
 
 
 def test_send_ids_are_loaded_only_since_sends_since_oldest_first(store):
@@ -209,3 +210,22 @@ def _state(store) -> tuple:
     snap = store.load(0.0)
     mail = {name: store.mail_after(name, 0, 1000) for name in snap.users}
     return snap, mail, [(s, bytes(b)) for s, b in store.event_bodies_after(0, 1000)]
+
+
+def test_sqlite_holds_its_directory_against_a_second_writer(tmp_path):
+    first = SqliteStore(tmp_path)
+    with pytest.raises(StoreError, match="in use by another process"):
+        SqliteStore(tmp_path)
+    first.close()
+    SqliteStore(tmp_path).close()  # released by close()
+
+
+def test_load_keeps_only_the_newest_send_ids_the_core_can_hold(store, monkeypatch):
+    import zmq_chat.broker.memstore
+    import zmq_chat.broker.store
+
+    for module in (zmq_chat.broker.store, zmq_chat.broker.memstore):
+        monkeypatch.setattr(module, "MAX_IDS", 2)
+    _seed(store)
+    assert [(x.sender, x.cid) for x in store.load(0.0).sends] == [("alice", "s2"), ("bob", "s1")]
+
