@@ -1,4 +1,4 @@
-"""`python -m broker`: same as `chat-broker`."""
+"""`python -m zmq_chat.broker`: same as `chat-broker`."""
 
 import sys
 

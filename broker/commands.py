@@ -115,7 +115,8 @@ class Commands(CoreBase):
         (`digest` is content_digest() of the request).
         """
         stored = self.sends.get(s.user, cid)
-        fields = msgspec.json.decode(stored.reply) if stored else {"status": "ok"}
+        assert stored is not None, "callers replay only a send id they found"
+        fields = msgspec.json.decode(stored.reply)
         if fields.pop("digest", digest) != digest:
             raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
         status = fields.pop("status")

@@ -107,7 +107,8 @@ class BrokerCore(Commands, Accounts, Links):
 
     # -- output ---------------------------------------------------------------------------------
     def drain(self) -> Output:
-        """Take the collected output (ROUTER and PUB messages, auth jobs, cuts)."""
+        """Take the collected output: ROUTER and PUB messages, auth jobs, cuts, and the batch of
+        store writes (Output.writes) to commit before any of them leaves."""
         self._dispatch_jobs()
         if self._later_cuts:
             now = self.clock()

@@ -114,7 +114,6 @@ class Reg(UserCommand):
 class Credentials(UserCommand):
     """`login <user> <password>` or `newuser <user> <password>` (the password is one word here)."""
 
-    user: str
     password: str
 
 

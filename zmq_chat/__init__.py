@@ -1,8 +1,8 @@
 """zmq-chat: a ZeroMQ-brokered chat system.
 
 The project's folders `protocol/`, `broker/`, `client/` and `loadtest/` are installed as
-`zmq_chat.protocol`, `zmq_chat.broker`, `zmq_chat.client` and `zmq_chat.loadtest` (setuptools'
-package-dir mapping in pyproject.toml), so installing the project never shadows another
+`zmq_chat.protocol`, `zmq_chat.broker`, `zmq_chat.client` and `zmq_chat.loadtest` (`zmq_chat/<name>`
+is a symbolic link to the folder; see pyproject.toml), so installing the project never shadows another
 distribution's top-level `client`, `broker` or `protocol`.
 """
 
