@@ -87,11 +87,12 @@ class CoreRig:
         self.core.on_request(rid, frames, fd, key, sum(len(f) for f in frames))
         return req
 
-    def take(self) -> Output:
-        """Everything the core produced since the last take (after a commit, as the loop does)."""
+    def take(self, keep_jobs: bool = True) -> Output:
+        """Everything the core produced since the last take, after committing its writes (as the
+        loop does); also added to `self.out` (its jobs only with keep_jobs)."""
         out = self.core.drain()
         self.store.commit(out.writes)
-        for attr in ("router", "pub", "jobs", "cuts"):
+        for attr in ("router", "pub", "cuts", *(("jobs",) if keep_jobs else ())):
             getattr(self.out, attr).extend(getattr(out, attr))
         return out
 
@@ -103,12 +104,7 @@ class CoreRig:
     def call(self, client: tuple[bytes, int, str], kind: str, **fields: Any) -> dict:
         """Send a request, finish its argon2id job if any, return its reply."""
         req = self.send(client, kind, **fields)
-        out = self.core.drain()
-        self.store.commit(out.writes)
-        self.out.router.extend(out.router)
-        self.out.pub.extend(out.pub)
-        self.out.cuts.extend(out.cuts)
-        self.run_jobs(out.jobs)
+        self.run_jobs(self.take(keep_jobs=False).jobs)
         bodies = [json.loads(b) for rid, kind_, b, _ in self.out.router if rid == client[0] and kind_ == wire.REPLY]
         return next(b for b in reversed(bodies) if b["req"] == req)
 
@@ -120,11 +116,7 @@ class CoreRig:
             else:
                 job.result = _verifies(job)
             self.core.on_auth_result(job)
-        out = self.core.drain()
-        self.store.commit(out.writes)
-        self.out.router.extend(out.router)
-        self.out.pub.extend(out.pub)
-        self.out.cuts.extend(out.cuts)
+        out = self.take(keep_jobs=False)
         if out.jobs:
             self.run_jobs(out.jobs)
 
