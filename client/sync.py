@@ -12,7 +12,7 @@ programs that run many connections in one thread (e.g. a load tester):
 
 After an ok `login` reply the SUB socket is opened (same CURVE keys as the DEALER), registered
 with the poller, and the catch-up history follows the broker's welcome (client.adapter.SubFollower,
-shared with the asyncio client.connection.Connection). The broker key must be given (`keys`);
+shared with the asyncio client.connection.Connection). The broker key must be given (`server_key`);
 trust on first use is the interactive client's business.
 
 A caller with thousands of connections passes a `registry` dict and reads only the sockets that
@@ -149,8 +149,9 @@ class SyncConnection(SubFollower):
 
     def _read(self, sock: zmq.Socket, kinds: frozenset[bytes], feed: Callable[[list[bytes]], list[Output]]) -> list[Output]:
         """Read [kind, body] messages until EAGAIN and feed them. Two plain recv() calls per message
-        (recv_multipart costs several times more in pyzmq); a message whose first frame is not one
-        of `kinds` or whose body is not a JSON object is counted in `errors` and skipped to its end."""
+        (recv_multipart costs several times more in pyzmq). A message that is not exactly two frames,
+        whose first frame is not one of `kinds`, or whose body the core rejects (ProtocolError: not
+        a JSON object, a malformed reply ...) is counted in `errors` and skipped to its end."""
         recv = sock.recv
         out: list[Output] = []
         while True:
@@ -161,12 +162,11 @@ class SyncConnection(SubFollower):
             if kind not in kinds:
                 self._skip(sock)
                 continue
-            try:
-                body = recv(zmq.NOBLOCK)
-            except zmq.Again:  # a lone frame
+            if not sock.rcvmore:  # a lone frame: the next recv() would be the next message's first
                 self.errors += 1
-                return out
-            if body[:1] != b"{":
+                continue
+            body = recv(zmq.NOBLOCK)  # the rest of a multipart message has arrived with its first frame
+            if sock.rcvmore:  # three or more frames
                 self._skip(sock)
                 continue
             try:
@@ -177,7 +177,7 @@ class SyncConnection(SubFollower):
     def _skip(self, sock: zmq.Socket) -> None:
         """A message was not [kind, {json}]: count it and skip to the end of it."""
         self.errors += 1
-        while sock.getsockopt(zmq.RCVMORE):
+        while sock.rcvmore:
             sock.recv(zmq.NOBLOCK)
 
     def _register(self, sock: zmq.Socket) -> None:

@@ -62,6 +62,51 @@ def test_malformed_broker_messages_are_counted_and_skipped(ctx):
     assert registry == {}
 
 
+def _replies_after(ctx, messages) -> tuple[list, int]:
+    """Send a hello through a SyncConnection to a fake broker ROUTER, which answers with `messages`
+    (each a function of the hello's req returning the frames after the routing id). Returns the
+    outputs up to the first ReplyReceived and the connection's error count."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    poller = zmq.Poller()
+    conn = SyncConnection(ctx, poller, "127.0.0.1", port)
+    try:
+        req = conn.send(hello_request("test"))
+        assert router.poll(10_000), "the hello did not arrive"
+        rid = router.recv_multipart()[0]
+        for message in messages:
+            router.send_multipart([rid, *message(req)])
+        outputs: list = []
+        deadline = time.monotonic() + 10
+        while not any(isinstance(o, ReplyReceived) for o in outputs):
+            assert time.monotonic() < deadline, outputs
+            outputs += conn.handle(dict(poller.poll(100)))
+        return outputs, conn.errors
+    finally:
+        conn.close()
+        router.close()
+
+
+def test_a_lone_frame_does_not_swallow_the_next_message(ctx):
+    # [b"reply"] alone, then a good reply: reading a body after the lone frame would take the
+    # good reply's first frame as the body and lose it
+    outputs, errors = _replies_after(ctx, [lambda req: [wire.REPLY], lambda req: encode_reply(_hello(req))])
+    assert [(o.req, o.type) for o in outputs] == [(outputs[0].req, b"hello")]
+    assert errors == 1
+
+
+def test_a_reply_with_a_third_frame_is_skipped(ctx):
+    # the 3-frame reply answers the pending hello, but is not fed to the core: the hello is still
+    # pending when the good reply (told apart by its broker name) arrives
+    outputs, errors = _replies_after(ctx, [
+        lambda req: [*encode_reply(_hello(req, broker="three-frames")), b"extra"],
+        lambda req: encode_reply(_hello(req)),
+    ])
+    assert len(outputs) == 1 and outputs[0].body.broker == "chat-broker"
+    assert errors == 1
+
+
 def test_check_hello_names_what_is_wrong():
     mismatch = rf"protocol version mismatch: other \(this client speaks version {PROTOCOL_VERSION}\)"
     with pytest.raises(ConnectError, match=mismatch):
