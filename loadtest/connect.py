@@ -40,7 +40,9 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_ke
         the ok hello reply (protocol.replies.HelloReply: version, broker, max_message_chars,
         min_password_chars, curve).
     Raises:
-        BrokerUnreachable: unresolvable host, no reply in time, not a chat broker, or E_VERSION.
+        BrokerUnreachable: unresolvable host, no reply in time, not a chat broker (a wrong `broker`
+            name, or a malformed or non-chat message in answer: raised at once, without waiting
+            out the timeout), or E_VERSION.
     """
     address, ipv6 = resolve(host, port)
     ctx = zmq.Context()
@@ -63,6 +65,8 @@ def check_broker(host: str, port: int, timeout: float = HELLO_TIMEOUT, server_ke
                             return check_hello(out.body, f"{host}:{port}")
                         except ConnectError as exc:
                             raise BrokerUnreachable(str(exc)) from None
+                if conn.errors:  # only the hello is in flight: what answered is not a chat broker
+                    raise BrokerUnreachable(f"{host}:{port} is not a chat broker (its answer to hello was malformed)")
     finally:
         conn.close()
         ctx.term()

@@ -8,12 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import zmq
 
 from zmq_chat.loadtest.accounts import prepare_accounts
+from zmq_chat.loadtest.connect import BrokerUnreachable, check_broker
 from zmq_chat.loadtest.options import LoadOptions
 from zmq_chat.loadtest.runner import run_load
 from tests.harness import Broker
@@ -126,6 +128,34 @@ def test_unreachable_broker_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no chat broker answered" in lines[0], proc.stderr
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("body", [
+    b'{"req": %d, "status": "ok", "broker": "not-chat"}',  # a malformed hello reply
+    b'{"req": %d, "status": "ok", "version": 1, "broker": "other", "max_message_chars": 9,'
+    b' "min_password_chars": 8, "curve": false}',  # a well-formed hello reply of another program
+])
+def test_a_wrong_hello_reply_is_not_a_chat_broker_at_once(ctx, body):
+    # the check stops at the answer: the message says so, rather than "no chat broker answered"
+    # after the whole timeout
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer() -> None:
+        if router.poll(10_000):
+            rid, _kind, hello = router.recv_multipart()
+            router.send_multipart([rid, b"reply", body % json.loads(hello)["req"]])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(BrokerUnreachable, match=f"127.0.0.1:{port} is not a chat broker"):
+            check_broker("127.0.0.1", port, timeout=15)
+    finally:
+        thread.join()
+        router.close()
 
 
 @pytest.mark.timeout(20)
