@@ -1,4 +1,4 @@
-"""Orchestration of a load run in the calling process: start the load processes (loadtest.worker),
+"""Orchestration of a load run in the calling process: start the load processes (zmq_chat.loadtest.worker),
 step them through login -> start -> stop -> drain -> report over Pipes, feed progress snapshots to
 a callback, and merge their reports (loadtest.accounting.merge_reports).
 
@@ -23,6 +23,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable
 
+import zmq_chat
 from zmq_chat.loadtest.accounting import Results, merge_reports
 from zmq_chat.loadtest.ledgers import WorkerReport
 from zmq_chat.loadtest.connect import resolve
@@ -80,7 +81,7 @@ class Progress:
 
 
 class _Pool:
-    """The parent's side of the load processes: `python -m loadtest.worker FD` subprocesses, each
+    """The parent's side of the load processes: `python -m zmq_chat.loadtest.worker FD` subprocesses, each
     talking over one end of a socketpair wrapped as a multiprocessing Connection (no
     multiprocessing start method, so callers need no `if __name__ == "__main__"` guard)."""
 
@@ -88,7 +89,7 @@ class _Pool:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
         self.logs: list[Any] = []
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(zmq_chat.__file__).resolve().parent.parent)  # the directory holding zmq_chat
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
         try:
             for cfg in configs:
@@ -265,7 +266,7 @@ def run_load(options: LoadOptions, progress: Callable[[Progress], None] | None =
     Phases: log every client in (login rate and latency are measured here), send for
     options.duration seconds, stop, wait up to options.drain seconds for replies and deliveries,
     then merge the figures. The accounts must exist (prepare_accounts). The load processes are
-    `python -m loadtest.worker` subprocesses (options.effective_processes of them), so a calling
+    `python -m zmq_chat.loadtest.worker` subprocesses (options.effective_processes of them), so a calling
     script needs no `if __name__ == "__main__"` guard; the call blocks until they are done (about
     login time + duration + drain + 1 s).
 
