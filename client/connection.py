@@ -59,7 +59,7 @@ class Connection(SubFollower):
         trust_prompt: asked before trusting a key seen for the first time; None refuses.
     Attributes:
         core: the ClientCore.
-        hello: the ok `hello` reply dict after connect(), else None.
+        hello: the ok hello reply (protocol.replies.HelloReply) after connect(), else None.
         address: "host:port" as given, for messages.
         key_choice: the broker key in use after connect() (client.trust.KeyChoice).
     All coroutines must run on one event loop; the object is not thread-safe.
@@ -93,6 +93,7 @@ class Connection(SubFollower):
         self._sub_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._closed = False
+        self._broken = ""  # why the connection cannot go on (the SUB could not be opened)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -179,10 +180,7 @@ class Connection(SubFollower):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(ConnectionClosed("connection closed"))
-        self._waiters.clear()
+        self._fail_waiters(ConnectionClosed("connection closed"))  # each leaves _waiters as it ends
         for sock in (self._sub, self._dealer):
             if sock is not None:
                 sock.close(sockets.LINGER_MS if linger else 0)
@@ -193,8 +191,7 @@ class Connection(SubFollower):
 
     # ---- requests -------------------------------------------------------------------------
 
-    async def request(self, msg: m.Request | type[m.Request], timeout: float | None = None,
-                      **fields: Any) -> Reply:
+    async def request(self, msg: m.Request | type[m.Request], timeout: float | None = None, **fields: Any) -> Reply:
         """Send one request and wait for its reply.
 
         Args:
@@ -206,10 +203,10 @@ class Connection(SubFollower):
             an error reply is returned, not raised.
         Raises:
             RequestTimeout: no reply in time (the late reply, if any, is ignored).
-            ConnectionClosed: the connection is closed.
+            ConnectionClosed: the connection is closed, or broken (the SUB could not be opened).
         """
-        if self._closed or self._dealer is None:
-            raise ConnectionClosed("connection closed")
+        if self._closed or self._dealer is None or self._broken:
+            raise ConnectionClosed(self._broken or "connection closed")
         if isinstance(msg, type):
             msg = msg(req=0, **fields)
         if timeout is None:
@@ -262,8 +259,7 @@ class Connection(SubFollower):
 
         Returns the LoginReply or an ErrorReply (check `.ok`). Raises RequestTimeout / ConnectionClosed.
         """
-        return await self._with_backoff(
-            lambda: m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
+        return await self._with_backoff(lambda: m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
 
     async def register(self, user: str, password: str, timeout: float = 10.0) -> Reply:
         """Create an account (does not log in; retried with backoff while the broker is
@@ -275,7 +271,7 @@ class Connection(SubFollower):
         """End the session: send `logout`, wait up to `timeout` s, close the SUB. Never raises for a
         missing reply; returns the reply (LogoutReply or ErrorReply) or None."""
         reply: Reply | None = None
-        if self.core.session is not None and not self._closed:
+        if self.core.session is not None and not self._closed and not self._broken:
             with contextlib.suppress(RequestTimeout, ConnectionClosed):
                 await self._flush_acks(timeout)
                 reply = await self.request(m.Logout, timeout)
@@ -298,10 +294,7 @@ class Connection(SubFollower):
 
     def drain_events(self) -> list[Output]:
         """Take the events already queued, without waiting (e.g. the tail of a session that ended)."""
-        out: list[Output] = []
-        while not self._events.empty():
-            out.append(self._events.get_nowait())
-        return out
+        return [self._events.get_nowait() for _ in range(self._events.qsize())]
 
     def __aiter__(self) -> "Connection":
         return self
@@ -359,8 +352,14 @@ class Connection(SubFollower):
                 if self.hello is None:
                     self._fail_waiters(ConnectError(f"{self.address} is not a chat broker ({exc.message})"))
                 continue
+            try:
+                self._follow_session()  # a login opens the SUB, the end of a session closes it
+            except zmq.ZMQError as exc:  # e.g. too many open files: a session without its events
+                self._broken = f"cannot open the event socket to {self.address}: {exc}"
+                log.error("%s", self._broken)
+                self._fail_waiters(ConnectionClosed(self._broken))  # before the login's reply is given
+                return
             self._dispatch(outputs)
-            self._follow_session()  # a login opens the SUB, the end of a session closes it
             self._wake_timer()  # acks (or the welcome timeout) may now be due
             await self._flush()
 

@@ -1,22 +1,29 @@
 """The poller adapter (client.sync.SyncConnection) against a fake broker ROUTER on 127.0.0.1: what it
-does with messages that are not [kind, JSON body]; and the hello check both adapters share
-(client.adapter.check_hello)."""
+does with messages that are not [kind, JSON body]; the hello check both adapters share
+(client.adapter.check_hello); and the asyncio adapter (client.connection.Connection) when its SUB
+cannot be opened."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import time
 
 import pytest
 import zmq
 
+from zmq_chat.client import sockets
 from zmq_chat.client.adapter import check_hello, hello_request
+from zmq_chat.client.connection import Connection
 from zmq_chat.client.core import ReplyReceived
-from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.errors import ConnectError, ConnectionClosed
 from zmq_chat.client.sync import SyncConnection
+from zmq_chat.client.trust import KnownBrokers
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.replies import ErrorReply, HelloReply, UsersReply, encode_reply
 from zmq_chat.protocol.version import PROTOCOL_VERSION
+from tests.harness import PASSWORD, ok
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -117,3 +124,31 @@ def test_check_hello_names_what_is_wrong():
         check_hello(_hello(1, broker="other"), "h:1")
     assert check_hello(_hello(1), "h:1").max_message_chars == 1000
     assert hello_request("x") == m.Hello(req=0, version=PROTOCOL_VERSION, client="x")
+
+
+def test_a_sub_that_cannot_be_opened_fails_the_login_with_the_reason(broker, peers, names, tmp_path, monkeypatch, caplog):
+    # e.g. out of file descriptors: the login says why, and so does every later request, instead
+    # of a receive task that died silently and a "lost connection" much later
+    user = names()
+    ok(peers(broker).register(user))
+
+    def out_of_files(*args, **kwargs):
+        raise zmq.ZMQError(errno.EMFILE)
+
+    monkeypatch.setattr(sockets, "open_sub", out_of_files)
+    reason = r"cannot open the event socket to 127\.0\.0\.1:\d+: Too many open files"
+
+    async def session() -> None:
+        conn = Connection("127.0.0.1", broker.port, server_key=broker.server_key, known=KnownBrokers(tmp_path / "kb"))
+        try:
+            await conn.connect()
+            with pytest.raises(ConnectionClosed, match=reason):
+                await conn.login(user, PASSWORD)
+            with pytest.raises(ConnectionClosed, match=reason):
+                await conn.request(m.Who)
+            assert await conn.logout() is None
+        finally:
+            await conn.close(linger=False)
+
+    asyncio.run(session())
+    assert any(r.levelname == "ERROR" and "cannot open the event socket" in r.getMessage() for r in caplog.records)
