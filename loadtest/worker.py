@@ -271,14 +271,15 @@ class LoadWorker:
         )
 
     def _logout(self) -> None:
-        """Close the SUBs (nobody reads the presence events of the logouts), log every session
-        out, wait briefly for the replies."""
+        """Close the SUBs (nobody reads the presence events of the logouts), send each session's
+        last acks and then its logout, wait briefly for the replies (the acks' come first)."""
         fleet = self.fleet
         for c in fleet.clients:
             if c.conn is not None:
                 c.conn.drop_sub()
         waiting = [(c, c.conn.core) for c in fleet.clients if c.conn is not None and c.conn.core.session is not None]
         for c, core in waiting:
+            core.flush_acks()  # else the messages delivered last stay in the mailbox after the run
             core.request(m.Logout(req=0))
             fleet.flush(c)
         deadline = time.monotonic() + LOGOUT_WAIT_S

@@ -16,9 +16,9 @@ import zmq
 
 from zmq_chat.loadtest.accounts import prepare_accounts
 from zmq_chat.loadtest.connect import BrokerUnreachable, check_broker
-from zmq_chat.loadtest.options import LoadOptions
+from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, user_names
 from zmq_chat.loadtest.runner import run_load
-from tests.harness import Broker
+from tests.harness import Broker, Peer, ok
 
 CLI = [sys.executable, "-c", "import sys; from zmq_chat.loadtest.cli import main; sys.exit(main())"]
 
@@ -83,8 +83,21 @@ def test_cli_compares_curve_against_null_in_one_run(tmp_path):
         assert run["lost"] == 0 and run["private"]["acked"] > 0
 
 
+def _mail_up_to_a_marker(ctx, broker: Broker, user: str) -> list[str]:
+    """Log in as `user` (a load-test account), send it a marker and return the texts of the private
+    messages pushed up to the marker (its mailbox before, oldest first, then the marker)."""
+    peer = Peer(ctx, broker)
+    try:
+        ok(peer.login(user, DEFAULT_PASSWORD, subscribe=False))
+        ok(peer.send(user, "marker"))
+        peer.wait_for(lambda: any(x.text == "marker" for x in peer.msgs), what="the marker")
+        return [x.text for x in peer.msgs]
+    finally:
+        peer.close()
+
+
 @pytest.mark.timeout(45)
-def test_api_prepare_and_run_against_harness_broker(tmp_path):
+def test_api_prepare_and_run_against_harness_broker(tmp_path, ctx):
     broker = Broker(tmp_path / "data")
     try:
         key = broker.server_key
@@ -96,6 +109,10 @@ def test_api_prepare_and_run_against_harness_broker(tmp_path):
         options = LoadOptions(port=broker.port, clients=4, duration=1.5, processes=1, user_prefix="api",
                               rate=40, window=4, broadcast_ratio=0.5, size=60, seed=1, server_key=key)
         res = run_load(options, progress=snapshots.append)
+        # the acks of the last deliveries left before the logouts: a marker sent to a user after
+        # the run is the first private message its next login is given, not the run's tail
+        for user in user_names("api", 4):
+            assert _mail_up_to_a_marker(ctx, broker, user) == ["marker"], user
     finally:
         broker.stop()
     assert res.ok and res.logged_in == 4 and res.drained
