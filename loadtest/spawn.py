@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 
 from zmq_chat.broker.launch import BrokerStartError, LaunchedBroker
 from zmq_chat.broker.limits import raise_open_files_limit
@@ -40,31 +41,55 @@ class SpawnedBroker(LaunchedBroker):
     Args:
         extra_args: further chat-broker flags (e.g. ["--max-clients", "20000"]).
         start_timeout: seconds to wait for the broker to be ready.
-        data_dir: where the store lives; None = a new temporary directory, removed by stop().
+        data_dir: where the store lives; None = a temporary directory that start() makes and
+            stop() (also `with`'s exit, or a failed start) removes: restart() keeps it, so the
+            broker comes back with its accounts and key; start() after stop() makes a new one.
     Attributes once started: host, port, pub_port, key_port, server_key (Z85 bytes; None with
-    --insecure), proc, lines (see LaunchedBroker).
+    --insecure), proc, lines, data_dir (see LaunchedBroker).
     """
 
     def __init__(self, extra_args: list[str] | None = None, start_timeout: float = 20.0,
                  data_dir: str | None = None) -> None:
-        self._own_dir = data_dir is None
-        super().__init__(data_dir or tempfile.mkdtemp(prefix="chat-loadtest-"), [*LOAD_LIMITS, *(extra_args or [])],
+        self._own_dir = data_dir is None  # a temporary directory, made by start()
+        self._dir_made = False
+        self._keep_dir = False
+        super().__init__(data_dir or tempfile.gettempdir(), [*LOAD_LIMITS, *(extra_args or [])],
                          start_timeout=start_timeout, keep_lines=50)
 
     def start(self) -> SpawnedBroker:
-        """Raise the open-files limit, start the broker and wait until it is ready. Returns self.
+        """Raise the open-files limit, make the temporary data directory (if it is ours and not
+        made yet), start the broker and wait until it is ready. Returns self.
 
         Raises:
-            BrokerStartError: it exited first or was not ready within `start_timeout` seconds.
+            BrokerStartError: it exited first or was not ready within `start_timeout` seconds
+                (the broker is then stopped; a temporary data directory is removed).
         """
         raise_fd_limit()
-        super().start()
+        if self._own_dir and not self._dir_made:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="chat-loadtest-"))
+            self._dir_made = True
+        try:
+            super().start()
+        except BaseException:
+            self.stop(kill=True)
+            raise
         return self
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> int | None:
-        """Stop the broker (see LaunchedBroker.stop) and remove a temporary data directory.
-        Returns its exit status (None if it never started). Idempotent."""
+        """Stop the broker (see LaunchedBroker.stop) and remove a temporary data directory (not
+        when restart() stops it). Returns its exit status (None if it never started). Idempotent."""
         status = super().stop(kill=kill, timeout=timeout)
-        if self._own_dir:
+        if self._dir_made and not self._keep_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+            self._dir_made = False
         return status
+
+    def restart(self, kill: bool = False) -> SpawnedBroker:
+        """Stop (SIGTERM, or SIGKILL with `kill`) and start again on the same ports and data
+        directory: the accounts, messages and key survive. Raises BrokerStartError like start()."""
+        self._keep_dir = True
+        try:
+            super().restart(kill=kill)
+        finally:
+            self._keep_dir = False
+        return self

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -18,6 +19,7 @@ from zmq_chat.loadtest.accounts import prepare_accounts
 from zmq_chat.loadtest.connect import BrokerUnreachable, check_broker
 from zmq_chat.loadtest.options import DEFAULT_PASSWORD, LoadOptions, user_names
 from zmq_chat.loadtest.runner import run_load
+from zmq_chat.loadtest.spawn import SpawnedBroker
 from tests.harness import Broker, Peer, ok
 
 CLI = [sys.executable, "-c", "import sys; from zmq_chat.loadtest.cli import main; sys.exit(main())"]
@@ -127,6 +129,26 @@ def test_api_prepare_and_run_against_harness_broker(tmp_path, ctx):
     assert sent + res.skipped <= options.rate * options.clients * options.duration, (sent, res.skipped)
     assert sum(s.sent for s in res.timeline) == sent
     assert {s.phase for s in snapshots} >= {"login", "run", "done"}
+
+
+@pytest.mark.timeout(60)
+def test_spawned_broker_restart_keeps_its_temporary_store_and_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its temporary directories go
+    made = lambda: sorted(tmp_path.glob("chat-loadtest-*"))  # noqa: E731
+    broker = SpawnedBroker()
+    assert made() == []  # nothing to leak before start()
+    try:
+        broker.start()
+        assert made() == [broker.data_dir]
+        key = broker.server_key
+        assert prepare_accounts("127.0.0.1", broker.port, 1, prefix="rs", server_key=key).created == 1
+        broker.restart()
+        assert made() == [broker.data_dir] and broker.server_key == key
+        again = prepare_accounts("127.0.0.1", broker.port, 1, prefix="rs", server_key=key)
+        assert again.ok and again.existed == 1
+    finally:
+        broker.stop()
+    assert made() == []
 
 
 def _free_port() -> int:
