@@ -60,10 +60,10 @@ def _no_echo() -> Iterator[None]:
 
     prompt_toolkit switches the terminal to raw mode only once its prompt runs, so without this a
     password typed right after the prompt appeared could be echoed by the terminal driver."""
-    fd = sys.stdin.fileno() if sys.stdin is not None else -1
     try:
+        fd = sys.stdin.fileno()  # io.UnsupportedOperation (an OSError) for a stream without a descriptor
         saved = termios.tcgetattr(fd)
-    except (termios.error, ValueError, OSError):
+    except (termios.error, ValueError, OSError, AttributeError):  # AttributeError: sys.stdin is None
         yield
         return
     quiet = list(saved)

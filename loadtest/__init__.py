@@ -4,10 +4,11 @@ Python API (imported lazily, so `import zmq_chat.loadtest` stays cheap):
 
     from zmq_chat.loadtest import LoadOptions, SpawnedBroker, check_broker, prepare_accounts, run_load
 
-    with SpawnedBroker() as broker:                       # or any running broker
-        check_broker("127.0.0.1", broker.port)            # hello within 4 s, else BrokerUnreachable
-        prepare_accounts("127.0.0.1", broker.port, 100)   # resumable; argon2id cost stays out of the run
-        results = run_load(LoadOptions(port=broker.port, clients=100, duration=10))
+    with SpawnedBroker() as broker:                       # or any running broker (and its public key)
+        key = broker.server_key                           # Z85 bytes; None for a broker run --insecure
+        check_broker("127.0.0.1", broker.port, server_key=key)  # hello within 4 s, else BrokerUnreachable
+        prepare_accounts("127.0.0.1", broker.port, 100, server_key=key)  # resumable; argon2id cost stays out of the run
+        results = run_load(LoadOptions(port=broker.port, server_key=key, clients=100, duration=10))
     results.private.throughput, results.broadcast.latency.p99, results.lost, results.to_dict()
 
 Modules: options (settings), texts (the message text layout), latency (HDR histograms), ledgers
