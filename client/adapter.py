@@ -5,7 +5,8 @@ the poller-based one (client.sync). Written once here so that both do it the sam
     * `SubFollower`: the SUB socket follows the core's session. After an ok `login` the SUB is
       opened, subscribed to `ClientCore.sub_topics()` and reported with `ClientCore.sub_opened()`,
       so the catch-up `history` follows the broker's welcome (or WELCOME_TIMEOUT); when the
-      session ends (logout, an `end` push, E_NOT_LOGGED_IN) the SUB is closed.
+      session ends (logout, an `end` push, E_NOT_LOGGED_IN, a `ping` reply with `session: false`)
+      the SUB is closed.
 
 No sockets are made here: an adapter supplies `_open_sub` / `_close_sub`.
 """
@@ -54,9 +55,9 @@ class SubFollower:
     """Mixin of an adapter: keeps its SUB socket in step with `self.core.session`.
 
     Call `_follow_session()` after feeding the core DEALER input (only a `login`/`logout` reply, an
-    `end` push or E_NOT_LOGGED_IN change the session) and after `core.end_session()`. The adapter
-    implements `_open_sub(pub_port, topics)` (create, subscribe, connect, start reading) and
-    `_close_sub()` (idempotent).
+    `end` push, E_NOT_LOGGED_IN or a `ping` reply with `session: false` change the session) and
+    after `core.end_session()`. The adapter implements `_open_sub(pub_port, topics)` (create,
+    subscribe, connect, start reading; may raise zmq.ZMQError) and `_close_sub()` (idempotent).
     """
 
     core: ClientCore
