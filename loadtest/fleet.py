@@ -165,7 +165,7 @@ class Fleet:
                         sent = read(ev.text)
                         if sent is not None:
                             now = clock()
-                            deliver(ev.seq, now, now - sent)
+                            deliver(ev.seq, now, now - sent if sent else None)  # 0: an unreadable send time
                 else:
                     self._outputs(c, [o], False)
         self.flush(c)  # acks, or a history request for a gap
@@ -186,7 +186,7 @@ class Fleet:
                     sent = self.texts.read_broadcast(ev.text)
                     if sent is not None:
                         now = time.monotonic_ns()
-                        self.bled.delivered(ev.seq, now, now - sent, from_dealer)
+                        self.bled.delivered(ev.seq, now, now - sent if sent else None, from_dealer)
             elif isinstance(o, EventsMissed):
                 self.bled.missed_ranges += 1
             elif isinstance(o, SessionEnded):

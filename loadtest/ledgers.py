@@ -137,10 +137,11 @@ class _Ledger:
         self.n_failed += 1
         tally(self.errors, code)
 
-    def _deliver(self, now_ns: int, latency_ns: int) -> None:
+    def _deliver(self, now_ns: int, latency_ns: int | None) -> None:
         self.n_delivered += 1
         self.last_delivery_ns = now_ns
-        self.latency.record(now_ns, latency_ns)
+        if latency_ns is not None:  # None: the text's send time was unreadable
+            self.latency.record(now_ns, latency_ns)
 
     def _common(self) -> dict[str, Any]:
         """The KindPart fields (closes the latency recorder: call once)."""
@@ -251,10 +252,11 @@ class BroadcastLedger(_Ledger):
         """A local client logged in (login reply `seq`); it must receive every later acked broadcast."""
         self.login_seqs.append(login_seq)
 
-    def delivered(self, seq: int, now_ns: int, latency_ns: int, repaired: bool = False) -> None:
-        """A local subscriber got broadcast event `seq` (above its login seq) at `now_ns`; `repaired`:
-        it came out of a `history` reply. The caller guarantees at most one call per (subscriber,
-        seq) (ClientCore dedups by seq)."""
+    def delivered(self, seq: int, now_ns: int, latency_ns: int | None, repaired: bool = False) -> None:
+        """A local subscriber got broadcast event `seq` (above its login seq) at `now_ns` after
+        `latency_ns` (None: unknown, the text's send time was unreadable; counted as delivered,
+        no latency recorded); `repaired`: it came out of a `history` reply. The caller guarantees
+        at most one call per (subscriber, seq) (ClientCore dedups by seq)."""
         d = self.deliveries
         d[seq] = d.get(seq, 0) + 1
         if repaired:

@@ -73,8 +73,8 @@ class Texts:
             return -1, 0
 
     def read_broadcast(self, text: str) -> int | None:
-        """send_ns of a broadcast of this run (by any process; 0 when unreadable); None for a
-        text of another run."""
+        """send_ns of a broadcast of this run (by any process; 0 when unreadable: it counts as
+        delivered, with no latency); None for a text of another run."""
         if not text.startswith(self.run_tag):
             return None
         parsed = parse_text(text)

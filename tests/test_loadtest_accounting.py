@@ -182,6 +182,21 @@ def test_broadcast_merge_lost_duplicated_unacked_and_repaired():
 
 
 @pytest.mark.timeout(5)
+def test_a_broadcast_with_an_unreadable_send_time_counts_as_delivered_without_a_latency():
+    # the fleet passes None when Texts.read_broadcast gives 0: a latency of "now - 0" would be
+    # the time since boot
+    a = BroadcastLedger(0)
+    a.new_message()
+    a.acked(0, 11)
+    a.add_subscriber(10)
+    a.delivered(11, S, None)
+    a.delivered(12, S, 3 * MS)
+    part = a.part()
+    assert part.deliveries == {11: 1, 12: 1}
+    assert [count for _second, count, _hist in part.seconds] == [1]  # 12's latency only
+
+
+@pytest.mark.timeout(5)
 def test_broadcast_merge_counts_missing_deliveries_as_lost_and_excess_as_duplicates():
     a = BroadcastLedger(0)
     a.new_message()
