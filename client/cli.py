@@ -24,7 +24,7 @@ from prompt_toolkit.utils import is_dumb_terminal
 from zmq_chat import __version__
 from zmq_chat.client.app import run_app
 from zmq_chat.client.connection import Connection
-from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.errors import ClientError, ConnectError
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.client.sockets import DEFAULT_PORT
 from zmq_chat.client.trust import SERVER_KEY_ENV
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 0
+    except ClientError as exc:  # e.g. the event socket cannot be opened: say what, in one line
+        print(f"chat-client: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # last resort: one line, never a traceback (unless --log-level DEBUG)
         log.debug("internal error", exc_info=True)
         print(f"chat-client: internal error: {exc!r}", file=sys.stderr)
