@@ -1,11 +1,10 @@
-"""Baselines measured in the same run as the broker (issue #3, "The benchmark"):
+"""Baselines measured in the same run as the broker (issue #3, "The benchmark"), and the helpers
+the load processes of every baseline share:
 
-- `relay_load`: private-message load against bench/relay.py (a ROUTER forwarding
-  `[destination, payload]` with no parsing, storage or acknowledgement), shaped like chat-loadtest's
-  load: `processes` load processes, each driving clients/processes DEALERs, each keeping `window`
-  messages in flight to random peers of the same process.
-- `pub_load`: a bare PUB socket publishing at a fixed rate to SUB sockets.
-- `argon2_capacity`: argon2id verifications per second with one thread per core.
+- `relay_load` lives in bench/relay_baseline.py (the minimal relay, closed loop or paced);
+- `pub_load`: a bare PUB socket publishing at a fixed rate to SUB sockets;
+- `argon2_capacity`: argon2id verifications per second with one thread per core;
+- `held_baseline`: a bare ROUTER + PUB holding idle DEALER + SUB pairs (memory per client).
 
 All traffic goes to 127.0.0.1; every loop is bounded in time.
 """
@@ -14,11 +13,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import random
 import socket
 import struct
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,134 +33,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _histogram() -> HdrHistogram:
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram: values in microseconds, 1 us .. 60 s, 3 significant digits."""
     return HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 us .. 60 s
 
 
-def _shares(total: int, processes: int) -> list[int]:
+def split_evenly(total: int, processes: int) -> list[int]:
     """`total` split into `processes` near-equal whole parts (the first ones one larger), zeros dropped."""
     return [n for k in range(processes) if (n := total // processes + (1 if k < total % processes else 0))]
 
 
-def _poller(socks: list[zmq.Socket]) -> zmq.Poller:
+def input_poller(socks: list[zmq.Socket]) -> zmq.Poller:
     """A poller watching every socket of `socks` for input."""
     poller = zmq.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)
     return poller
-
-
-def _relay_dealers(ctx: zmq.Context, port: int, clients: int) -> tuple[list[zmq.Socket], list[bytes]]:
-    """`clients` DEALERs connected to the relay on 127.0.0.1:`port`, and their routing ids
-    (b"r" + 8 random bytes + the DEALER's index as 4 big-endian bytes, which the relay passes on
-    as the sender so a reply finds its way back to the index)."""
-    socks, ids = [], []
-    for i in range(clients):
-        s = ctx.socket(zmq.DEALER)
-        rid = b"r" + os.urandom(8) + struct.pack(">I", i)
-        s.setsockopt(zmq.ROUTING_ID, rid)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 100_000)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.connect(f"tcp://127.0.0.1:{port}")
-        socks.append(s)
-        ids.append(rid)
-    return socks, ids
-
-
-def _relay_worker(port: int, clients: int, duration: float, window: int, size: int, queue: mp.Queue) -> None:
-    """One load process of relay_load: `clients` DEALERs each keeping `window` messages of `size`
-    bytes in flight to random peers for `duration` s; puts its counts and an encoded latency
-    histogram (microseconds) on `queue`."""
-    ctx = zmq.Context()
-    ctx.max_sockets = clients + 16
-    socks, ids = _relay_dealers(ctx, port, clients)
-    poller = _poller(socks)
-    time.sleep(0.5)  # connections settle; the relay drops sends to peers not yet connected
-    hist = _histogram()
-    inflight = [0] * clients
-    pad = b"x" * max(0, size - 8)
-    sent = delivered = 0
-
-    def fill(i: int) -> int:
-        n = 0
-        s = socks[i]
-        while inflight[i] < window:
-            dst = ids[random.randrange(clients)]
-            s.send_multipart([dst, struct.pack(">Q", time.monotonic_ns()) + pad], NOBLOCK)
-            inflight[i] += 1
-            n += 1
-        return n
-
-    start = time.monotonic()
-    end = start + duration
-    for i in range(clients):
-        sent += fill(i)
-    measured_from = start + min(1.0, duration / 5)
-    counted = 0
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        for s, _ in poller.poll(50):
-            while True:
-                try:
-                    src, payload = s.recv_multipart(NOBLOCK)
-                except zmq.Again:
-                    break
-                delivered += 1
-                recv_ns = time.monotonic_ns()
-                if now >= measured_from:
-                    counted += 1
-                    hist.record_value(max(1, (recv_ns - struct.unpack(">Q", payload[:8])[0]) // 1000))
-                sender = int.from_bytes(src[-4:], "big")
-                inflight[sender] -= 1
-                sent += fill(sender)
-    elapsed = time.monotonic() - measured_from
-    for s in socks:
-        s.close(0)
-    ctx.term()
-    queue.put({"sent": sent, "delivered": delivered, "counted": counted, "elapsed": elapsed,
-               "hist": hist.encode()})
-
-
-def relay_load(clients: int, duration: float = 5.0, window: int = 20, size: int = 100,
-               processes: int | None = None) -> dict:
-    """Run the minimal relay under a private-message load; return figures.
-
-    Returns {"msgs_per_s": float (messages delivered per second, after a warm-up of up to 1 s),
-    "p50_ms", "p99_ms", "max_ms": float, "sent": int, "delivered": int}.
-    Raises RuntimeError when a load process reports nothing.
-    """
-    processes = processes or min(clients, os.cpu_count() or 1)
-    port = free_port()
-    relay = subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(port)])
-    try:
-        time.sleep(0.3)
-        queue: mp.Queue = mp.Queue()
-        procs = [mp.Process(target=_relay_worker, args=(port, n, duration, window, size, queue))
-                 for n in _shares(clients, processes)]
-        for p in procs:
-            p.start()
-        parts = [queue.get(timeout=duration + 60) for _ in procs]
-        for p in procs:
-            p.join(10)
-    finally:
-        relay.terminate()
-        relay.wait(10)
-    hist = _histogram()
-    for part in parts:
-        hist.decode_and_add(part["hist"])
-    counted = sum(p["counted"] for p in parts)
-    elapsed = max(p["elapsed"] for p in parts)
-    return {
-        "msgs_per_s": counted / elapsed,
-        "p50_ms": hist.get_value_at_percentile(50) / 1000,
-        "p99_ms": hist.get_value_at_percentile(99) / 1000,
-        "max_ms": hist.get_max_value() / 1000,
-        "sent": sum(p["sent"] for p in parts),
-        "delivered": sum(p["delivered"] for p in parts),
-    }
 
 
 def _sub_worker(port: int, subs: int, duration: float, queue: mp.Queue) -> None:
@@ -178,8 +62,8 @@ def _sub_worker(port: int, subs: int, duration: float, queue: mp.Queue) -> None:
         s.setsockopt(zmq.SUBSCRIBE, b"")
         s.connect(f"tcp://127.0.0.1:{port}")
         socks.append(s)
-    poller = _poller(socks)
-    hist = _histogram()
+    poller = input_poller(socks)
+    hist = new_histogram()
     seen: list[set[int]] = [set() for _ in socks]
     index = {s: i for i, s in enumerate(socks)}
     queue.put("ready")
@@ -216,7 +100,7 @@ def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 1
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(f"tcp://127.0.0.1:{port}")
     queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_sub_worker, args=(port, n, duration + 3.0, queue)) for n in _shares(subscribers, processes)]
+    procs = [mp.Process(target=_sub_worker, args=(port, n, duration + 3.0, queue)) for n in split_evenly(subscribers, processes)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -239,7 +123,7 @@ def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 1
         p.join(10)
     pub.close(0)
     ctx.term()
-    hist = _histogram()
+    hist = new_histogram()
     for part in parts:
         hist.decode_and_add(part["hist"])
     received = sum(p["received"] for p in parts)
@@ -332,7 +216,7 @@ def _held_clients(endpoints: tuple[str, str], clients: int, requests: int, every
         s.connect(endpoints[1])
         dealers.append(d)
         subs.append(s)
-    poller = _poller(dealers + subs)
+    poller = input_poller(dealers + subs)
     answered = 0
     for d in dealers:
         d.send(b"q" * 60)
@@ -380,7 +264,7 @@ def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: fl
     time.sleep(0.3)
     before = rss_kib(server.pid)
     procs = [mp.Process(target=_held_clients, args=(endpoints, n, requests, every, deadline, queue))
-             for n in _shares(clients, processes)]
+             for n in split_evenly(clients, processes)]
     for p in procs:
         p.start()
     peak = before
