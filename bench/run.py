@@ -51,7 +51,7 @@ def row(scenario: str, figure: str, value: float, unit: str, baseline: float | N
     verdict = "" if met is None else ("met" if met else "MISSED")
     ROWS.append({"scenario": scenario, "figure": figure, "value": value, "unit": unit,
                  "baseline": baseline, "ratio": ratio, "target": target, "verdict": verdict})
-    base = f"{baseline:,.1f}" if baseline is not None else ""
+    base = f"{baseline:,.2f}" if baseline is not None else ""
     print(f"{scenario:<4} {figure:<44} {value:>12,.2f} {unit:<10} {base:>12} {ratio:>7} {target:<18} {verdict}",
           flush=True)
 
