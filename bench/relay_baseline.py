@@ -67,16 +67,23 @@ def _arrivals(sock: zmq.Socket) -> Iterator[tuple[int, int]]:
         yield int.from_bytes(src[-4:], "big"), max(1, (time.monotonic_ns() - sent_ns) // 1000)
 
 
-def _closed_worker(port: int, clients: int, duration: float, window: int, size: int, queue: mp.Queue) -> None:
-    """One closed-loop load process: `clients` DEALERs each keeping `window` messages of `size`
-    bytes in flight to random peers for `duration` s; latencies are recorded after a warm-up of
-    min(1 s, duration / 5). Puts {"sent", "delivered", "counted" (recorded), "elapsed" (s since the
-    warm-up), "hist" (encoded, us)} on `queue`."""
+def _setup(port: int, clients: int) -> tuple[zmq.Context, list[zmq.Socket], list[bytes], zmq.Poller]:
+    """A load process's context, its `clients` DEALERs connected to the relay on `port` (with their
+    routing ids) and a poller over them, after SETTLE_S seconds for the connections."""
     ctx = zmq.Context()
     ctx.max_sockets = clients + 16
     socks, ids = _relay_dealers(ctx, port, clients)
     poller = input_poller(socks)
     time.sleep(SETTLE_S)
+    return ctx, socks, ids, poller
+
+
+def _closed_worker(port: int, clients: int, duration: float, window: int, size: int, queue: mp.Queue) -> None:
+    """One closed-loop load process: `clients` DEALERs each keeping `window` messages of `size`
+    bytes in flight to random peers for `duration` s; latencies are recorded after a warm-up of
+    min(1 s, duration / 5). Puts {"sent", "delivered", "counted" (recorded), "elapsed" (s since the
+    warm-up), "hist" (encoded, us)} on `queue`."""
+    ctx, socks, ids, poller = _setup(port, clients)
     hist = new_histogram()
     inflight = [0] * clients
     pad = b"x" * max(0, size - 8)
@@ -123,11 +130,7 @@ def _paced_worker(port: int, clients: int, duration: float, window: int, size: i
     warm-up, as chat-loadtest). Puts {"sent", "delivered", "counted" (= delivered), "skipped"
     (due sends that found every window full), "elapsed" (s from the start to the last delivery,
     at least `duration`), "hist" (encoded, us)} on `queue`."""
-    ctx = zmq.Context()
-    ctx.max_sockets = clients + 16
-    socks, ids = _relay_dealers(ctx, port, clients)
-    poller = input_poller(socks)
-    time.sleep(SETTLE_S)
+    ctx, socks, ids, poller = _setup(port, clients)
     hist = new_histogram()
     inflight = [0] * clients
     pad = b"x" * max(0, size - 8)
