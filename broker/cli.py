@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "data directory to PATH (atomically; removed at a clean exit), for supervisors and tests")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level, any case (default INFO)")
+    p.add_argument("--stage-times", metavar="PATH", default="",
+                   help="record when each request was read, handled, committed and sent, and write per-stage latency "
+                        "percentiles (milliseconds) as JSON to PATH at exit; for benchmarks (off by default: costs nothing)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
     return p
 
@@ -143,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build a Config from parsed arguments."""
     return Config(
         port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir, sync=args.sync,
+        stage_times=args.stage_times,
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
         heartbeat_timeout=args.heartbeat_timeout, idle_timeout=args.idle_timeout * 60,

@@ -20,6 +20,7 @@ class Config:
     bind: str = "*"  # interface to bind, e.g. 127.0.0.1
     data_dir: str = "./chat-data"
     sync: str = "full"  # SQLite synchronous: full = fsync before every ack; normal = survives a broker crash only
+    stage_times: str = ""  # path of a JSON file of per-stage latencies written at exit ("" = not recorded)
     min_password_chars: int = 8
     max_login_attempts: int = 3  # wrong passwords per (account, IP) before a block
     block_seconds: float = 60.0

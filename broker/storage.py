@@ -97,6 +97,20 @@ class WriteBatch:
         return bool(self.users or self.sends or self.mail or self.events or self.acks or self.last_seen
                     or self.prune)
 
+    def extend(self, later: WriteBatch) -> None:
+        """Append the writes of `later` (a batch of a later wake-up) to this one, so that both are
+        committed in one transaction (group commit). Applying the merged batch in the order of
+        this class's docstring gives the same rows as applying the two in turn: ids only grow, a
+        row is deleted only after it was inserted, and the newer prune replaces the older."""
+        self.users += later.users
+        self.sends += later.sends
+        self.mail += later.mail
+        self.events += later.events
+        self.acks += later.acks
+        self.last_seen += later.last_seen
+        if later.prune is not None:
+            self.prune = later.prune
+
     def add_event(self, event: m.Event, body: bytes | None = None) -> None:
         """Append `event` to the log, stored as its JSON body (docs/protocol.md 7.3): `body` when
         the caller has it encoded already (the PUB message's body), else encoded here."""
