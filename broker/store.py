@@ -1,7 +1,8 @@
 """The embedded store (broker.storage.Store on SQLite): users and their argon2id hashes, mailboxes,
 the event log, send ids, in `<data_dir>/chat.sqlite3`.
 
-One connection, used only by the broker's loop thread. WAL mode with synchronous=FULL (NORMAL with
+Two connections: one that commits (on the broker's writer thread, broker.writer) and one that
+reads (on the loop thread). WAL mode with synchronous=FULL (NORMAL with
 --sync normal). Each loop wake-up's writes arrive as one WriteBatch and are committed in one
 transaction before any reply that acknowledges them, so an acknowledged message survives `kill -9`
 (and, under FULL, power loss). Schema versioned with `PRAGMA user_version` (SCHEMA_VERSION).
@@ -80,6 +81,10 @@ class SqliteStore:
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the send-id index hot
             self._migrate()
+            # Reads get their own connection: the writer thread (broker.writer) commits on `db`
+            # while the loop reads here; WAL lets a reader see the last commit without waiting.
+            self.reader = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
+            self.reader.execute("PRAGMA query_only=1")
         except (OSError, sqlite3.Error, StoreError) as exc:
             os.close(self._lock)
             if isinstance(exc, StoreError):
@@ -144,13 +149,14 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close the connection (every batch was committed by commit()) and release the lock."""
+        self.reader.close()
         self.db.close()
         os.close(self._lock)
 
     # -- reads ----------------------------------------------------------------------------------
     def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
         """Up to `limit` messages of `recipient`'s mailbox with id > after_id, oldest first."""
-        rows = self.db.execute(
+        rows = self.reader.execute(
             "SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
             (recipient, after_id, limit),
         ).fetchall()
@@ -162,7 +168,7 @@ class SqliteStore:
         for start in range(0, len(ids), 500):  # SQLite before 3.32 takes at most 999 parameters
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            rows += self.db.execute(
+            rows += self.reader.execute(
                 f"SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id IN ({marks})",
                 (recipient, *chunk),
             ).fetchall()
@@ -170,7 +176,7 @@ class SqliteStore:
 
     def event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` logged events with seq > after, oldest first, as (seq, JSON body bytes)."""
-        return self.db.execute(
+        return self.reader.execute(
             "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         ).fetchall()
 
