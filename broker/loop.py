@@ -2,15 +2,19 @@
 key endpoint, feeds the socket monitors' connection events and the memory scans to the core, runs
 argon2id jobs on worker threads, and turns SIGINT/SIGTERM into a clean shutdown.
 
-Per wake-up the loop drains the ROUTER with NOBLOCK until EAGAIN (at most `BATCH` messages), feeds
-each request to the core, commits the store once, then sends every reply, delivery and PUB event
-that the batch produced and cuts the connections the core gave up on: one fsync covers the whole
-batch, and no ok reply precedes its commit.
+Per wake-up the loop drains the ROUTER with NOBLOCK until EAGAIN (at most `BATCH` messages) and
+feeds each request to the core. The wake-up's store writes go to the writer thread
+(broker.writer.CommitWriter), which commits every batch queued meanwhile in one transaction, and
+the wake-up's output (replies, deliveries, PUB events, cuts) is held until its batch is durable:
+the loop goes on reading requests while the disk syncs, and no ok reply precedes its commit.
+Output leaves in the order it was produced.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
+import gc
 import logging
 import os
 import queue
@@ -32,7 +36,10 @@ from zmq_chat.broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_
 from zmq_chat.broker.core import BrokerCore
 from zmq_chat.broker.keys import BrokerKeys
 from zmq_chat.broker.sockets import open_sockets, port_of
+from zmq_chat.broker.corebase import Output
+from zmq_chat.broker.stages import StageTimes
 from zmq_chat.broker.storage import Store
+from zmq_chat.broker.writer import CommitWriter
 from zmq_chat.broker.zap import ZapFormatError, encode_reply, parse_request
 
 log = logging.getLogger(__name__)
@@ -91,14 +98,20 @@ class BrokerLoop:
             self.ctx.term()
             raise
         self.endpoints = self.socks.endpoints
-        self.core = BrokerCore(config, store, port_of(self.endpoints[PUB]),
-                               peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit))
-        self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
-                                       initializer=lower_thread_priority, initargs=(config.hash_nice,))
-        self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        self.writer = CommitWriter(store, on_durable=self._wake)
+        self.core = BrokerCore(config, self.writer, port_of(self.endpoints[PUB]),
+                               peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit))
+        self.held: collections.deque[tuple[int, Output, tuple | None]] = collections.deque()
+        """Output waiting for its batch: (writer ticket, output, stage-times token)."""
+        self.stages = StageTimes() if config.stage_times else None
+        if self.stages:
+            self.core.on_request = self.stages.wrap(self.core.on_request)  # type: ignore[method-assign]
+        self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
+                                       initializer=lower_thread_priority, initargs=(config.hash_nice,))
+        self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()
         self.rss = netio.RssReader()
         self.stop_requested = False
         self._key_reply = _encoder.encode({
@@ -120,6 +133,10 @@ class BrokerLoop:
         except Exception:  # pragma: no cover - run_job catches what it expects
             log.exception("argon2id job failed")
             return
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the loop's poll (any thread)."""
         try:
             os.write(self.wake_w, b"\0")
         except BlockingIOError:
@@ -141,10 +158,15 @@ class BrokerLoop:
         next_rss = 0.0
         next_scan = time.monotonic() + SCAN_EVERY
         rss_base = self.rss.read()
+        stages = self.stages
+        gc.collect()
+        gc.freeze()  # what start-up loaded (accounts, send ids) is never collected: fewer, shorter pauses
         try:
             while not self.stop_requested:
                 timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle
                 ready = dict(poller.poll(int(timeout * 1000)))
+                if stages:
+                    stages.woke()
                 if ready.keys() & s.monitors.values() or s.zap in ready:
                     self._drain_monitors()
                 if s.zap in ready:
@@ -177,6 +199,11 @@ class BrokerLoop:
             log.info("shutting down: telling %d clients", len(self.core.sessions))
             self.core.shutdown()
             self._flush()
+            while self.held:
+                self.writer.wait()
+                self._flush()
+            if stages:
+                stages.write(self.cfg.stage_times)
         finally:
             signal.set_wakeup_fd(old_fd)
             for sig, handler in old.items():
@@ -319,47 +346,74 @@ class BrokerLoop:
             self.core.on_auth_result(job)
 
     def _flush(self) -> None:
-        """Commit, then send everything the core produced; repeat while sends reveal departed peers."""
+        """Hand the core's output to the writer and hold it; send what is durable; repeat while
+        sends reveal departed peers (their ends are new output)."""
         while True:
             out = self.core.drain()
-            self.store.commit(out.writes)
-            if not out:
+            token = self.stages.take() if self.stages else None
+            if out:
+                for job in out.jobs:
+                    self.pool.submit(run_job, job).add_done_callback(self._job_done)
+                self.held.append((self.writer.submit(out.writes), out, token))
+            if not self._release() and not out:
                 return
-            for job in out.jobs:
-                self.pool.submit(run_job, job).add_done_callback(self._job_done)
-            pub_send = self.socks.pub.send
-            for topic, body in out.pub:
-                try:
-                    pub_send(topic, NOBLOCK_MORE)
-                    pub_send(body, NOBLOCK)
-                except zmq.Again:  # pragma: no cover - XPUB drops at the high-water mark instead
-                    pass
-            gone: set[bytes] = set()
-            send = self.socks.router.send
-            for rid, kind, body, mail_id in out.router:
-                if rid in gone:
-                    continue
-                try:
-                    send(rid, NOBLOCK_MORE)  # a failure (EHOSTUNREACH, EAGAIN) comes on this frame
-                    send(kind, NOBLOCK_MORE)
-                    send(body, NOBLOCK)
-                except zmq.ZMQError as exc:
-                    if exc.errno == errno.EHOSTUNREACH:
-                        gone.add(rid)
-                    elif exc.errno != errno.EAGAIN:
-                        raise
-                    elif mail_id:  # past the peer's high-water mark: it stays in the mailbox
-                        self.core.on_push_dropped(rid, mail_id)
-            for conn in out.cuts:
-                netio.cut(conn.fd, conn.ip, conn.port)
-            for rid in gone:
-                self.core.on_unreachable(rid)
+
+    def _release(self) -> int:
+        """Send the held output whose batches are durable, oldest first. Returns how many outputs
+        left. Raises the writer's exception if a commit failed (the broker stops)."""
+        held = self.held
+        if not held:
+            return 0
+        durable = self.writer.settle()
+        sent = 0
+        while held and held[0][0] <= durable:
+            _, out, token = held.popleft()
+            released = time.monotonic() if token else 0.0
+            self._send(out)
+            sent += 1
+            if token and self.stages:
+                self.stages.sent(token, released)
+        return sent
+
+    def _send(self, out: Output) -> None:
+        """Publish out.pub, send out.router, make out.cuts; tell the core of unreachable peers and
+        of pushes past a peer's high-water mark."""
+        pub_send = self.socks.pub.send
+        for topic, body in out.pub:
+            try:
+                pub_send(topic, NOBLOCK_MORE)
+                pub_send(body, NOBLOCK)
+            except zmq.Again:  # pragma: no cover - XPUB drops at the high-water mark instead
+                pass
+        gone: set[bytes] = set()
+        send = self.socks.router.send
+        for rid, kind, body, mail_id in out.router:
+            if rid in gone:
+                continue
+            try:
+                send(rid, NOBLOCK_MORE)  # a failure (EHOSTUNREACH, EAGAIN) comes on this frame
+                send(kind, NOBLOCK_MORE)
+                send(body, NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EHOSTUNREACH:
+                    gone.add(rid)
+                elif exc.errno != errno.EAGAIN:
+                    raise
+                elif mail_id:  # past the peer's high-water mark: it stays in the mailbox
+                    self.core.on_push_dropped(rid, mail_id)
+        for conn in out.cuts:
+            netio.cut(conn.fd, conn.ip, conn.port)
+        for rid in gone:
+            self.core.on_unreachable(rid)
 
     def close(self) -> None:
         """Stop the workers, close the store (every batch is committed by then) and the sockets
         (lingering to flush)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.store.close()
+        try:
+            self.writer.close()  # commits what is queued, then closes the store
+        except Exception as exc:  # the loop raised it already; closing must still release the rest
+            log.error("store writer: %s", exc)
         self.socks.close(self.cfg.linger_ms)
         self.ctx.term()
         self.rss.close()
