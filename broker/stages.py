@@ -77,21 +77,29 @@ class StageTimes:
             s["send"].append(done - released_at)
             s["total"].append(done - woke_at)
 
-    def summary(self) -> dict[str, Any]:
-        """{"requests": N, "stages": {stage: {"p50", "p90", "p99", "max"} in milliseconds}}."""
-        stages = {}
-        for name, values in self.samples.items():
-            values.sort()
-            stages[name] = {f"p{q}": round(_quantile(values, q / 100) * 1000, 3) for q in (50, 90, 99)}
-            stages[name]["max"] = round(values[-1] * 1000, 3) if values else 0.0
-        return {"requests": self.requests, "stages": stages}
+    def summary(self, commits: list[tuple[float, int]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        """{"requests": N, "stages": {stage: {"p50", "p90", "p99", "max"} in milliseconds},
+        "commits": {"count": N, "seconds": {percentiles as above}, "wake_ups": {the same, in
+        wake-ups per commit}}}; `commits` is broker.writer.CommitWriter.commits."""
+        stages = {name: _percentiles(values, 1000) for name, values in self.samples.items()}
+        return {"requests": self.requests, "stages": stages,
+                "commits": {"count": len(commits), "ms": _percentiles([c[0] for c in commits], 1000),
+                            "wake_ups": _percentiles([float(c[1]) for c in commits], 1)}}
 
-    def write(self, path: str) -> None:
-        """Write summary() as JSON to `path` (atomically: a temporary file renamed). Raises OSError."""
+    def write(self, path: str, commits: list[tuple[float, int]] = ()) -> None:  # type: ignore[assignment]
+        """Write summary(commits) as JSON to `path` (atomically: a temporary file renamed). Raises OSError."""
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.summary(), f)
+            json.dump(self.summary(commits), f)
         os.replace(tmp, path)
+
+
+def _percentiles(values: list[float], scale: float) -> dict[str, float]:
+    """{"p50", "p90", "p99", "max"} of `values` times `scale` (sorts `values` in place)."""
+    values.sort()
+    out = {f"p{q}": round(_quantile(values, q / 100) * scale, 3) for q in (50, 90, 99)}
+    out["max"] = round(values[-1] * scale, 3) if values else 0.0
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Callable
 
 from zmq_chat.broker.storage import Snapshot, Store, WriteBatch
@@ -40,9 +41,11 @@ class CommitWriter:
     raises it on the loop thread (nothing of that batch or later ones was acknowledged).
     """
 
-    def __init__(self, store: Store, on_durable: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, on_durable: Callable[[], None] = lambda: None, record: bool = False) -> None:
         self.store = store
         self.on_durable = on_durable
+        self.commits: list[tuple[float, int]] | None = [] if record else None
+        """With `record`: (seconds the commit took, wake-ups it covered) per commit (--stage-times)."""
         self.submitted = 0
         """Ticket of the newest batch submitted (0 before the first)."""
         self._unsettled: collections.deque[tuple[int, WriteBatch]] = collections.deque()  # loop thread only
@@ -156,6 +159,7 @@ class CommitWriter:
                 batch = WriteBatch()
                 for _, later in entries:
                     batch.extend(later)
+            started = time.monotonic()
             try:
                 self.store.commit(batch)
             except BaseException as exc:  # the loop re-raises it; nothing later is committed
@@ -165,6 +169,8 @@ class CommitWriter:
                     self._cond.notify_all()
                 self.on_durable()
                 return
+            if self.commits is not None and len(self.commits) < 1_000_000:
+                self.commits.append((time.monotonic() - started, len(entries)))
             with self._cond:
                 self._durable = entries[-1][0]
                 self._cond.notify_all()
