@@ -22,26 +22,25 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
 
 import msgspec
 import zmq
 import zmq.utils.z85
-from zmq.utils.monitor import parse_monitor_message
 
 from zmq_chat.broker import netio
+from zmq_chat.broker import sidesockets as side
 from zmq_chat.broker.auth import lower_thread_priority, run_job
 from zmq_chat.broker.accounts import AuthJob
 from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_size
 from zmq_chat.broker.core import BrokerCore
 from zmq_chat.broker.keys import BrokerKeys
+from zmq_chat.broker.sidesockets import origin
 from zmq_chat.broker.sockets import open_sockets, port_of
 from zmq_chat.broker.corebase import Output
 from zmq_chat.broker.stages import StageTimes
 from zmq_chat.broker.storage import Store
 from zmq_chat.broker.writer import CommitWriter
-from zmq_chat.broker.zap import ZapFormatError, encode_reply, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +65,8 @@ SCAN_EVERY = 10.0
 # Plain ints: pyzmq's enum flags cost a measurable share of the loop in `flags | SNDMORE`.
 NOBLOCK = int(zmq.NOBLOCK)
 NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
-SRCFD = int(zmq.SRCFD)
 
 _encoder = msgspec.json.Encoder()
-
-
-def _origin(frame: zmq.Frame, curve: bool) -> tuple[int, str]:
-    """(source fd, CURVE key in Z85) of a received frame; (-1, "") for messages libzmq made
-    itself (e.g. the XPUB's unsubscriptions when a subscriber leaves)."""
-    try:
-        fd = frame.get(SRCFD)
-        return fd, cast(str, frame.get("User-Id")) if curve else ""  # a metadata property: always str
-    except zmq.ZMQError:
-        return -1, ""
 
 
 class BrokerLoop:
@@ -231,7 +219,7 @@ class BrokerLoop:
                 head = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            fd, key = _origin(head, curve)
+            fd, key = origin(head, curve)
             parts: list[bytes] = []
             size = 0
             frame = head
@@ -259,7 +247,7 @@ class BrokerLoop:
                 frame = recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            fd, key = _origin(frame, self.curve)
+            fd, key = origin(frame, self.curve)
             data = frame.bytes
             size = wire_size(len(data), self.curve)
             more = frame.more
@@ -274,62 +262,13 @@ class BrokerLoop:
                 self.socks.pub.setsockopt(zmq.UNSUBSCRIBE, data[1:])
 
     def _drain_key(self) -> None:
-        """Answer every key request `[b"key", body]` with `[b"key", {version, curve, public_key,
-        fingerprint, port}]` (docs/protocol.md 1.1); anything else gets no answer. Frames are read
-        one by one and at most 3 kept; a request of more gets its connection cut."""
-        recv = self.socks.key.recv
-        for _ in range(100):
-            try:
-                head = recv(NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            fd, _ = _origin(head, False)
-            first, size, count, frame = b"", 0, 0, head
-            while frame.more:
-                frame = recv(NOBLOCK, copy=False)
-                count += 1
-                size += wire_size(len(frame.buffer), False)
-                if count == 1:
-                    first = frame.bytes
-            self.core.on_key_request(fd, size)
-            if count > 3:
-                self.core.on_too_many_frames(fd)
-            elif first == b"key":
-                try:
-                    self.socks.key.send_multipart([head.bytes, b"key", self._key_reply], NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # past its high-water mark or gone: it asks again
+        side.drain_key(self.socks.key, self.core, self._key_reply)
 
     def _drain_zap(self) -> None:
-        zap = self.socks.zap
-        while True:
-            try:
-                frames = zap.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                request = parse_request(frames)
-            except ZapFormatError as exc:
-                log.error("malformed ZAP request: %s", exc)
-                continue
-            key = zmq.utils.z85.encode(request.client_key).decode() if request.client_key else ""
-            status, text, user_id = self.core.authorize(request.domain, request.address, request.mechanism, key)
-            zap.send_multipart(encode_reply(request, status, text, user_id))
+        side.drain_zap(self.socks.zap, self.core)
 
     def _drain_monitors(self) -> None:
-        for kind, mon in self.socks.monitors.items():
-            while True:
-                try:
-                    frames = mon.recv_multipart(NOBLOCK)
-                except zmq.Again:
-                    break
-                event = parse_monitor_message(frames)
-                fd = int(event["value"])
-                if event["event"] == zmq.EVENT_ACCEPTED:
-                    peer = netio.peer_of(fd) or ("", 0)
-                    self.core.on_accepted(fd, kind, peer[0], peer[1])
-                elif event["event"] == zmq.EVENT_DISCONNECTED:
-                    self.core.on_disconnected(fd, kind)
+        side.drain_monitors(self.socks.monitors, self.core)
 
     def _scan(self) -> None:
         """Read the bytes received on every connection; the core cuts those that buffer too much."""
