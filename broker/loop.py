@@ -155,6 +155,8 @@ class BrokerLoop:
         gc.collect()
         gc.freeze()  # what start-up loaded (accounts, send ids) is never collected: fewer, shorter pauses
         sys.setswitchinterval(SWITCH_INTERVAL)
+        if stages:
+            stages.watch_gc()
         try:
             while not self.stop_requested:
                 timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle

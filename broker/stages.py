@@ -14,6 +14,7 @@ benchmark's end-to-end latency holds it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -38,6 +39,18 @@ class StageTimes:
         self.samples: dict[str, list[float]] = {name: [] for name in STAGES}
         self.requests = 0
         self._current: list[tuple[float, float]] = []  # (core start, core end) of this wake-up's requests
+        self.gc_pauses: list[list[float]] = [[], [], []]  # seconds per collection, by generation
+        self._gc_start = 0.0
+
+    def watch_gc(self) -> None:
+        """Record the duration of every garbage collection from now on (gc.callbacks)."""
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = self.clock()
+        elif len(self.gc_pauses[info["generation"]]) < MAX_SAMPLES:
+            self.gc_pauses[info["generation"]].append(self.clock() - self._gc_start)
 
     def woke(self) -> None:
         """The poll returned: requests read from now on count their queueing from here."""
@@ -79,10 +92,13 @@ class StageTimes:
 
     def summary(self, commits: list[tuple[float, int]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
         """{"requests": N, "stages": {stage: {"p50", "p90", "p99", "max"} in milliseconds},
-        "commits": {"count": N, "seconds": {percentiles as above}, "wake_ups": {the same, in
-        wake-ups per commit}}}; `commits` is broker.writer.CommitWriter.commits."""
+        "gc": {"gen0".."gen2": {"count", "total_ms", percentiles in ms}}, "commits": {"count": N,
+        "ms": {percentiles}, "wake_ups": {the same, in wake-ups per commit}}}; `commits` is
+        broker.writer.CommitWriter.commits."""
         stages = {name: _percentiles(values, 1000) for name, values in self.samples.items()}
-        return {"requests": self.requests, "stages": stages,
+        pauses = {f"gen{g}": {"count": len(p), "total_ms": round(sum(p) * 1000, 3), **_percentiles(p, 1000)}
+                  for g, p in enumerate(self.gc_pauses)}
+        return {"requests": self.requests, "stages": stages, "gc": pauses,
                 "commits": {"count": len(commits), "ms": _percentiles([c[0] for c in commits], 1000),
                             "wake_ups": _percentiles([float(c[1]) for c in commits], 1)}}
 
