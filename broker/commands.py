@@ -171,7 +171,7 @@ class Commands(CoreBase):
             record = {"status": "error", "code": code.value, "message": message, "digest": digest, **fields}
         else:
             record = {"status": "ok", "digest": digest, **fields}
-        if not self._claim_send(s.user, r.id, now, wire.encode_json(record)):
+        if not self._claim_send(s.user, r.id, now, wire.encode_json(record), self.last_mail_id + 1):
             self._replay(s, r.req, r.id, digest)
             return
         self.last_mail_id += len(known)

@@ -178,12 +178,13 @@ class CoreBase(ABC):
             record.last_seen, record.last_seen_hidden, record.last_seq = when, hidden, last_seq
         self.batch.last_seen.append((user, when, hidden, last_seq))
 
-    def _claim_send(self, sender: str, cid: str, ts: float, reply: bytes) -> bool:
+    def _claim_send(self, sender: str, cid: str, ts: float, reply: bytes, mail_id: int = 0) -> bool:
         """Remember a new send id with its first reply's fields (JSON bytes; stored with the
-        batch). False, and nothing changes, when the sender already used this id: a retry."""
+        batch, in the mailbox row `mail_id` of a private send: see SendRecord). False, and nothing
+        changes, when the sender already used this id: a retry."""
         if self.sends.get(sender, cid) is not None:
             return False
-        record = SendRecord(sender, cid, ts, reply)
+        record = SendRecord(sender, cid, ts, reply, mail_id)
         self.sends.add(record)
         self.batch.sends.append(record)
         self._req_sends.append(record)

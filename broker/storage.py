@@ -45,12 +45,18 @@ class UserRecord:
 @dataclass
 class SendRecord:
     """A send id already used: who (sender), which id (cid, 1-64 chars), when (ts, seconds), and
-    the first reply's fields (reply: JSON bytes, with `status` and `digest`), answered to a retry."""
+    the first reply's fields (reply: JSON bytes, with `status` and `digest`), answered to a retry.
+
+    mail_id: for a private send, the id of its first mailbox row, which a store may keep the
+    record in (SqliteStore does: one row per message, no separate send-id row); that row must be
+    in the mail of the same WriteBatch, with the same sender, cid and ts. 0 for a broadcast.
+    """
 
     sender: str
     cid: str
     ts: float
     reply: bytes
+    mail_id: int = 0
 
 
 @dataclass
@@ -73,9 +79,11 @@ class Snapshot:
 @dataclass
 class WriteBatch:
     """The writes of one loop wake-up, applied by Store.commit in one transaction in this order:
-    users (new accounts), sends (claimed send ids), mail (new mailbox rows), events (appended to
-    the log; the stored counter follows the last one), acks (mailbox rows to delete, per
-    recipient), last_seen (ends of sessions: name, seconds, hidden, last_seq), then prune.
+    users (new accounts), sends (claimed send ids; a private send's goes with its first mail row,
+    see SendRecord.mail_id), mail (new mailbox rows, ids increasing), events (appended to the log;
+    the stored counter follows the last one), acks (mail ids per recipient that leave the
+    mailbox: no longer read, counted or pushed; their send ids stay loadable until pruned),
+    last_seen (ends of sessions: name, seconds, hidden, last_seq), then prune.
 
     A request that fails is taken out again with rollback(mark()) taken before it; the ends of
     sessions are kept (they happened, whatever the request did after them).
@@ -88,7 +96,9 @@ class WriteBatch:
     acks: list[tuple[str, list[int]]] = field(default_factory=list)
     last_seen: list[tuple[str, float, bool, int]] = field(default_factory=list)
     prune: tuple[int, float] | None = None
-    """(events to keep, forget send ids stored before this time in seconds), or None."""
+    """(events to keep, forget send ids stored before this time in seconds), or None. A store may
+    spread the deleting over this and its next commits (a bounded amount each, so no commit waits
+    behind a long prune); until it is done, load() may still return ids the prune forgets."""
     _mail_to: dict[str, list[m.PrivateMessage]] = field(default_factory=dict, repr=False)
     _acked: dict[str, set[int]] = field(default_factory=dict, repr=False)
     _indexed: tuple[int, int] = (0, 0)  # (mail, acks) entries in the two indexes above

@@ -136,3 +136,27 @@ def test_history_sees_events_of_the_batch_not_yet_committed(rig):
     req = rig.send(a, "history", after=0)
     [reply] = [r for r in rig.replies(a) if r["req"] == req]
     assert [e["seq"] for e in reply["events"]] == [1, 2] and reply["complete"] is True
+
+
+def test_a_send_id_is_recognised_after_its_mail_was_acked_and_the_broker_restarted(tmp_path):
+    rig = CoreRig(tmp_path, store=SqliteStore(tmp_path / "db"), **RIG_CONFIG)
+    a, b = rig.user("alice"), rig.user("bob")
+    first = rig.call(a, "send", id="s1", to=["bob"], text="hi")
+    group = rig.call(a, "send", id="g1", to=["bob", "carol", "alice"], text="all")  # carol has no account
+    assert rig.call(b, "ack", ids=[p.id for p in rig.pushes(b)])["removed"] == 2
+    rig.core.prune()  # within the window: the acked rows stay for their send ids
+    rig.restart(reopen=lambda: SqliteStore(tmp_path / "db"))
+    a = rig.connect()
+    rig.call(a, "login", user="alice", password=PASSWORD)
+    retry = rig.call(a, "send", id="s1", to=["bob"], text="hi")
+    assert retry["dup"] is True and _without(retry, "req", "dup") == _without(first, "req", "dup")
+    again = rig.call(a, "send", id="g1", to=["bob", "carol", "alice"], text="all")
+    assert again["code"] == "E_UNKNOWN_USER" and _without(again, "req", "dup") == _without(group, "req", "dup")
+    rig.clock.advance(61)
+    rig.core.prune()
+    rig.restart(reopen=lambda: SqliteStore(tmp_path / "db"))
+    a = rig.connect()
+    rig.call(a, "login", user="alice", password=PASSWORD)
+    assert rig.call(a, "send", id="s1", to=["bob"], text="hi")["dup"] is False  # forgotten after the window
+    assert rig.store.load(0.0).mail_counts == {"bob": 1, "alice": 1}  # the new one; alice's from g1
+    rig.store.close()

@@ -229,3 +229,58 @@ def test_load_keeps_only_the_newest_send_ids_the_core_can_hold(store, monkeypatc
     _seed(store)
     assert [(x.sender, x.cid) for x in store.load(0.0).sends] == [("alice", "s2"), ("bob", "s1")]
 
+
+
+# -- private send ids live with their mail (schema 2) ----------------------------------------------
+def _private(sender: str, mail_id: int, ts: float = T0) -> SendRecord:
+    """The send id of _mail(mail_id, sender, ..., ts), kept in that row."""
+    return SendRecord(sender, f"cid{mail_id}", ts, b'{"status":"ok","digest":7,"ids":{},"ts":1.0,"busy":[]}', mail_id)
+
+
+def test_a_private_send_id_stays_loadable_after_its_mail_is_acked_until_pruned(store):
+    batch = WriteBatch()
+    batch.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
+    batch.mail += [_mail(1, "alice", "bob", ts=T0), _mail(2, "alice", "bob", ts=T0 + 5)]
+    batch.sends += [_private("alice", 1, T0), _private("alice", 2, T0 + 5)]
+    store.commit(batch)
+    acks = WriteBatch()
+    acks.acks.append(("bob", [1, 2]))
+    store.commit(acks)
+    snap = store.load(0.0)
+    assert snap.mail_counts == {} and store.mail_after("bob", 0, 10) == [] and store.mail_by_ids("bob", [1, 2]) == []
+    assert [(x.sender, x.cid, x.ts, x.reply) for x in snap.sends] == [
+        ("alice", "cid1", T0, _private("alice", 1).reply), ("alice", "cid2", T0 + 5, _private("alice", 2).reply)]
+    prune = WriteBatch()
+    prune.prune = (1000, T0 + 1)
+    store.commit(prune)
+    assert [x.cid for x in store.load(0.0).sends] == ["cid2"]  # inside the window: kept
+    assert store.load(0.0).last_mail_id == 2
+
+
+def test_a_group_send_is_one_send_id_and_a_record_without_its_row_is_kept_too(store):
+    batch = WriteBatch()
+    batch.mail += [_mail(1, "alice", "bob"), _mail(2, "alice", "carol"), _mail(3, "alice", "dave")]
+    for x in batch.mail:
+        x.cid = "group"
+    stray = SendRecord("alice", "stray", T0 + 1, b"{}", 99)  # no row 99 in the batch
+    batch.sends += [SendRecord("alice", "group", T0, b"{}", 1), stray]
+    store.commit(batch)
+    assert [(x.sender, x.cid) for x in store.load(0.0).sends] == [("alice", "group"), ("alice", "stray")]
+    assert store.load(0.0).mail_counts == {"bob": 1, "carol": 1, "dave": 1}
+
+
+def test_unacked_mail_outlives_the_send_id_window_and_an_old_ack_still_removes_it(store):
+    batch = WriteBatch()
+    batch.mail += [_mail(1, "alice", "bob", ts=T0), _mail(2, "alice", "bob", ts=T0 + 100)]
+    batch.sends += [_private("alice", 1, T0), _private("alice", 2, T0 + 100)]
+    store.commit(batch)
+    prune = WriteBatch()
+    prune.prune = (1000, T0 + 50)
+    store.commit(prune)
+    assert [x.id for x in store.mail_after("bob", 0, 10)] == [1, 2]  # mail is not pruned
+    assert [x.cid for x in store.load(0.0).sends] == ["cid2"]
+    acks = WriteBatch()
+    acks.acks.append(("bob", [1, 2]))
+    store.commit(acks)
+    assert store.mail_after("bob", 0, 10) == [] and store.load(0.0).mail_counts == {}
+    assert [x.cid for x in store.load(0.0).sends] == ["cid2"]
