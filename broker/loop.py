@@ -44,8 +44,11 @@ from zmq_chat.broker.writer import CommitWriter
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000
-"""Most requests handled per wake-up before committing and sending."""
+BATCH = 256
+"""Most requests handled per wake-up before its batch goes to the writer. The writer merges the
+batches that queue up during a commit, so a smaller wake-up costs no extra fsync; it lets output
+leave sooner (closed loop, 100 clients x 20 in flight: 2000 gave a median of 33 ms between the
+poll and the core, 256 gives 3.4 ms)."""
 PER_PEER_BATCH = 64
 """A wake-up ends early once one connection has sent this many of its requests: the ROUTER reads
 its peers round robin, so everyone else's requests are in by then, and a flooder's backlog would
