@@ -2,7 +2,7 @@
 the load processes of every baseline share:
 
 - `relay_load` lives in bench/relay_baseline.py (the minimal relay, closed loop or paced);
-- `pub_load`: a bare PUB socket publishing at a fixed rate to SUB sockets;
+- `pub_load` and `pub_sweep` live in bench/pub_baseline.py (a bare PUB, cheap subscribers);
 - `argon2_capacity`: argon2id verifications per second with one thread per core;
 - `held_baseline`: a bare ROUTER + PUB holding idle DEALER + SUB pairs (memory per client).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,94 +48,6 @@ def input_poller(socks: list[zmq.Socket]) -> zmq.Poller:
     for s in socks:
         poller.register(s, zmq.POLLIN)
     return poller
-
-
-def _sub_worker(port: int, subs: int, duration: float, queue: mp.Queue) -> None:
-    ctx = zmq.Context()
-    ctx.max_sockets = subs + 16
-    socks = []
-    for _ in range(subs):
-        s = ctx.socket(zmq.SUB)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.SUBSCRIBE, b"")
-        s.connect(f"tcp://127.0.0.1:{port}")
-        socks.append(s)
-    poller = input_poller(socks)
-    hist = new_histogram()
-    seen: list[set[int]] = [set() for _ in socks]
-    index = {s: i for i, s in enumerate(socks)}
-    queue.put("ready")
-    end = time.monotonic() + duration
-    while time.monotonic() < end:
-        for s, _ in poller.poll(50):
-            i = index[s]
-            while True:
-                try:
-                    payload = s.recv(NOBLOCK)
-                except zmq.Again:
-                    break
-                seq, sent_ns = struct.unpack(">QQ", payload[:16])
-                seen[i].add(seq)
-                hist.record_value(max(1, (time.monotonic_ns() - sent_ns) // 1000))
-    for s in socks:
-        s.close(0)
-    ctx.term()
-    queue.put({"received": sum(len(x) for x in seen), "hist": hist.encode()})
-
-
-def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 100,
-             processes: int | None = None) -> dict:
-    """Publish `rate` messages/s for `duration` s on a bare PUB to `subscribers` SUBs.
-
-    Returns {"deliveries_per_s", "published", "expected", "received", "lost" (no repair exists),
-    "p50_ms", "p99_ms"}.
-    """
-    processes = processes or (os.cpu_count() or 1)
-    port = free_port()
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 100_000)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.bind(f"tcp://127.0.0.1:{port}")
-    queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_sub_worker, args=(port, n, duration + 3.0, queue)) for n in split_evenly(subscribers, processes)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        assert queue.get(timeout=60) == "ready"
-    time.sleep(1.0)  # slow joiners
-    pad = b"x" * max(0, size - 16)
-    published = 0
-    start = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if now - start >= duration:
-            break
-        due = int((now - start) * rate)
-        while published < due:
-            published += 1
-            pub.send(struct.pack(">QQ", published, time.monotonic_ns()) + pad)
-        time.sleep(0.001)
-    parts = [queue.get(timeout=duration + 60) for _ in procs]
-    for p in procs:
-        p.join(10)
-    pub.close(0)
-    ctx.term()
-    hist = new_histogram()
-    for part in parts:
-        hist.decode_and_add(part["hist"])
-    received = sum(p["received"] for p in parts)
-    expected = published * subscribers
-    return {
-        "deliveries_per_s": received / duration,
-        "published": published,
-        "expected": expected,
-        "received": received,
-        "lost": expected - received,
-        "p50_ms": hist.get_value_at_percentile(50) / 1000,
-        "p99_ms": hist.get_value_at_percentile(99) / 1000,
-    }
 
 
 def argon2_capacity(seconds: float = 3.0, threads: int | None = None) -> float:
@@ -260,6 +171,7 @@ def held_baseline(clients: int, hold: float = 20.0, requests: int = 4, every: fl
     deadline = time.monotonic() + hold + 5.0
     server = mp.Process(target=_held_server, args=(queue, deadline + 2.0))
     server.start()
+    assert server.pid is not None
     endpoints = queue.get(timeout=30)
     time.sleep(0.3)
     before = rss_kib(server.pid)

@@ -22,6 +22,7 @@ import struct
 import time
 from array import array
 from collections import Counter
+from typing import Any, Callable
 
 import zmq
 
@@ -60,10 +61,11 @@ def _count(index: dict[zmq.Socket, int], poller: zmq.Poller, counts: list[int], 
     return last
 
 
-def _sub_worker(port: int, subs: int, queue: mp.Queue, total: mp.Value, server_key: bytes | None = None) -> None:
+def _sub_worker(port: int, subs: int, queue: mp.Queue, total: Any, server_key: bytes | None = None) -> None:
     """One load process: `subs` SUBs on 127.0.0.1:`port`. Reports "joined" once each received a
-    probe, then counts until every SUB has `total` messages (set by the parent after the last
-    publish) or DRAIN_S after it learned `total`. Puts {"received", "last_ns", "hist"} on `queue`."""
+    probe, then counts until every SUB has `total.value` messages (a shared multiprocessing
+    Value, -1 until the parent sets it after the last publish) or DRAIN_S after it learned it.
+    With `server_key` (Z85) the SUBs speak CURVE. Puts {"received", "last_ns", "hist"} on `queue`."""
     ctx = zmq.Context()
     ctx.max_sockets = subs + 16
     socks: list[zmq.Socket] = []
@@ -141,7 +143,8 @@ def _join(pub: zmq.Socket, procs: list[mp.Process], queue: mp.Queue, pad: bytes)
 def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 100,
              processes: int | None = None, curve: bool = False) -> dict:
     """Publish `rate` messages/s for `duration` s on a bare PUB to `subscribers` SUBs in
-    `processes` load processes (default: one per core), `size` bytes each.
+    `processes` load processes (default: one per core), `size` bytes each; with `curve` every
+    connection is encrypted (the broker's setting) instead of NULL.
 
     Returns {"rate": publishes/s asked, "deliveries_per_s" (received / the time from the first
     publish to the last delivery, at least `duration`), "published", "expected", "received",
@@ -191,7 +194,7 @@ def pub_load(subscribers: int, rate: float, duration: float = 5.0, size: int = 1
 
 
 def pub_sweep(subscribers: int, duration: float, start: float = 250.0, factor: float = 2.0,
-              most: int = 6, on_step=None) -> tuple[dict | None, list[dict]]:
+              most: int = 6, on_step: Callable[[dict], None] | None = None) -> tuple[dict | None, list[dict]]:
     """Find the highest publish rate at which the bare PUB loses nothing: run pub_load at
     `start`, `start` x `factor`, ... (messages/s) until one loses or `most` runs were made, then
     once halfway between the last clean rate and the first lossy one. `on_step(result)` is

@@ -27,13 +27,16 @@ from zmq_chat.loadtest.texts import Texts
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ProtocolError
 from zmq_chat.protocol.replies import BroadcastReply
-from zmq_chat.protocol.wire import TOPIC_BCAST
+from zmq_chat.protocol.wire import TOPIC_BCAST, TOPIC_PRESENCE
 
 TICK_S = 0.1
 """Seconds between ClientCore.tick() rounds (ack flush, heartbeat pings)."""
 _NS = 1_000_000_000
 _NOBLOCK, _RCVMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 """Plain ints: an enum argument costs a conversion per call."""
+_FAST_TOPICS = frozenset((TOPIC_BCAST, TOPIC_PRESENCE))
+"""Events counted on the SUB's hot path (Fleet._read_sub): broadcasts, and presence events (one
+per login to every subscriber, so n logins deliver n^2 / 2 of them), which are only sequenced."""
 
 
 class SimClient:
@@ -166,8 +169,9 @@ class Fleet:
         self.flush(c)  # acks, or a history request for a gap
 
     def _read_sub(self, c: SimClient, conn: SyncConnection, sock: Any) -> None:
-        """Read every message waiting on the SUB. The hot path, a live broadcast that is the next
-        in sequence, is counted without decoding: its seq and send time are read from the JSON
+        """Read every message waiting on the SUB. The hot path, a live broadcast or presence event
+        that is the next in sequence, is taken without decoding: its seq (and a broadcast's send
+        time, for the ledger) are read from the JSON
         bytes (msgspec writes Event fields in declaration order, seq first; our texts need no
         escaping) and the core's sequence is moved on. Everything else (presence, heartbeats,
         welcomes, an event after a gap, a body of another shape) goes to ClientCore.receive_event
@@ -188,13 +192,13 @@ class Fleet:
                     recv(_NOBLOCK)
                 continue
             st = core._seq  # client.sequence._SeqState (None outside a session)
-            if (kind == TOPIC_BCAST and st is not None and st.history_req is None and not st.held
+            if (kind in _FAST_TOPICS and st is not None and st.history_req is None and not st.held
                     and body.startswith(b'{"seq":')):
                 end = body.find(b",", 7)
                 seq = int(body[7:end]) if 7 < end < 30 and body[7:end].isdigit() else -1
                 if seq == st.last + 1:
                     st.last = seq
-                    if seq > c.login_seq:
+                    if kind == TOPIC_BCAST and seq > c.login_seq:
                         self._count_broadcast(seq, body)
                     continue
             try:

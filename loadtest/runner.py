@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,8 @@ START_DELAY_S = 0.3
 PROGRESS_EVERY_S = 0.5
 LOGOUT_JOIN_S = 3.0
 """Seconds to let the load processes log out and exit after their reports."""
+EXIT_WAIT_S = 2.0
+"""Seconds to wait for a load process whose pipe closed to exit, to report its status."""
 SPAWN_MARGIN_S = 60.0
 """Extra seconds allowed for starting processes and for each phase change before giving up."""
 
@@ -126,6 +129,36 @@ class _Pool:
             return ""
         return lines[-1] if lines else ""
 
+    def stderr_text(self, i: int) -> str:
+        """Everything load process `i` wrote to stderr ("" if nothing or unreadable)."""
+        try:
+            self.logs[i].seek(0)
+            return self.logs[i].read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def exit_reason(self, i: int, wait_s: float = EXIT_WAIT_S) -> str:
+        """Why load process `i` is gone, for an error message: its exit status or the signal that
+        killed it (e.g. SIGKILL: the kernel's out-of-memory killer, or a limit), waited for up to
+        `wait_s` seconds, then the last line it wrote on stderr."""
+        proc = self.procs[i]
+        try:
+            status = proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            status = None
+        if status is None:
+            why = "its control pipe closed while it still runs"
+        elif status < 0:
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:
+                name = f"signal {-status}"
+            why = f"killed by {name}" + (" (out of memory? see dmesg)" if -status == signal.SIGKILL else "")
+        else:
+            why = f"exit status {status}"
+        tail = self.stderr_tail(i)
+        return f"{why}; stderr: {tail}" if tail else f"{why}; nothing on stderr"
+
     def send_all(self, msg: tuple) -> None:
         """Send a control message to every process (one that is gone is skipped)."""
         for conn in self.conns:
@@ -152,8 +185,8 @@ class _Pool:
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
-                    tail = self.stderr_tail(i)
-                    raise LoadTestError(f"load process {i} exited during {what}" + (f": {tail}" if tail else "")) from None
+                    raise LoadTestError(f"load process {i} exited during {what}: {self.exit_reason(i)}",
+                                        self.stderr_text(i)) from None
                 if msg[0] == "error":
                     last = msg[1].strip().splitlines()[-1] if msg[1].strip() else "unknown error"
                     raise LoadTestError(f"load process {i} failed during {what}: {last}", msg[1])
