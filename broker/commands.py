@@ -150,7 +150,8 @@ class Commands(CoreBase):
         validate_text(r.text, self.cfg.max_message_chars)
         to = list(dict.fromkeys(r.to))
         for name in to:  # a name that breaks the rule has no account: say so before storing anything
-            validate_username(name)
+            if name not in self.users:  # (an account's name is valid: checked when it was made)
+                validate_username(name)
         digest = content_digest(to, r.text)
         unknown, full, known = self._recipients(to)
         if not known:
@@ -162,8 +163,10 @@ class Commands(CoreBase):
         ids = {name: self.last_mail_id + k for k, name in enumerate(known, 1)}
         busy_now = [rs for rs in (self.by_user.get(n) for n in known)
                     if rs is not None and rs.busy and rs is not s and s.user not in rs.auto_replied]
-        share = BUSY_TEXT_BUDGET // max(1, len(busy_now))  # the reply stays small: see BUSY_TEXT_BUDGET
-        busy = [BusyRecipient(rs.user, rs.busy_text[:share]) for rs in busy_now]
+        busy = []
+        if busy_now:
+            share = BUSY_TEXT_BUDGET // len(busy_now)  # the reply stays small: see BUSY_TEXT_BUDGET
+            busy = [BusyRecipient(rs.user, rs.busy_text[:share]) for rs in busy_now]
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown or full:
             code, message = _refusal(unknown, full, known)
@@ -186,10 +189,12 @@ class Commands(CoreBase):
     def _recipients(self, to: list[str]) -> tuple[list[str], list[str], list[str]]:
         """Split the names `to` (in order) into (unknown: no account, full: a mailbox holding
         --mailbox-quota messages, known: the others, who get the message)."""
-        quota = self.cfg.mailbox_quota
-        unknown = [n for n in to if n not in self.users]
-        full = [n for n in to if n in self.users and self.mail_counts.get(n, 0) >= quota]
-        known = [n for n in to if n in self.users and self.mail_counts.get(n, 0) < quota]
+        quota, users, counts = self.cfg.mailbox_quota, self.users, self.mail_counts
+        unknown: list[str] = []
+        full: list[str] = []
+        known: list[str] = []
+        for n in to:
+            (unknown if n not in users else full if counts.get(n, 0) >= quota else known).append(n)
         return unknown, full, known
 
     def _refuse_send(self, s: Session, r: m.Send, digest: int, unknown: list[str], full: list[str]) -> None:
@@ -206,12 +211,13 @@ class Commands(CoreBase):
     def _store_mail(self, sender: str, ids: dict[str, int], now: float, r: m.Send) -> None:
         """Write the message of send `r` (at `now`, seconds) to each recipient's mailbox under its
         mail id (`ids`: name -> id); push it to the recipients online, not busy and attached."""
+        mail, counts, changes, by_user = self.batch.mail, self.mail_counts, self._req_mail, self.by_user
         for name, mid in ids.items():
             msg = m.PrivateMessage(mid, sender, name, now, r.text, r.id)
-            self.batch.mail.append(msg)
-            self.mail_counts[name] = self.mail_counts.get(name, 0) + 1
-            self._req_mail.append((name, 1))
-            recipient = self.by_user.get(name)
+            mail.append(msg)
+            counts[name] = counts.get(name, 0) + 1
+            changes.append((name, 1))
+            recipient = by_user.get(name)
             if recipient is None:
                 continue
             if recipient.busy or recipient.detached:
@@ -226,7 +232,7 @@ class Commands(CoreBase):
             return
         rs.inflight.add(msg.id)
         rs.cursor = msg.id
-        self._push(rs.rid, wire.encode_msg(msg), msg.id)
+        self._out.router.append((rs.rid, wire.MSG, wire.encode_json(msg), msg.id))  # _push of wire.encode_msg
 
     def _pump(self, s: Session) -> None:
         """Push mailbox messages while the in-flight window has room (not while busy or

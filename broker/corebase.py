@@ -141,9 +141,12 @@ class CoreBase(ABC):
     # -- a request's changes and their undoing --------------------------------------------------------
     def _mark(self) -> Mark:
         """Where the output, the sequence and the store writes stand before a request (for _undo)."""
-        self._req_mail = []
-        self._req_sends = []
-        self._req_users = []
+        if self._req_mail:  # (new lists only when used: most requests change none of them)
+            self._req_mail = []
+        if self._req_sends:
+            self._req_sends = []
+        if self._req_users:
+            self._req_users = []
         return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.batch.mark()
 
     def _undo(self, mark: Mark) -> None:

@@ -20,6 +20,10 @@ class MemoryStore:
     Attributes (read them in tests): users {name: UserRecord}, mail {mail id: PrivateMessage},
     events {seq: JSON body bytes}, sends {(sender, cid): SendRecord}, seq, last_mail_id, commits
     (how many non-empty batches were committed).
+
+    Every send id is kept in `sends` (a private one too, whatever SendRecord.mail_id says), so an
+    acked message's id stays loadable until pruned, as in SqliteStore; an ack deletes its mail at
+    once, and a prune is done in full by the commit that carries it.
     """
 
     def __init__(self) -> None:
