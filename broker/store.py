@@ -39,7 +39,8 @@ SCHEMA_VERSION = 2
 
 PRUNE_ROWS = 4000
 """Rows (for the mailbox: mail ids) one commit's prune step goes through per table at most, plus
-twice the number of messages the batch adds (so the sweep keeps pace with the inserts)."""
+twice the number of messages the batch adds (so the sweep keeps pace with the inserts). A step
+over 4000 acked mailbox rows took about 1.5 ms on the 2-core test machine."""
 
 _TABLES_V2 = """
 CREATE TABLE users (
@@ -119,6 +120,7 @@ class SqliteStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the indexes hot
+            self.db.execute("SELECT value FROM json_each('[1]')")  # acks need JSON1: fail at open, not at an ack
             self._migrate()
             # Reads get their own connection: the writer thread (broker.writer) commits on `db`
             # while the loop reads here; WAL lets a reader see the last commit without waiting.
