@@ -144,6 +144,10 @@ def test_a_send_id_is_recognised_after_its_mail_was_acked_and_the_broker_restart
     first = rig.call(a, "send", id="s1", to=["bob"], text="hi")
     group = rig.call(a, "send", id="g1", to=["bob", "carol", "alice"], text="all")  # carol has no account
     assert rig.call(b, "ack", ids=[p.id for p in rig.pushes(b)])["removed"] == 2
+    db = rig.store.db  # one row per message: the send ids live in the first row of each send
+    assert db.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
+    assert db.execute("SELECT id, acked, reply IS NOT NULL FROM mailbox ORDER BY id").fetchall() == [
+        (1, 1, 1), (2, 1, 1), (3, 0, 0)]  # s1 to bob; g1 to bob (acked, with the reply) and alice
     rig.core.prune()  # within the window: the acked rows stay for their send ids
     rig.restart(reopen=lambda: SqliteStore(tmp_path / "db"))
     a = rig.connect()
