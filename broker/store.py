@@ -31,10 +31,14 @@ from pathlib import Path
 
 import msgspec
 
+from zmq_chat.broker.checkpoint import Checkpointer
 from zmq_chat.broker.sendids import MAX_IDS
 from zmq_chat.broker.storage import SendRecord, Snapshot, StoreError, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 
+AUTOCHECKPOINT_PAGES = 4096
+"""WAL pages (4 KiB each) past which a commit checkpoints by itself: a backstop behind
+broker.checkpoint, which copies the pages in the background and keeps this checkpoint short."""
 SCHEMA_VERSION = 2
 
 PRUNE_ROWS = 4000
@@ -126,6 +130,8 @@ class SqliteStore:
             # while the loop reads here; WAL lets a reader see the last commit without waiting.
             self.reader = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
             self.reader.execute("PRAGMA query_only=1")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            self.checkpointer = Checkpointer(path / "chat.sqlite3")  # checkpoints off the commit path
             # commit()'s state (the writer thread's): where the sweep of acked rows stands, and
             # the prune still to finish ((events to keep, forget send ids before), or None)
             self._swept: int = self.db.execute("SELECT value FROM meta WHERE key = 'swept'").fetchone()[0]
@@ -270,6 +276,7 @@ class SqliteStore:
 
     def close(self) -> None:
         """Close the connection (every batch was committed by commit()) and release the lock."""
+        self.checkpointer.close()
         self.reader.close()
         self.db.close()
         os.close(self._lock)
