@@ -105,11 +105,13 @@ def _add_session_flags(p: argparse.ArgumentParser, d: Config) -> None:
          "seconds of client silence that end a session (default 15)"),
         ("--idle-timeout", _positive(float), d.idle_timeout / 60, "minutes without a command that log a user out (default 30)"),
         ("--max-clients", _positive(int), None, f"most users logged in at once (default {d.max_clients})"),
-        ("--hash-workers", _positive(int), d.hash_workers, "threads hashing passwords with argon2id (default: one per core)"),
+        ("--hash-workers", _positive(int), d.hash_workers,
+         "processes hashing passwords with argon2id (default: cores - 1, at least 1)"),
     ])
-    p.add_argument("--hash-nice", type=int, choices=range(0, 20), metavar="0..19", default=d.hash_nice,
-                   help="nice increment of the hashing threads, so a login storm yields the CPU to chat traffic "
-                        "(default 10; 0 = same priority as the loop)")
+    p.add_argument("--hash-nice", type=lambda v: v if v == "idle" else int(v), choices=["idle", *range(20)],
+                   metavar="idle|0..19", default=d.hash_nice,
+                   help="priority of the hashing processes, so a login storm yields the CPU to chat traffic: idle = "
+                        "SCHED_IDLE (default), or a nice increment (0 = same priority as the loop)")
     _add_numbers(p, [("--max-pending-logins", _positive(int), d.max_pending_auth,
                       "logins waiting for hashing before E_OVERLOADED (default 256)")])
 

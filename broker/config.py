@@ -29,8 +29,8 @@ class Config:
     heartbeat_timeout: float = 15.0  # seconds of silence that end a session
     idle_timeout: float = 30 * 60.0  # seconds without a command that end a session
     max_clients: int = 10000  # logged-in sessions
-    hash_workers: int = max(1, os.cpu_count() or 1)  # threads running argon2id
-    hash_nice: int = 10  # nice increment of the argon2id threads (0..19): the message loop goes first
+    hash_workers: int = max(1, (os.cpu_count() or 1) - 1)  # argon2id processes: one core left to chat (broker/auth.py)
+    hash_nice: int | str = "idle"  # their priority: "idle" (SCHED_IDLE) or a nice increment 0..19
     max_pending_auth: int = 256  # logins/registrations waiting for argon2id before E_OVERLOADED
     mail_window: int = 1000  # unacknowledged private messages in flight per session
     linger_ms: int = 2000  # how long close() may flush on shutdown
