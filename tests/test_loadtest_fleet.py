@@ -99,14 +99,20 @@ def test_an_event_after_a_gap_goes_to_the_core_and_asks_history(setup):
     assert fleet.bled.deliveries == {}
 
 
-def test_a_malformed_message_counts_as_an_error(setup):
+def test_a_malformed_message_counts_as_an_error_and_the_next_good_one_is_read(setup):
     fleet, pub, sub, core = setup
-    pub.send(b"bcast")  # a lone frame
-    pub.send_multipart([b"bcast", b'{"seq":11}', b"extra"])
+    pub.send(b"bcast")  # a lone frame: its pair is the next message's topic
+    pub.send_multipart([b"bcast", b'{"seq":11}'])  # skipped with it
+    pub.send_multipart([b"presence", b"not json"])
     pub.send_multipart(_bcast(11, time.monotonic_ns()))
+    presence = encode_event(m.Event(seq=12, ts=1.0, kind="presence", user="x", event="login"))
+    pub.send_multipart([*presence, b"extra"])  # read; its third frame pairs with the next topic
+    pub.send_multipart([b"bcast", b"{}"])
+    pub.send_multipart(_bcast(13, time.monotonic_ns()))
+    pub.send(b"bcast")  # a lone last frame
     conn = _Conn(core)
     _read_all(fleet, sub, conn)
-    assert conn.errors == 2 and core.last_seq == 11
+    assert conn.errors == 4 and core.last_seq == 13 and fleet.bled.deliveries == {11: 1, 13: 1}
 
 
 def _pool_of(*codes: str) -> _Pool:
