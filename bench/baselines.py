@@ -51,8 +51,8 @@ def input_poller(socks: list[zmq.Socket]) -> zmq.Poller:
 
 
 def argon2_capacity(seconds: float = 3.0, threads: int | None = None) -> float:
-    """argon2id verifications per second on this machine, one thread per core (INTERACTIVE limits,
-    as the broker uses). Returns a rate (1/s)."""
+    """argon2id verifications per second on this machine with `threads` threads (default one per
+    core; INTERACTIVE limits, as the broker uses). Returns a rate (1/s)."""
     from zmq_chat.broker.auth import hash_password, verify_password
 
     threads = threads or (os.cpu_count() or 1)
