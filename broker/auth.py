@@ -8,8 +8,8 @@ The thread only waits on a pipe; the process does the hashing (PyNaCl, ~58 ms of
 
 Why processes at SCHED_IDLE, and cores - 1 of them (issue 9: chat isolated from login storms).
 Measured with bench/run.py scenario 4, and the same storm with other broker settings, on 2 cores
-(one VM; the load generator on the same cores): others' private p99 during a 200-login storm, 20 clients at 50 msg/s,
-against their quiet p99 in the same run (2.3-8 ms, noisy), and logins/s during that chat:
+(one VM; the load generator on the same cores): others' private p99 during a 200-login storm (20
+clients at 50 msg/s) against their quiet p99 in the same run (2.3-8 ms, noisy); logins/s in chat:
 - threads x2 at nice 10 (the old default): 74-94 ms (22-41x), 16-17 logins/s;
 - threads x2 at SCHED_IDLE: 86 ms (31x); threads x1 at nice 10: 37 ms; x1 SCHED_IDLE: 33, 33 ms
   (10-13x), 10 logins/s;
@@ -26,6 +26,11 @@ and the clients: each of their wake-ups must preempt a hasher, and work on one c
 up to 1.8x slower while the other core is busy with anything (a Python spin loop as much as
 argon2id, so it is the shared host core, not argon2id's 64 MiB of memory traffic in particular).
 SCHED_IDLE beats nice 19 because a woken normal task preempts an idle one at once.
+With these defaults (one SCHED_IDLE process), `bench/run.py --only 4`: 5.8 ms against 3.0 ms quiet
+(1.96x) and 6.8 against 2.9 (2.35x), where the threads at nice 10 gave 74 against 3.4 (21.8x). What
+is left is not argon2id: a hashing process that sleeps instead of hashing (cheap hashes, the same
+10 logins/s) left 5.4-5.6 ms against 2.0 quiet; the logins themselves (sessions, presence events
+to every subscriber, 200 more clients' heartbeats, the storm's own load processes) cost that.
 
 Commit stalls under hashing processes ("fdatasync up to 2 s" seen before) did not reproduce: with
 2 SCHED_IDLE hashing processes in a storm the store's commits took at most 11 ms (--stage-times),
@@ -36,10 +41,13 @@ fdatasync is another process writing to the same ext4 file system (one journal, 
 p99 0.5 -> 19 ms, max 86 ms beside a loop writing, syncing and deleting a 256 MiB file; the earlier
 stalls were most likely such writers (other test runs), not the processes.
 
-What it trades: login capacity is that of cores - 1 hashing processes (on 2 cores about half:
-~17/s instead of ~33/s on an idle broker), and at SCHED_IDLE hashing gets almost no CPU while the
-machine is saturated (logins then wait in the queue, then E_OVERLOADED); `--hash-nice 19` keeps a
-small share for logins, `--hash-workers` = cores gives the capacity back. Each hashing process
+What it trades: login capacity is that of cores - 1 hashing processes (on 2 cores about half: a
+storm on an idle broker got 12.4 and 14.6 logins/s against 24.1 before, one thread's argon2id
+capacity being ~15.5/s; during chat 9.4-9.8 against 16.1), and at SCHED_IDLE hashing gets almost
+no CPU while the machine is saturated (logins then wait in the queue, then E_OVERLOADED); `--hash-nice
+19` keeps a small share for logins, `--hash-workers` = cores gives the capacity back. (42% of a
+hash, 28 of 68 ms, is kernel time faulting in its fresh 64 MiB: a hasher reusing one buffer would
+log in more per core.) Each hashing process
 costs about 20 MiB besides the 64 MiB of a running hash. If a process cannot be started or dies,
 its thread hashes the job itself (logged) and starts a new process for the next one.
 """
