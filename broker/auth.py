@@ -67,7 +67,7 @@ from zmq_chat.broker.accounts import AuthJob
 from zmq_chat.broker.hasher import IDLE, hash_password, verify_password
 
 __all__ = ["AuthJob", "HasherProcess", "close_hashers", "current_hasher", "hash_password",
-           "lower_thread_priority", "run_job", "start_hasher", "verify_password"]
+           "run_job", "start_hasher", "verify_password"]
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,6 @@ def start_hasher(priority: str | int = IDLE) -> None:
     """Thread initializer of the loop's hashing pool: this thread's jobs go to a hashing process
     at `priority` ("idle" = SCHED_IDLE, or nice 0..19), started at its first job. Raises nothing."""
     _local.priority = priority
-
-
-lower_thread_priority = start_hasher
-"""The initializer's former name (broker/loop.py imports it); new code uses `start_hasher`."""
 
 
 def current_hasher() -> HasherProcess | None:

@@ -29,7 +29,7 @@ import zmq.utils.z85
 
 from zmq_chat.broker import netio
 from zmq_chat.broker import sidesockets as side
-from zmq_chat.broker.auth import lower_thread_priority, run_job
+from zmq_chat.broker.auth import run_job, start_hasher
 from zmq_chat.broker.accounts import AuthJob
 from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import CURVE_FRAME_OVERHEAD, PUB, ROUTER, wire_size
@@ -106,7 +106,7 @@ class BrokerLoop:
         if self.stages:
             self.core.on_request = self.stages.wrap(self.core.on_request)  # type: ignore[method-assign]
         self.pool = ThreadPoolExecutor(config.hash_workers, thread_name_prefix="argon2",
-                                       initializer=lower_thread_priority, initargs=(config.hash_nice,))
+                                       initializer=start_hasher, initargs=(config.hash_nice,))
         self.results: queue.SimpleQueue[AuthJob] = queue.SimpleQueue()
         self.rss = netio.RssReader()
         self.stop_requested = False

@@ -14,7 +14,7 @@ from tests.core_harness import PASSWORD, CoreRig
 pytestmark = pytest.mark.timeout(30)
 
 
-RIG_CONFIG = {"mail_window": 3}
+RIG_CONFIG = {"mail_window": 3, "hash_workers": 2}  # two hashing jobs in flight at once (default: cores - 1)
 
 
 def _mail(rig: CoreRig, sender, to: str, n: int, tag: str = "m") -> None:
