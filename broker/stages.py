@@ -18,7 +18,7 @@ import gc
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 MAX_SAMPLES = 2_000_000
 """Requests recorded at most (about 100 s at 20k/s; 5 floats each); later ones are counted only."""
@@ -90,7 +90,7 @@ class StageTimes:
             s["send"].append(done - released_at)
             s["total"].append(done - woke_at)
 
-    def summary(self, commits: list[tuple[float, int]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    def summary(self, commits: Sequence[tuple[float, int]] = ()) -> dict[str, Any]:
         """{"requests": N, "stages": {stage: {"p50", "p90", "p99", "max"} in milliseconds},
         "gc": {"gen0".."gen2": {"count", "total_ms", percentiles in ms}}, "commits": {"count": N,
         "ms": {percentiles}, "wake_ups": {the same, in wake-ups per commit}}}; `commits` is
@@ -102,7 +102,7 @@ class StageTimes:
                 "commits": {"count": len(commits), "ms": _percentiles([c[0] for c in commits], 1000),
                             "wake_ups": _percentiles([float(c[1]) for c in commits], 1)}}
 
-    def write(self, path: str, commits: list[tuple[float, int]] = ()) -> None:  # type: ignore[assignment]
+    def write(self, path: str, commits: Sequence[tuple[float, int]] = ()) -> None:
         """Write summary(commits) as JSON to `path` (atomically: a temporary file renamed). Raises OSError."""
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:

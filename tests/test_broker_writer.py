@@ -189,3 +189,22 @@ def test_kill_9_during_a_commit_loses_and_duplicates_nothing(tmp_path, peers, na
         assert sorted(got) == sorted(cids)
     finally:
         broker.stop()
+
+
+def test_stage_times_are_written_at_exit(tmp_path, peers, names):
+    """--stage-times PATH: after a clean stop the file holds every stage, the commits and gc."""
+    import json
+
+    path = tmp_path / "stages.json"
+    broker = Broker(tmp_path / "data", "--stage-times", str(path))
+    try:
+        a, b = logged_in(peers, broker, names, 2)
+        for i in range(5):
+            ok(a.send(b.user, f"timed {i}"))
+    finally:
+        assert broker.stop() == 0
+    summary = json.loads(path.read_text())
+    assert summary["requests"] >= 5
+    assert set(summary["stages"]) == {"queued", "core", "commit_wait", "send", "total"}
+    assert all(s["p50"] <= s["p99"] <= s["max"] for s in summary["stages"].values())
+    assert summary["commits"]["count"] >= 1 and set(summary["gc"]) == {"gen0", "gen1", "gen2"}
