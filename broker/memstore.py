@@ -26,6 +26,8 @@ class MemoryStore:
     once, and a prune is done in full by the commit that carries it.
     """
 
+    shared = False  # one broker: the core numbers and publishes events itself
+
     def __init__(self) -> None:
         self.users: dict[str, UserRecord] = {}
         self.mail: dict[int, m.PrivateMessage] = {}

@@ -18,11 +18,12 @@ embedded implementation; broker.memstore.MemoryStore serves the core's unit test
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.limits import MAX_COUNTER
 from zmq_chat.protocol.wire import encode_json
 
 
@@ -76,6 +77,14 @@ class Snapshot:
     last_mail_id: int = 0
     mail_counts: dict[str, int] = field(default_factory=dict)
     sends: list[SendRecord] = field(default_factory=list)
+    epoch: str = ""
+    """The log's epoch id (str): made when the store's event log was created, changed whenever the
+    log is lost (a new data directory, a Redis without its data). Clients compare it (docs 9.1)."""
+    mail_id_limit: int = MAX_COUNTER
+    """Mail ids this broker may hand out: last_mail_id < id <= mail_id_limit. A shared store leases
+    a block of ids to each broker start; a store of one broker gives all (MAX_COUNTER)."""
+    online: dict[str, tuple[str, float, bool]] = field(default_factory=dict)
+    """Sessions on other brokers of a shared store: user -> (broker id, since seconds, hidden)."""
 
 
 @dataclass
@@ -97,6 +106,9 @@ class WriteBatch:
     events: list[tuple[int, bytes]] = field(default_factory=list)
     acks: list[tuple[str, list[int]]] = field(default_factory=list)
     last_seen: list[tuple[str, float, bool, int]] = field(default_factory=list)
+    notices: list[Any] = field(default_factory=list)
+    """broker.feed notices (OnlineNotice, OfflineNotice) for the other brokers of a shared store,
+    appended to its feed in the same transaction; a store of one broker ignores them."""
     prune: tuple[int, float] | None = None
     """(events to keep, forget send ids stored before this time in seconds), or None. A store may
     spread the deleting over this and its next commits (a bounded amount each, so no commit waits
@@ -107,7 +119,7 @@ class WriteBatch:
 
     def __bool__(self) -> bool:
         return bool(self.users or self.sends or self.mail or self.events or self.acks or self.last_seen
-                    or self.prune)
+                    or self.notices or self.prune)
 
     def extend(self, later: WriteBatch) -> None:
         """Append the writes of `later` (a batch of a later wake-up) to this one, so that both are
@@ -120,6 +132,7 @@ class WriteBatch:
         self.events += later.events
         self.acks += later.acks
         self.last_seen += later.last_seen
+        self.notices += later.notices
         if later.prune is not None:
             self.prune = later.prune
 
@@ -163,7 +176,13 @@ class WriteBatch:
 
 
 class Store(Protocol):
-    """Persistent state behind the broker core (implementations: SqliteStore, MemoryStore).
+    """Persistent state behind the broker core (implementations: SqliteStore, MemoryStore, and
+    broker.redisstore.RedisStore, shared by several brokers).
+
+    shared: False for a store of one broker: the core numbers events itself and publishes them.
+    True for a shared store (docs/scaling.md): commit() assigns each event of the batch the next
+    global seq (the batch carries 0 and the body `{"seq":0,...}`), claims send ids against every
+    broker's, and appends feed notices; the broker reads both back through a broker.feed.Backplane.
 
     Reads must reflect every batch handed to commit() earlier, also one still being committed.
     Errors: opening raises StoreError (unreadable, newer schema, or the data held by another
@@ -194,4 +213,9 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store (a pending batch must have been committed first)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether several brokers share this store (see the class docstring)."""
         ...

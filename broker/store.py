@@ -110,6 +110,8 @@ class SqliteStore:
     another synchronous value.
     """
 
+    shared = False  # one broker: the core numbers and publishes events itself
+
     def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")

@@ -58,6 +58,11 @@ class CommitWriter:
         self._thread.start()
 
     # -- the loop's side ------------------------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """The wrapped store's `shared` (broker.storage.Store)."""
+        return self.store.shared
+
     def load(self, sends_since: float) -> Snapshot:
         """The store's Snapshot (call before the first submit)."""
         return self.store.load(sends_since)

@@ -111,7 +111,9 @@ class LoginReply(Reply, kw_only=True):
     newest event seq now); since (int, ask `history` after this to catch up, 9.1); since_ts
     (float, epoch seconds, session start); heartbeat_interval, heartbeat_timeout, idle_timeout,
     pub_heartbeat (float seconds, 9.5 and 7.4); max_message_chars (int); dup (bool: a retried
-    login answered with the first reply's fields, 9.2). The client's session parameters."""
+    login answered with the first reply's fields, 9.2); epoch (str, the event log's id, 9.4: a
+    different epoch than last time means the old log and its numbers are gone; "" from a broker
+    older than the field). The client's session parameters."""
 
     user: str
     pub_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -124,6 +126,7 @@ class LoginReply(Reply, kw_only=True):
     max_message_chars: Count
     pub_heartbeat: Seconds
     dup: bool
+    epoch: str = ""
 
 
 class LogoutReply(Reply, kw_only=True):
