@@ -43,7 +43,7 @@ OK_REPLIES = [  # (request type, req, every field docs/protocol.md 6.1 lists for
     ("register", 2, {"user": "alice", "dup": False}),
     ("login", 3, {"user": "alice", "pub_port": 4120, "seq": 42, "since": 39, "since_ts": 1732170000.0,
                   "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, "idle_timeout": 1800.0, "max_message_chars": 1000,
-                  "pub_heartbeat": 2.0, "dup": False}),
+                  "pub_heartbeat": 2.0, "epoch": "5f0c2a9e8b7d4c1a", "dup": False}),
     ("logout", 4, {"session": True}),
     ("who", 5, {"users": ["alice", "bob"], "truncated": False}),
     ("last", 6, {"users": [], "truncated": True}),
