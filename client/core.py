@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from zmq_chat.client.outputs import (  # noqa: F401 (re-exported: the drivers import them from here)
-    BrokerLost, EventReceived, EventsMissed, MessageReceived, Output, ReplyReceived, Session, SessionEnded,
+    BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, Output, ReplyReceived, Session,
+    SessionEnded,
 )
 from zmq_chat.client.sequence import EventSequence, _SeqState, decode_mark  # noqa: F401
 from zmq_chat.protocol import messages as m
@@ -45,6 +46,18 @@ class _Pending:
     sent_at: float
     purpose: str = ""  # "" for the caller's requests; "ack", "ping", "history" for internal ones
     ids: list[int] = field(default_factory=list)  # ack: the ids sent
+
+
+@dataclass
+class _Resume:
+    """What a session lost with its broker leaves for the next login of the same user (failover):
+    user, last (event seq delivered in order), seen (private message ids shown), acks (ids not
+    confirmed acked: queued or in flight)."""
+
+    user: str
+    last: int
+    seen: set[int]
+    acks: list[int]
 
 
 class ClientCore(EventSequence):
@@ -85,6 +98,8 @@ class ClientCore(EventSequence):
         self._seen_msgs: set[int] = set()
         self._ack_queue: dict[int, None] = {}  # ordered set
         self._ack_since: float | None = None
+        self._epoch = ""  # the event log's epoch at the last login in this process ("" unknown)
+        self._resume: _Resume | None = None
         self._init_sequence()
 
     # ---- requests -------------------------------------------------------------------------
@@ -205,6 +220,27 @@ class ClientCore(EventSequence):
         """Forget the session (after logout, or when the caller gives up on it). Idempotent."""
         self._end_session()
 
+    def lose_session(self) -> None:
+        """The broker of the session stopped answering and the caller moves to another one
+        (failover): remember what the next login of the same user resumes from (the last event
+        seq, the private message ids shown, the acks not confirmed), then forget the session and
+        every request in flight (the caller fails their waiters; a send is retried with the same
+        id). Without a session, only the requests are forgotten (an earlier loss stays
+        remembered). The next ok login of that user catches up with `history` from the
+        remembered seq instead of the reply's `since`, unless its epoch changed (EpochChanged)."""
+        if self.session is not None and self._seq is not None:
+            acks = [*self._ack_queue, *(i for p in self._pending.values() if p.purpose == "ack" for i in p.ids)]
+            self._resume = _Resume(self.session.user, self._seq.last, self._seen_msgs, acks)
+        self._end_session()
+        self._pending = {}
+        self._outbox = []
+
+    @property
+    def epoch(self) -> str:
+        """The event log's epoch of the last ok login in this process ("" before, or from a broker
+        without epochs)."""
+        return self._epoch
+
     def queued_acks(self) -> list[int]:
         """Message ids waiting to be acked (in arrival order)."""
         return list(self._ack_queue)
@@ -222,13 +258,37 @@ class ClientCore(EventSequence):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _start_session(self, reply: LoginReply) -> None:
-        self.session = reply
-        self._seq = _SeqState(last=self.session.since, login_seq=self.session.seq)
-        self._seen_msgs = set()
+    def _start_session(self, reply: LoginReply) -> list[Output]:
+        """Open the session of an ok login reply. Where the event sequence starts (docs 9.4):
+        a new epoch (another log than at the last login in this process): at the reply's seq,
+        reporting EpochChanged; resuming a lost session of the same user (lose_session): at its
+        last seq (at most the reply's seq), keeping the ids shown and the acks owed; otherwise at
+        the reply's `since`."""
+        if reply.dup and self.session is not None and self.session.user == reply.user:
+            self.session = reply  # a retried login answered again: the session goes on as it is
+            return []
+        old, resume, self._resume = self._epoch, self._resume, None
+        out: list[Output] = []
+        seen: set[int] = set()
         self._ack_queue = {}
         self._ack_since = None
+        if reply.epoch and old and reply.epoch != old:
+            last = reply.seq
+            out.append(EpochChanged(old, reply.epoch, reply.seq))
+        elif resume is not None and resume.user == reply.user:
+            last = min(resume.last, reply.seq)
+            seen = resume.seen
+            for mid in resume.acks:
+                self._enqueue_ack(mid)
+        else:
+            last = reply.since
+        if reply.epoch:
+            self._epoch = reply.epoch
+        self.session = reply
+        self._seq = _SeqState(last=last, login_seq=reply.seq)
+        self._seen_msgs = seen
         self._lost_reported = False
+        return out
 
     def _end_session(self) -> None:
         self.session = None
@@ -263,7 +323,7 @@ class ClientCore(EventSequence):
             out.extend(self._on_history(req, reply))
         elif pending.purpose == "":
             if isinstance(reply, LoginReply):
-                self._start_session(reply)
+                out.extend(self._start_session(reply))
             elif reply.ok and pending.type == b"logout":
                 self._end_session()
             out.insert(0, ReplyReceived(req, pending.type, reply))

@@ -1,5 +1,5 @@
 """What client.core.ClientCore hands back to its driver: replies, private messages, events, missed
-events, the end of a session, a lost broker (`Output`), and the session parameters of a login
+events, the end of a session, a lost broker, a changed event log (`Output`), and the session parameters of a login
 (`Session`, the ok login reply)."""
 
 from __future__ import annotations
@@ -78,13 +78,25 @@ class SessionEnded:
 
 
 @dataclass(frozen=True)
+class EpochChanged:
+    """The broker's event log is not the one this client saw at its last login in this process
+    (the login reply's `epoch` differs, docs 9.4): the old log and its sequence numbers are gone.
+    The core has set its last seq to the login reply's `seq` (no catch-up of the old numbers).
+    Fields: old, new (the epochs, str), seq (int, the login reply's seq)."""
+
+    old: str
+    new: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class BrokerLost:
     """A request has waited `waited` seconds (more than heartbeat_timeout) for its reply."""
 
     waited: float
 
 
-Output = Union[ReplyReceived, MessageReceived, EventReceived, EventsMissed, SessionEnded, BrokerLost]
+Output = Union[ReplyReceived, MessageReceived, EventReceived, EventsMissed, SessionEnded, BrokerLost, EpochChanged]
 """What `receive_dealer`, `receive_event` and `tick` return, in the order things happened."""
 
 

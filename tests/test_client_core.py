@@ -8,6 +8,7 @@ import pytest
 from zmq_chat.client.core import (
     MAX_ACK_IDS,
     BrokerLost,
+    EpochChanged,
     ClientCore,
     EventReceived,
     EventsMissed,
@@ -53,7 +54,7 @@ def seqs(outputs) -> list[int]:
 
 LOGIN = {"user": "alice", "pub_port": 5001, "seq": 10, "since": 7, "since_ts": 1.0e9,
          "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, "idle_timeout": 1800.0,
-         "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False}
+         "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False, "epoch": "e1"}
 
 
 def logged_in(clock: Clock | None = None, **kw) -> tuple[ClientCore, Clock]:
@@ -424,7 +425,7 @@ def test_ping_reply_without_session_ends_the_session():
     core.receive_dealer(wire.encode_ok(req, {"user": "alice", "pub_port": 1, "seq": 0, "since": 0, "since_ts": 1.0,
                                              "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0,
                                              "idle_timeout": 1800.0, "max_message_chars": 1000,
-                                             "pub_heartbeat": 2.0, "dup": False}))
+                                             "pub_heartbeat": 2.0, "dup": False, "epoch": ""}))
     assert core.session is not None
     ping = core.request(m.Ping(req=0))
     out = core.receive_dealer(wire.encode_ok(ping, {"ts": 2.0, "session": False}))
@@ -490,3 +491,91 @@ def test_flush_acks_makes_caller_requests_for_every_queued_id():
     out = core.receive_dealer(wire.encode_ok(ack.req, {"removed": 3}))
     assert [o.req for o in out if isinstance(o, ReplyReceived)] == reqs  # the caller can wait for it
     assert core.queued_acks() == []
+
+
+# -- epoch (docs 9.4) and resuming a session lost with its broker (failover) -----------------------
+
+def login_again(core: ClientCore, **fields) -> list:
+    """Send a login and answer it with LOGIN changed by `fields`; returns the outputs."""
+    req = core.request(m.Login(req=0, version=1, user="alice", password="pw123456"))
+    core.data_to_send()
+    return core.receive_dealer(wire.encode_ok(req, {**LOGIN, **fields}))
+
+
+def history_after(core: ClientCore) -> list[int]:
+    """The `after` of every history request the core wants to send."""
+    return [req.after for t, req in sent(core) if t == b"history"]
+
+
+def test_a_new_epoch_at_a_later_login_is_reported_and_the_old_numbers_are_not_asked():
+    core, _ = logged_in()
+    assert core.epoch == "e1"
+    core.end_session()
+    out = login_again(core, epoch="e2", seq=3, since=2)
+    assert [o for o in out if isinstance(o, EpochChanged)] == [EpochChanged("e1", "e2", 3)]
+    assert isinstance(out[0], ReplyReceived)  # the reply first, then the news
+    assert core.last_seq == 3 and core.epoch == "e2"
+    core.catch_up()
+    assert history_after(core) == [3]  # not `since` (2), a number of the old log's
+
+
+def test_the_same_epoch_catches_up_from_since_and_reports_nothing():
+    core, _ = logged_in()
+    core.end_session()
+    out = login_again(core, seq=12, since=9)
+    assert not any(isinstance(o, EpochChanged) for o in out)
+    assert core.last_seq == 9
+
+
+def test_an_unknown_epoch_on_either_side_is_no_change():
+    core, _ = logged_in()
+    core.end_session()
+    assert not any(isinstance(o, EpochChanged) for o in login_again(core, epoch=""))  # an older broker
+    assert core.epoch == "e1" and core.last_seq == 7
+    fresh = ClientCore(clock=Clock())
+    assert not any(isinstance(o, EpochChanged) for o in login_again(fresh, epoch="e9"))  # the first login
+    assert fresh.epoch == "e9"
+
+
+def test_a_lost_session_resumes_from_its_last_seq_keeping_shown_ids_and_acks():
+    core, clock = logged_in()
+    core.catch_up()
+    answer_history(core, [event(8), event(9)], 10)
+    core.receive_dealer(msg(5))
+    clock.advance(1.0)
+    core.tick()
+    assert acks(core) == [[5]]  # in flight when the broker is lost: owed again
+    core.lose_session()
+    assert core.session is None and core.pending_count() == 0 and core.data_to_send() == []
+    out = login_again(core, seq=14, since=12)  # the broker's since is past what this client saw
+    assert core.last_seq == 9
+    assert [o for o in core.receive_dealer(msg(5)) if isinstance(o, MessageReceived)] == []  # shown once
+    assert 5 in core.queued_acks()
+    assert not any(isinstance(o, EpochChanged) for o in out)
+    core.catch_up()
+    assert history_after(core) == [9]
+
+
+def test_a_lost_session_with_a_new_epoch_starts_at_the_reply_seq():
+    core, _ = logged_in()
+    core.receive_dealer(msg(5))
+    core.lose_session()
+    out = login_again(core, epoch="e2", seq=4, since=1)
+    assert any(isinstance(o, EpochChanged) for o in out)
+    assert core.last_seq == 4 and core.queued_acks() == []
+    assert [o.message.id for o in core.receive_dealer(msg(5)) if isinstance(o, MessageReceived)] == [5]
+
+
+def test_a_lost_session_is_not_resumed_by_another_user():
+    core, _ = logged_in()
+    core.lose_session()
+    login_again(core, user="bob", seq=12, since=11)
+    assert core.last_seq == 11
+
+
+def test_a_retried_login_answered_again_keeps_the_session_going():
+    core, _ = logged_in()
+    core.catch_up()
+    answer_history(core, [event(8), event(9), event(10)], 10)
+    login_again(core, dup=True)
+    assert core.last_seq == 10 and core.session is not None
