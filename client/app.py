@@ -17,8 +17,9 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from zmq_chat.client import view
 from zmq_chat.client.connection import Connection
-from zmq_chat.client.core import BrokerLost, EventReceived, EventsMissed, MessageReceived, SessionEnded
+from zmq_chat.client.core import BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, SessionEnded
 from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
+from zmq_chat.client.failover import BrokerSet, FailoverOutcome
 from zmq_chat.client.login import LoginFlow
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol import messages as m
@@ -53,15 +54,23 @@ class ChatSession:
     Args:
         conn: a Connection with an open session (conn.core.session is set).
         prompter: where command lines and passwords are read.
+        brokers: the brokers of the chat (client.failover.BrokerSet); with two or more, a lost
+            broker is replaced by the next one that answers (failover) and the session goes on;
+            with None or one, a lost broker ends the session (exit status 1).
     """
 
-    def __init__(self, conn: Connection, prompter: Prompter) -> None:
+    def __init__(self, conn: Connection, prompter: Prompter, brokers: BrokerSet | None = None) -> None:
         assert conn.core.session is not None
         self.conn = conn
         self.prompter = prompter
         self.session = conn.core.session
         self.me = self.session.user
+        self.brokers = brokers if brokers is not None and len(brokers) > 1 else None
         self.busy = False
+        self.busy_text = ""
+        self.hidden = False
+        self._switches = 0  # failovers done in this session
+        self._recovery: asyncio.Task[bool] | None = None  # the failover under way, or the one that failed
         self._held: list[m.Event] = []  # broadcasts that arrived while busy
         self._sent_ids: set[str] = set()
         self._stop: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
@@ -92,9 +101,11 @@ class ChatSession:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            printer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await printer
+            for task in (printer, self._recovery):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             for item in self.conn.drain_events():  # the session's last words, e.g. presence
                 self._show_item(item)
 
@@ -130,7 +141,7 @@ class ChatSession:
                 print(f"{exc.message}" + (f"\nusage: {exc.usage}" if exc.usage else ""))
                 continue
             try:
-                result = await self._race(self._command(cmd))
+                result = await self._run(cmd)
             except RequestTimeout:
                 print(LOST)
                 return 1
@@ -141,6 +152,59 @@ class ChatSession:
                 continue
             if result is not _CONTINUE:
                 return result
+
+    async def _run(self, cmd: Command) -> Any:
+        """Run `cmd` (under _race); when its broker is lost and another one takes the session
+        (failover), run it once more there (a send keeps its id: _send_request fails over itself).
+        Raises RequestTimeout / ConnectionClosed without failover; _Stop when the failover failed."""
+        for attempt in range(2):
+            switches = self._switches
+            await self._race(self._settled())
+            try:
+                return await self._race(self._command(cmd))
+            except (RequestTimeout, ConnectionClosed):
+                if self.brokers is None or attempt:
+                    raise
+                await self._race(self._recover(switches))
+        return _CONTINUE  # pragma: no cover - the loop returns or raises
+
+    async def _settled(self) -> None:
+        """Wait for a failover under way; raise _Stop(1) when it failed."""
+        if self._recovery is not None and not await asyncio.shield(self._recovery):
+            raise _Stop(1)
+
+    async def _recover(self, switches: int) -> None:
+        """The broker stopped answering: fail over, unless that happened since the caller saw
+        `switches` failovers (one failover for everyone who noticed). Raises _Stop(1) when no
+        broker took the session (said in one line)."""
+        if self._switches == switches and self._recovery is None:
+            self._recovery = asyncio.ensure_future(self._fail_over())
+        await self._settled()
+
+    async def _fail_over(self) -> bool:
+        """Move to the next broker and log in again (client.failover); tell the user in one line,
+        then be hidden / busy again as before. Returns False (session over) when it failed."""
+        assert self.brokers is not None
+        old = self.conn.address
+        try:
+            outcome = await self.brokers.fail_over(self.conn)
+        except Exception as exc:  # noqa: BLE001 - one line for the user, never a traceback
+            outcome = FailoverOutcome("", f"failover failed: {exc!r}")
+        if not outcome.address:
+            print(f"connection to {old} lost; {outcome.problem}")
+            self._finish(1)
+            return False
+        print(f"connection to {old} lost; now on {outcome.address}")
+        assert self.conn.core.session is not None
+        self.session = self.conn.core.session
+        with contextlib.suppress(RequestTimeout, ConnectionClosed):
+            if self.hidden:
+                await self.conn.request(m.Hide)
+            if self.busy:
+                await self.conn.request(m.Busy, text=self.busy_text)
+        self._switches += 1
+        self._recovery = None
+        return True
 
     async def _command(self, cmd: Command) -> Any:
         """Run one parsed command. Returns _CONTINUE, or what run() should return."""
@@ -155,7 +219,7 @@ class ChatSession:
         elif isinstance(cmd, Busy):
             reply = await self.conn.request(m.Busy, text=cmd.text)
             if reply.ok:
-                self.busy = True
+                self.busy, self.busy_text = True, cmd.text
             auto = f"; auto-reply: {view.safe(cmd.text)}" if cmd.text else ""
             self._show(reply, lambda r: f"you are busy{auto}; private messages wait until idle")
         elif isinstance(cmd, Reg):
@@ -170,10 +234,11 @@ class ChatSession:
             self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me)}")
         elif word == "idle":
             await self._idle()
-        elif word == "hide":
-            self._show(await self.conn.request(m.Hide), lambda r: "you are hidden")
-        elif word == "appear":
-            self._show(await self.conn.request(m.Appear), lambda r: "you are visible")
+        elif word in ("hide", "appear"):
+            reply = await self.conn.request(m.Hide if word == "hide" else m.Appear)
+            if reply.ok:
+                self.hidden = word == "hide"
+            self._show(reply, lambda r: "you are hidden" if word == "hide" else "you are visible")
         elif word == "status":
             reply = await self.conn.request(m.Status)
             if isinstance(reply, StatusReply):
@@ -211,11 +276,7 @@ class ChatSession:
         cid = uuid.uuid4().hex
         self._sent_ids.add(cid)
         msg: m.Request = m.Broadcast(req=0, id=cid, text=text) if to is None else m.Send(req=0, id=cid, to=to, text=text)
-        attempt_timeout = max(1.0, self.session.heartbeat_timeout / 2)
-        try:
-            reply = await self.conn.request(msg, attempt_timeout)
-        except RequestTimeout:
-            reply = await self.conn.request(msg, attempt_timeout)  # same id: stored once
+        reply = await self._send_request(msg)
         for _ in range(3):
             if not isinstance(reply, ErrorReply) or reply.code != ErrorCode.RATE_LIMITED:
                 break
@@ -223,7 +284,7 @@ class ChatSession:
             if wait is UNSET or wait > 5:
                 break
             await asyncio.sleep(wait)
-            reply = await self.conn.request(msg, attempt_timeout)
+            reply = await self._send_request(msg)
         if isinstance(reply, (BroadcastReply, SendReply)):
             print(view.sent_line(reply.ts, to, text))
         elif isinstance(reply, ErrorReply):
@@ -241,10 +302,39 @@ class ChatSession:
             auto = view.safe(entry.text)
             print(f"{view.safe(entry.user)} is busy" + (f": {auto}" if auto else ""))
 
-    async def _print_events(self) -> None:
-        """Print what arrives; end the session on SessionEnded / BrokerLost."""
+    async def _send_request(self, msg: m.Request) -> Reply:
+        """Send a broadcast or send `msg` and return its reply: after a timeout once more with the
+        same id (stored once, docs 9.2); then, with several brokers, fail over and send it again,
+        same id, on the broker that took the session (at most once per broker). Raises
+        RequestTimeout / ConnectionClosed (no failover) or _Stop (the failover failed)."""
+        timeout = max(1.0, self.session.heartbeat_timeout / 2)
+        retried, failovers = False, 0
         while True:
-            self._show_item(await self.conn.next_event())
+            switches = self._switches
+            await self._settled()
+            try:
+                return await self.conn.request(msg, timeout)
+            except (RequestTimeout, ConnectionClosed) as exc:
+                if isinstance(exc, RequestTimeout) and not retried:
+                    retried = True
+                    continue
+                if self.brokers is None or failovers >= len(self.brokers):
+                    raise
+            await self._recover(switches)
+            retried, failovers = False, failovers + 1
+
+    async def _print_events(self) -> None:
+        """Print what arrives; end the session on SessionEnded / BrokerLost (fail over instead
+        when there are other brokers)."""
+        while True:
+            item = await self.conn.next_event()
+            if isinstance(item, BrokerLost) and self.brokers is not None:
+                try:
+                    await self._recover(self._switches)
+                except _Stop:
+                    return
+                continue
+            self._show_item(item)
 
     def _show_item(self, item: Any) -> None:
         """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
@@ -253,6 +343,8 @@ class ChatSession:
             print(prefix + view.private_line(item.message))
         elif isinstance(item, EventReceived):
             self._show_event(item)
+        elif isinstance(item, EpochChanged):
+            print(view.EPOCH_LOST)
         elif isinstance(item, EventsMissed):
             print(f"(events {item.after + 1} to {item.resumed - 1} are no longer available)")
         elif isinstance(item, SessionEnded):
@@ -277,8 +369,9 @@ class ChatSession:
 _CONTINUE = object()
 
 
-async def run_app(conn: Connection, preset_user: str | None = None) -> int:
-    """Login dialogue and sessions until the user quits. `conn` must be connected (hello done).
+async def run_app(conn: Connection, preset_user: str | None = None, brokers: BrokerSet | None = None) -> int:
+    """Login dialogue and sessions until the user quits. `conn` must be connected (hello done);
+    `brokers`: the chat's brokers, for failover during a session (ChatSession).
 
     Returns the exit status: 0 normal end, 1 broker lost. Never raises for broker trouble.
     """
@@ -296,7 +389,7 @@ async def run_app(conn: Connection, preset_user: str | None = None) -> int:
             return 1
         if not logged_in:
             return 0
-        result = await ChatSession(conn, prompter).run()
+        result = await ChatSession(conn, prompter, brokers).run()
         if isinstance(result, int):
             return result
         switch = result

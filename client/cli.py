@@ -1,13 +1,20 @@
-"""`chat-client --host <name or IP> [--port 4119] [--user U] [--server-key KEY] [--key-port P]
-[--accept-key] [--insecure] [--log-level LEVEL]`.
+"""`chat-client --host <HOST[:PORT][,HOST[:PORT]...]> [--host ...] [--port 4119] [--user U]
+[--server-key KEY[,KEY...]] [--key-port P] [--accept-key] [--insecure] [--log-level LEVEL]`.
 
-The broker's key is trusted like SSH's known_hosts (client.trust): given with --server-key (or
-CHAT_SERVER_KEY), recorded in the known-brokers file, or shown by fingerprint at first use and
-recorded when the user accepts it (--accept-key accepts without asking).
+Several brokers of one chat (client.brokers): `--host` may be repeated and each value may be a
+comma-separated list; the client uses the first that answers and, when it stops answering during a
+session, fails over to the next (client.failover), logs in again and resumes.
+
+The broker's key is trusted like SSH's known_hosts (client.trust), per host:port: given with
+--server-key (or CHAT_SERVER_KEY; one key for every broker, or one per broker in --host order),
+recorded in the known-brokers file, or shown by fingerprint at first use and recorded when the user
+accepts it (--accept-key accepts without asking). With several brokers, the keys of the others are
+asked for at start.
 
 Exit status: 0 after logout, Ctrl+C/Ctrl+D or a session end from the broker; 1 when the broker
-stops answering during a session; 2 when the broker cannot be used at start (unresolvable host,
-nothing answers, not a chat broker, protocol version mismatch) or the arguments are wrong.
+stops answering during a session (and no other broker takes it); 2 when no broker can be used at
+start (unresolvable host, nothing answers, not a chat broker, protocol version mismatch) or the
+arguments are wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -23,8 +31,10 @@ from prompt_toolkit.utils import is_dumb_terminal
 
 from zmq_chat import __version__
 from zmq_chat.client.app import run_app
+from zmq_chat.client.brokers import parse_hosts, spread_keys
 from zmq_chat.client.connection import Connection
 from zmq_chat.client.errors import ClientError, ConnectError
+from zmq_chat.client.failover import BrokerSet
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.client.sockets import DEFAULT_PORT
 from zmq_chat.client.trust import SERVER_KEY_ENV
@@ -36,13 +46,18 @@ log = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line. Exits with status 2 (argparse) on bad arguments."""
     parser = argparse.ArgumentParser(prog="chat-client", description="Terminal client of the ZeroMQ chat.")
-    parser.add_argument("--host", required=True, help="broker host name or IP address")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default %(default)s)")
+    parser.add_argument("--host", required=True, action="append",
+                        help="broker host name or IP address, HOST or HOST:PORT; repeat it or give a comma-separated "
+                        "list for several brokers of one chat (the client fails over between them)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="broker port of every --host without one (default %(default)s)")
     parser.add_argument("--user", help="username to log in or register as")
-    parser.add_argument("--server-key", help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); "
-                        f"default: ${SERVER_KEY_ENV}, else the key recorded for this broker, else asked at first use")
+    parser.add_argument("--server-key", action="append",
+                        help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); one key for "
+                        f"every broker, or a comma-separated list (or repeated option) with one per --host; "
+                        f"default: ${SERVER_KEY_ENV}, else the key recorded for each broker, else asked at first use")
     parser.add_argument("--key-port", type=int,
-                        help="the broker's key endpoint port, for trust on first use (default port+2)")
+                        help="the key endpoint port of every broker, for trust on first use (default each port+2)")
     parser.add_argument("--accept-key", action="store_true",
                         help="at first use, trust and record the broker's key without asking")
     parser.add_argument("--insecure", action="store_true",
@@ -60,6 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--port must be 1 to 65535")
     if args.key_port is not None and not 1 <= args.key_port <= 65535:
         parser.error("--key-port must be 1 to 65535")
+    given = args.server_key or ([os.environ[SERVER_KEY_ENV]] if os.environ.get(SERVER_KEY_ENV) else [])
+    try:
+        args.brokers = parse_hosts(args.host, args.port)
+        args.keys = [] if args.insecure else spread_keys([k.encode("ascii", "replace") for k in given], len(args.brokers))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.insecure:
+        args.keys = [None] * len(args.brokers)
     return args
 
 
@@ -84,13 +107,13 @@ async def run(args: argparse.Namespace) -> int:
     if args.insecure:
         print("chat-client: WARNING: --insecure: no encryption; your password and messages cross the network "
               "in clear text", file=sys.stderr)
-    conn = Connection(args.host, args.port, insecure=args.insecure, key_port=args.key_port,
-                      server_key=args.server_key.encode("ascii", "replace") if args.server_key else None,
-                      trust_prompt=trust_prompt(args.accept_key))
+    brokers = BrokerSet(args.brokers, args.keys, key_port=args.key_port, accept_key=args.accept_key)
+    conn = Connection(brokers.first.host, brokers.first.port, insecure=args.insecure, key_port=args.key_port,
+                      server_key=brokers.keys[0], trust_prompt=trust_prompt(args.accept_key))
     linger_ok = False
     try:
         try:
-            await conn.connect()
+            await brokers.connect(conn, say=lambda line: print(f"chat-client: {line}", file=sys.stderr))
         except ConnectError as exc:
             print(f"chat-client: {exc}", file=sys.stderr)
             return 2
@@ -99,10 +122,12 @@ async def run(args: argparse.Namespace) -> int:
         if choice is not None and choice.source == "first use":
             print(f"recorded the broker's key in {conn.known.path}")
         print(f"connected to {conn.address}" + (" (encrypted)" if choice and choice.key else " (NOT encrypted)"))
+        if len(brokers) > 1:
+            await brokers.learn_keys(conn, say=print)
         # patch_stdout keeps the input line below arriving messages; a dumb terminal cannot redraw
         # it anyway, and there the proxy's background flushing would only reorder the output.
         with contextlib.nullcontext() if is_dumb_terminal() else patch_stdout():
-            return await run_app(conn, args.user)
+            return await run_app(conn, args.user, brokers)
     finally:
         await conn.close(linger=linger_ok)
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -26,24 +25,21 @@ from zmq_chat.client import sockets, trust
 from zmq_chat.client.adapter import SubFollower, check_hello, hello_request
 from zmq_chat.client.core import BrokerLost, ClientCore, Output, ReplyReceived
 from zmq_chat.client.errors import ConnectError, ConnectionClosed, RequestTimeout
+from zmq_chat.client.requests import SessionRequests
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.errors import ErrorCode, ProtocolError
-from zmq_chat.protocol.replies import UNSET, ErrorReply, HelloReply, Reply
-from zmq_chat.protocol.version import PROTOCOL_VERSION
+from zmq_chat.protocol.errors import ProtocolError
+from zmq_chat.protocol.replies import HelloReply, Reply
 from zmq_chat.protocol.wire import TYPE_OF
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 3.5
 """Seconds to wait for the `hello` reply before declaring the broker unreachable."""
-OVERLOADED_PATIENCE = 20.0
-"""Seconds a login or registration is retried while the broker answers E_OVERLOADED."""
-
 DEFAULT_TIMEOUT = 5.0
 """Request timeout in seconds before a session gives the heartbeat timeout."""
 
 
-class Connection(SubFollower):
+class Connection(SubFollower, SessionRequests):
     """One client connection: owns a zmq.asyncio Context, the DEALER and (in a session) the SUB.
 
     Args:
@@ -94,6 +90,18 @@ class Connection(SubFollower):
         self._wake: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = ""  # why the connection cannot go on (the SUB could not be opened)
+        self.generation = 0  # how many times switch() moved to another broker
+        self.credentials: tuple[str, str] | None = None  # (user, password) of the session, for failover
+
+    @property
+    def trust_prompt(self) -> trust.TrustPrompt | None:
+        """What is asked at first use of a broker key (None refuses an unknown key)."""
+        return self._trust_prompt
+
+    @property
+    def insecure(self) -> bool:
+        """True when this connection speaks NULL (--insecure) instead of CURVE."""
+        return self._insecure
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -163,6 +171,36 @@ class Connection(SubFollower):
                                       asyncio.get_running_loop().time() - started)
         return hello.result()
 
+    async def switch(self, host: str, port: int, *, server_key: bytes | None = None, key_port: int | None = None,
+                     trust_prompt: trust.TrustPrompt | None = None) -> HelloReply:
+        """Leave the current broker and connect to another one of the same chat (failover): the
+        core keeps what a resumed session needs (ClientCore.lose_session), waiting requests fail
+        with ConnectionClosed, the sockets are dropped (no linger), a queued BrokerLost is
+        discarded, and `connect()` runs against host:port with its own key (client.trust, per
+        "host:port"). The events already queued stay. Log in again afterwards.
+
+        Args:
+            host, port: the other broker's ROUTER endpoint.
+            server_key: its key (Z85 bytes) or None (CHAT_SERVER_KEY, known-brokers, first use).
+            key_port: its key endpoint port (default port + 2).
+            trust_prompt: asked at first use of its key (None refuses an unknown key).
+        Returns/Raises: as connect().
+        """
+        self.core.lose_session()
+        await self._shutdown(linger=False)
+        self._follow_session()  # no session now: forgets the SUB
+        kept = [item for item in self.drain_events() if not isinstance(item, BrokerLost)]
+        for item in kept:
+            self._events.put_nowait(item)
+        self.host, self.port, self.address = host, port, f"{host}:{port}"
+        self._server_key, self._key_port = server_key, key_port or port + 2
+        self._trust_prompt = trust_prompt
+        self.hello = self.key_choice = None
+        self._broken = ""
+        self._closed = False
+        self.generation += 1
+        return await self.connect()
+
     async def close(self, linger: bool = True) -> None:
         """Stop the receive tasks and close the sockets and the context. Idempotent; waiting
         requests fail with ConnectionClosed.
@@ -173,6 +211,10 @@ class Connection(SubFollower):
         """
         if self._closed:
             return
+        await self._shutdown(linger)
+
+    async def _shutdown(self, linger: bool) -> None:
+        """Cancel the tasks, fail the waiters, close the sockets and the context (see close)."""
         self._closed = True
         tasks = self._tasks + ([self._sub_task] if self._sub_task else [])
         for task in tasks:
@@ -185,6 +227,8 @@ class Connection(SubFollower):
             if sock is not None:
                 sock.close(sockets.LINGER_MS if linger else 0)
         self._sub = self._dealer = None
+        self._sub_task = None
+        self._tasks = []
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -228,63 +272,6 @@ class Connection(SubFollower):
                 self._waiters.pop(req, None)
                 self.core.forget(req)
             self._wake_timer()
-
-    async def _with_backoff(self, make: Callable[[], m.Request], timeout: float) -> Reply:
-        """Send the request `make()` builds; while the broker answers E_OVERLOADED (its login queue
-        is full), send it again after retry_after seconds, doubling up to 8 s, for at most
-        OVERLOADED_PATIENCE seconds in all; after a first timeout send it once more (a retried
-        login or registration gets the first answer, docs 9.2). Returns the last reply."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + OVERLOADED_PATIENCE
-        delay = 0.0
-        retried = False
-        while True:
-            try:
-                reply = await self.request(make(), timeout)
-            except RequestTimeout:
-                if retried:
-                    raise
-                retried = True  # lost with a connection the broker cut while we were idle: once more
-                continue
-            if not isinstance(reply, ErrorReply) or reply.code != ErrorCode.OVERLOADED or loop.time() >= give_up:
-                return reply
-            hint = reply.retry_after
-            base = hint if hint is not UNSET and hint > 0 else 0.5
-            delay = min(8.0, max(base, delay * 2))
-            await asyncio.sleep(min(delay * random.uniform(0.8, 1.2), max(0.0, give_up - loop.time())))
-
-    async def login(self, user: str, password: str, timeout: float = 10.0) -> Reply:
-        """Log in (retried with backoff while the broker is overloaded); the ok reply opens the SUB
-        (client.adapter.SubFollower) and the catch-up history follows the broker's welcome.
-
-        Returns the LoginReply or an ErrorReply (check `.ok`). Raises RequestTimeout / ConnectionClosed.
-        """
-        return await self._with_backoff(lambda: m.Login(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
-
-    async def register(self, user: str, password: str, timeout: float = 10.0) -> Reply:
-        """Create an account (does not log in; retried with backoff while the broker is
-        overloaded). Returns the RegisterReply or an ErrorReply. Raises like request()."""
-        return await self._with_backoff(
-            lambda: m.Register(req=0, version=PROTOCOL_VERSION, user=user, password=password), timeout)
-
-    async def logout(self, timeout: float = 2.0) -> Reply | None:
-        """End the session: send `logout`, wait up to `timeout` s, close the SUB. Never raises for a
-        missing reply; returns the reply (LogoutReply or ErrorReply) or None."""
-        reply: Reply | None = None
-        if self.core.session is not None and not self._closed and not self._broken:
-            with contextlib.suppress(RequestTimeout, ConnectionClosed):
-                await self._flush_acks(timeout)
-                reply = await self.request(m.Logout, timeout)
-        self.core.end_session()
-        self._follow_session()
-        return reply
-
-    async def _flush_acks(self, timeout: float) -> None:
-        """Send the acks not sent yet and wait for their replies, so that the private messages
-        shown in this session are not shown again at the next login."""
-        reqs = self.core.flush_acks()
-        if reqs:
-            await self._replies(reqs, b"ack", timeout)
 
     # ---- events ---------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ PRESENCE_WORDS = {
     "lost": "lost the connection",
 }
 CATCHUP_PREFIX = "(while you were away) "
+EPOCH_LOST = "the chat server lost its event history; events since you were last here are gone"
+"""Said when a login finds another event log than the last one in this process (docs 9.4 Epoch)."""
 
 
 def clock(ts: float) -> str:
