@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from zmq_chat.broker.authqueue import AuthQueue
 from zmq_chat.broker.connections import Conn
 from zmq_chat.broker.corebase import CoreBase
+from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.session import Session
@@ -52,7 +53,10 @@ OVERLOADED_RETRY = 1.0
 @dataclass
 class AuthJob:
     """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
-    kind "hash": hash `password` for a new account (result: the argon2id string, str).
+    kind "hash": hash `password` for a new account (result: the argon2id string, str). With a
+    shared store a "hash" job carries `record` (the new account, hash "") and `claim` (the store's
+    claim_user): the hashing thread fills in the hash and claims the name, `claimed` True (the
+    account is stored), False (another broker's registration took it) or None (the store failed).
 
     rid (bytes, ROUTER routing id), req (request id), ip (peer address), key (the client's CURVE
     key, Z85), fd and conn (its connection and that connection's record, broker.connections.Conn,
@@ -71,6 +75,9 @@ class AuthJob:
     fd: int = -1
     result: bool | str | None = None
     conn: Conn | None = field(default=None, repr=False)
+    claim: Callable[[UserRecord], bool] | None = field(default=None, repr=False)
+    record: UserRecord | None = None
+    claimed: bool | None = None
 
 
 class Accounts(CoreBase):
@@ -224,7 +231,11 @@ class Accounts(CoreBase):
         if wait > 0:
             raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many new accounts from your address; retry in {wait:.0f} s",
                                 fields={"retry_after": round(wait, 1)})
-        self._enqueue(AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn))
+        job = AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn)
+        if self.shared:  # other brokers may take the name meanwhile: the hashing thread claims it
+            job.record = UserRecord(r.user, "", self.clock(), last_seq=self.seq)
+            job.claim = self.store.claim_user  # type: ignore[attr-defined]  # (a shared store's)
+        self._enqueue(job)
 
     def _login(self, rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Conn | None) -> None:
         now = self.clock()
@@ -280,12 +291,19 @@ class Accounts(CoreBase):
     def _finish_register(self, job: AuthJob) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the broker is shutting down")
-        if job.user in self.users:
-            raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{job.user}' is taken")
-        record = UserRecord(job.user, str(job.result), self.clock(), last_seq=self.seq)
-        self.users[job.user] = record
-        self.batch.users.append(record)
-        self._req_users.append(job.user)
+        if job.record is not None:  # a shared store: the hashing thread claimed the name (claim_user)
+            if job.claimed is None:
+                raise ProtocolError(ErrorCode.INTERNAL, "the store could not be reached; retry in a moment")
+            if not job.claimed:
+                raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{job.user}' is taken")
+            self.users[job.user] = job.record  # stored already, with its notice to the other brokers
+        else:
+            if job.user in self.users:
+                raise ProtocolError(ErrorCode.USER_EXISTS, f"the name '{job.user}' is taken")
+            record = UserRecord(job.user, str(job.result), self.clock(), last_seq=self.seq)
+            self.users[job.user] = record
+            self.batch.users.append(record)
+            self._req_users.append(job.user)
         self.registered[(self._client_id(job.rid, job.key), job.user)] = self.clock()
         log.info("registered user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, RegisterReply(req=job.req, user=job.user, dup=False))
@@ -318,6 +336,7 @@ class Accounts(CoreBase):
             other = self.by_key[job.key]
             self._end(other, "logout", "replaced", "this client logged in as another user; this session ends")
         s = self._open_session(job, now)
+        self._tell_others(OnlineNotice(s.user, self.broker_id, s.since, s.hidden))
         log.info("login user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, LoginReply(req=job.req, **s.login, dup=False))
         if old is None:
@@ -360,6 +379,7 @@ class Accounts(CoreBase):
             "idle_timeout": self.cfg.idle_timeout,
             "max_message_chars": self.cfg.max_message_chars,
             "pub_heartbeat": self.cfg.pub_heartbeat,
+            "epoch": self.epoch,
         }
         self.sessions[job.rid] = s
         self.by_user[job.user] = s

@@ -154,7 +154,8 @@ def current_hasher() -> HasherProcess | None:
 def run_job(job: AuthJob) -> AuthJob:
     """Execute `job` on the calling (hashing) thread: its hashing process computes it; if the
     process cannot be started or is gone, the thread computes it itself and the next job starts a
-    new process. Sets `job.result` (argon2id string or bool) and drops the password. Returns job."""
+    new process. Sets `job.result` (argon2id string or bool) and drops the password; a registration
+    with a shared store (job.claim) then claims its name (job.claimed, see AuthJob). Returns job."""
     hasher = current_hasher()
     try:
         if hasher is None:
@@ -167,6 +168,13 @@ def run_job(job: AuthJob) -> AuthJob:
         _local.hasher = None
         job.result = verify_password(job.pwhash, job.password) if job.kind == "verify" else hash_password(job.password)
     job.password = ""
+    if job.claim is not None and job.record is not None and isinstance(job.result, str):
+        job.record.hash = job.result  # a shared store: claim the name now, off the loop
+        try:
+            job.claimed = job.claim(job.record)
+        except Exception as exc:  # the store is unreachable: the core answers E_INTERNAL
+            log.error("could not store the new account %s: %s", job.user, exc)
+            job.claimed = None
     return job
 
 

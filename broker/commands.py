@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from zmq_chat.broker.corebase import CoreBase
+from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
@@ -60,6 +61,7 @@ class Commands(CoreBase):
 
     def _who(self, s: Session, r: m.Who) -> None:
         names = {o.user for o in self.sessions.values() if not o.hidden}
+        names.update(u for u, (_, _, hidden) in self.remote.items() if not hidden)  # other brokers'
         names.add(s.user)
         self._names_reply(s, r.req, names)
 
@@ -68,6 +70,8 @@ class Commands(CoreBase):
         and the caller; a user who is online and hidden now is left out (docs 6.1, 9.6)."""
         names = {o.user for o in self.sessions.values() if not o.hidden}
         hidden_now = {o.user for o in self.sessions.values() if o.hidden}
+        for u, (_, _, hidden) in self.remote.items():  # sessions on other brokers of a shared store
+            (hidden_now if hidden else names).add(u)
         since = self.clock() - r.minutes * 60
         names.update(u.name for u in self.users.values()
                      if u.last_seen is not None and u.last_seen >= since and not u.last_seen_hidden
@@ -116,7 +120,11 @@ class Commands(CoreBase):
         """
         stored = self.sends.get(s.user, cid)
         assert stored is not None, "callers replay only a send id they found"
+        waiting = self._pending_bcasts.get((s.user, cid))
         fields = msgspec.json.decode(stored.reply)
+        if waiting is not None and fields.get("digest", digest) == digest:  # not numbered yet (shared store)
+            waiting.append((s.rid, req, True))  # answered with the first when it is
+            return
         if fields.pop("digest", digest) != digest:
             raise ProtocolError(ErrorCode.DUPLICATE_ID, f"the send id '{cid}' was already used for another message")
         status = fields.pop("status")
@@ -131,13 +139,16 @@ class Commands(CoreBase):
         digest = content_digest([], r.text)
         if self.seq >= MAX_COUNTER:
             raise ProtocolError(ErrorCode.INTERNAL, "the sequence numbers are exhausted (2^53)")
-        event = m.Event(self.seq + 1, self.clock(), "bcast", s.user, text=r.text, cid=r.id)
+        event = m.Event(self._next_seq(), self.clock(), "bcast", s.user, text=r.text, cid=r.id)
         fields = {"seq": event.seq, "ts": event.ts}
         if not self._claim_send(s.user, r.id, event.ts, wire.encode_json({"status": "ok", "digest": digest, **fields})):
             self._replay(s, r.req, r.id, digest)
             return
         self._publish(event)
-        self._ok(s.rid, BroadcastReply(req=r.req, seq=event.seq, ts=event.ts, dup=False))
+        if self.shared:  # answered with its number when it comes back from the log (Remote._logged)
+            self._pending_bcasts.setdefault((s.user, r.id), []).append((s.rid, r.req, False))
+        else:
+            self._ok(s.rid, BroadcastReply(req=r.req, seq=event.seq, ts=event.ts, dup=False))
 
     def _send(self, s: Session, r: m.Send) -> None:
         """Store a private message in each known recipient's mailbox; push it to those online.
@@ -157,8 +168,8 @@ class Commands(CoreBase):
         if not known:
             self._refuse_send(s, r, digest, unknown, full)
             return
-        if self.last_mail_id + len(known) > MAX_COUNTER:
-            raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53)")
+        if self.last_mail_id + len(known) > self.mail_id_limit:
+            raise ProtocolError(ErrorCode.INTERNAL, "the mail ids are exhausted (2^53, or this broker's lease)")
         now = self.clock()
         ids = {name: self.last_mail_id + k for k, name in enumerate(known, 1)}
         busy_now = [rs for rs in (self.by_user.get(n) for n in known)
@@ -218,20 +229,22 @@ class Commands(CoreBase):
             counts[name] = counts.get(name, 0) + 1
             changes.append((name, 1))
             recipient = by_user.get(name)
-            if recipient is None:
-                continue
-            if recipient.busy or recipient.detached:
-                recipient.backlog = True
-            else:
+            if recipient is not None:
                 self._deliver_new(recipient, msg)
 
     def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:
-        if rs.backlog or len(rs.inflight) >= self.cfg.mail_window:
+        """Push `msg`, new in the mailbox of session `rs`, now if it may (not busy or detached,
+        room in the window, nothing older waiting), else leave it to the pump. With a shared
+        store, mail of other brokers' leases can come with an id below the cursor: it is held as
+        dropped (pushed first by the pump), since the pump reads only beyond the cursor."""
+        if rs.busy or rs.detached or rs.backlog or len(rs.inflight) >= self.cfg.mail_window:
             rs.backlog = True
+            if msg.id < rs.cursor:
+                rs.dropped.add(msg.id)
             self._pump(rs)
             return
         rs.inflight.add(msg.id)
-        rs.cursor = msg.id
+        rs.cursor = max(rs.cursor, msg.id)
         self._out.router.append((rs.rid, wire.MSG, wire.encode_json(msg), msg.id))  # _push of wire.encode_msg
 
     def _pump(self, s: Session) -> None:
@@ -318,10 +331,12 @@ class Commands(CoreBase):
 
     def _hide(self, s: Session, r: m.Hide) -> None:
         s.hidden = True
+        self._tell_others(OnlineNotice(s.user, self.broker_id, s.since, True))
         self._ok(s.rid, EmptyReply(req=r.req))
 
     def _appear(self, s: Session, r: m.Appear) -> None:
         s.hidden = False
+        self._tell_others(OnlineNotice(s.user, self.broker_id, s.since, False))
         self._ok(s.rid, EmptyReply(req=r.req))
 
     def _status(self, s: Session, r: m.Status) -> None:

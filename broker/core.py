@@ -11,7 +11,8 @@ needs (accounts, counters, mailbox sizes, send ids) is loaded at start and kept 
 
 The handlers are split by concern over mixins of the one BrokerCore class: broker.commands (session
 commands, mailbox delivery), broker.accounts (hello, register, login, argon2id results) and
-broker.links (ZAP, connections, PUB subscriptions and heartbeats). All of them derive from
+broker.links (ZAP, connections, PUB subscriptions and heartbeats) and broker.remote (what other
+brokers of a shared store tell through the backplane). All of them derive from
 broker.corebase.CoreBase: the shared state with its types, and the output queue with its undo.
 """
 
@@ -26,8 +27,10 @@ from zmq_chat.broker.commands import Commands
 from zmq_chat.broker.config import Config
 from zmq_chat.broker.connections import Conn, ConnTable
 from zmq_chat.broker.corebase import Output
+from zmq_chat.broker.feed import OfflineNotice
 from zmq_chat.broker.links import Links
 from zmq_chat.broker.ratelimit import KeyedBuckets, TokenBucket
+from zmq_chat.broker.remote import Remote
 from zmq_chat.broker.sendids import SendIds
 from zmq_chat.broker.session import Session
 from zmq_chat.broker.storage import Store
@@ -48,7 +51,7 @@ CUT_GRACE = 2.0
 """Seconds between ending a silent session and cutting its connection (the `end` push goes first)."""
 
 
-class BrokerCore(Commands, Accounts, Links):
+class BrokerCore(Commands, Accounts, Links, Remote):
     """All broker state: sessions, connections, lockouts, pending argon2id work, the sequence counter.
 
     Args:
@@ -60,10 +63,11 @@ class BrokerCore(Commands, Accounts, Links):
         peer_behind: tells whether the peer on a connection fd leaves more than --backlog-limit
             bytes unread (the loop reads SIOCOUTQ; tests inject a fake). Large replies are refused
             with E_OVERLOADED while it does.
+        broker_id: this broker's id in a shared store's backplane (store.shared; "" otherwise).
     """
 
     def __init__(self, config: Config, store: Store, pub_port: int, clock: Callable[[], float] = time.time,
-                 peer_behind: Callable[[int], bool] = lambda fd: False) -> None:
+                 peer_behind: Callable[[int], bool] = lambda fd: False, broker_id: str = "") -> None:
         self.cfg = config
         self.store = store
         self.pub_port = pub_port
@@ -80,6 +84,12 @@ class BrokerCore(Commands, Accounts, Links):
         self.last_mail_id = snap.last_mail_id
         self.mail_counts = snap.mail_counts
         self.sends = SendIds(snap.sends)
+        self.shared = store.shared
+        self.broker_id = broker_id
+        self.epoch = snap.epoch
+        self.mail_id_limit = snap.mail_id_limit
+        self.remote = dict(snap.online)
+        self._pending_bcasts = {}
         self.stopping = False
         self._current_req = None
         self._out = Output()
@@ -239,6 +249,7 @@ class BrokerCore(Commands, Accounts, Links):
             if cut:  # after a grace period, so the `end` push can still leave
                 self._later_cuts.append((self.clock() + CUT_GRACE, conn, False))
         self._record_end(s.user, self.clock(), s.hidden, s.busy_seq if s.busy else self.seq)
+        self._tell_others(OfflineNotice(s.user, self.broker_id))
         if reason:
             self._push(s.rid, wire.encode_end(reason, message))
         if presence:

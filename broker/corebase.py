@@ -65,6 +65,12 @@ class CoreBase(ABC):
     per batch: the request id being handled, the queued output, delayed cuts (when, connection,
     even if in use), and what the request changed for _undo (mail counts (name, change), send
     ids claimed, accounts created), large-reply bytes queued per routing id this batch.
+
+    With a shared store (shared True, docs/scaling.md): broker_id names this broker in the
+    backplane; epoch is the log's id (login reply); mail ids stay <= mail_id_limit (this broker's
+    lease); remote holds the sessions on other brokers (user -> (broker id, since, hidden));
+    _pending_bcasts the broadcasts waiting for their log entry ((sender, send id) -> [(routing id,
+    req, a retry)]): the store numbers events, so a broadcast is answered when it comes back numbered.
     """
 
     cfg: Config
@@ -83,6 +89,12 @@ class CoreBase(ABC):
     sends: SendIds
     stopping: bool
     user_buckets: KeyedBuckets
+    shared: bool
+    broker_id: str
+    epoch: str
+    mail_id_limit: int
+    remote: dict[str, tuple[str, float, bool]]
+    _pending_bcasts: dict[tuple[str, str], list[tuple[bytes, int, bool]]]
     _current_req: int | None
     _out: Output
     _later_cuts: list[tuple[float, Conn, bool]]
@@ -99,6 +111,10 @@ class CoreBase(ABC):
     @abstractmethod
     def _pump(self, s: Session) -> None:
         """Push mailbox messages of `s` while its window has room (broker.commands)."""
+
+    @abstractmethod
+    def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:
+        """Push `msg`, new in the mailbox of `rs`, now or through the pump (broker.commands)."""
 
     @abstractmethod
     def _drop_jobs(self, conn: Conn) -> None:
@@ -129,14 +145,25 @@ class CoreBase(ABC):
     def _presence(self, s: Session, event: str) -> None:
         """Publish a presence event (`event`: "login", "logout", ...) of `s`, unless it is hidden."""
         if not s.hidden and self.seq < MAX_COUNTER:  # past 2^53 presence is no longer published
-            self._publish(m.Event(self.seq + 1, self.clock(), "presence", s.user, event=event))
+            self._publish(m.Event(self._next_seq(), self.clock(), "presence", s.user, event=event))
+
+    def _next_seq(self) -> int:
+        """The seq of a new event: the next one; 0 with a shared store, which numbers it at commit."""
+        return 0 if self.shared else self.seq + 1
 
     def _publish(self, event: m.Event) -> None:
-        """Log `event` (its seq becomes the newest) and queue it on the PUB."""
-        self.seq = event.seq
+        """Log `event` (its seq becomes the newest) and queue it on the PUB. With a shared store
+        (event.seq 0) it is only logged: the PUB gets it when it comes back numbered (Remote)."""
         topic, body = wire.encode_event(event)
         self.batch.add_event(event, body)
-        self._out.pub.append((topic, body))
+        if not self.shared:
+            self.seq = event.seq
+            self._out.pub.append((topic, body))
+
+    def _tell_others(self, notice: object) -> None:
+        """Append a broker.feed notice for the other brokers of a shared store (else nothing)."""
+        if self.shared:
+            self.batch.notices.append(notice)
 
     # -- a request's changes and their undoing --------------------------------------------------------
     def _mark(self) -> Mark:

@@ -86,11 +86,11 @@ class OfflineNotice(msgspec.Struct, frozen=True):
 class DupNotice(msgspec.Struct, frozen=True):
     """A send id of this broker's commit was already in the shared store (a client retried a send
     on this broker that another broker had stored): nothing of that send was stored again. reply:
-    the stored first reply (JSON bytes, SendRecord.reply, with `status` and `digest`)."""
+    the stored first reply (str holding the JSON of SendRecord.reply, with `status` and `digest`)."""
 
     sender: str
     cid: str
-    reply: bytes
+    reply: str
 
 
 class EpochLost(msgspec.Struct, frozen=True):

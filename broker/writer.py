@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable
 
-from zmq_chat.broker.storage import Snapshot, Store, WriteBatch
+from zmq_chat.broker.storage import Snapshot, Store, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class CommitWriter:
         self._thread.start()
 
     # -- the loop's side ------------------------------------------------------------------------
+    def claim_user(self, record: UserRecord) -> bool:
+        """The wrapped shared store's claim_user (broker.redisstore; called on a hashing thread):
+        True when the account was stored, False when the name is taken. Raises what it raises."""
+        return self.store.claim_user(record)  # type: ignore[attr-defined]
+
     @property
     def shared(self) -> bool:
         """The wrapped store's `shared` (broker.storage.Store)."""

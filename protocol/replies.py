@@ -112,8 +112,8 @@ class LoginReply(Reply, kw_only=True):
     (float, epoch seconds, session start); heartbeat_interval, heartbeat_timeout, idle_timeout,
     pub_heartbeat (float seconds, 9.5 and 7.4); max_message_chars (int); dup (bool: a retried
     login answered with the first reply's fields, 9.2); epoch (str, the event log's id, 9.4: a
-    different epoch than last time means the old log and its numbers are gone; "" from a broker
-    older than the field). The client's session parameters."""
+    different epoch than last time means the old log and its numbers are gone). The client's
+    session parameters."""
 
     user: str
     pub_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -126,7 +126,7 @@ class LoginReply(Reply, kw_only=True):
     max_message_chars: Count
     pub_heartbeat: Seconds
     dup: bool
-    epoch: str = ""
+    epoch: str
 
 
 class LogoutReply(Reply, kw_only=True):

@@ -51,11 +51,12 @@ def test_login_reply_fields_and_presence_after_the_reply(rig):
     a = rig.connect()
     reply = ok(rig.call(a, "login", user="alice", password=PASSWORD), "login",
                "user", "pub_port", "seq", "since", "since_ts", "heartbeat_interval", "heartbeat_timeout",
-               "idle_timeout", "max_message_chars", "pub_heartbeat", "dup")
-    assert reply | {"req": 0} == {
+               "idle_timeout", "max_message_chars", "pub_heartbeat", "epoch", "dup")
+    assert reply["epoch"] == rig.store.load(0).epoch != ""  # the log's id (docs 9.4)
+    assert reply | {"req": 0, "epoch": ""} == {
         "req": 0, "status": "ok", "user": "alice", "pub_port": 4120, "seq": 2, "since": 1,
         "since_ts": rig.clock.now, "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0,
-        "idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": False}
+        "idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "epoch": "", "dup": False}
     assert rig.events("presence")[-1] == m.Event(3, rig.clock.now, "presence", "alice", event="login")
     assert rig.core.seq == 3
 

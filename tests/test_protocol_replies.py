@@ -94,7 +94,7 @@ SAMPLES: dict[bytes, r.Reply] = {
     b"register": r.RegisterReply(req=2, user="alice", dup=False),
     b"login": r.LoginReply(req=3, user="alice", pub_port=4120, seq=41, since=39, since_ts=1732170000.0,
                            heartbeat_interval=5.0, heartbeat_timeout=15.0, idle_timeout=1800.0,
-                           max_message_chars=1000, pub_heartbeat=2.0, dup=True),
+                           max_message_chars=1000, pub_heartbeat=2.0, epoch="5f0c2a9e", dup=True),
     b"logout": r.LogoutReply(req=4, session=False),
     b"who": r.UsersReply(req=5, users=["alice", "bob"], truncated=False),
     b"last": r.UsersReply(req=6, users=["alice"], truncated=True),
@@ -140,7 +140,8 @@ def test_doc_examples_decode():
     """The replies of the worked example (section 10)."""
     login = (b'{"req": 2, "status": "ok", "user": "alice", "pub_port": 4120, "seq": 41, "since": 39, '
              b'"since_ts": 1732170000.0, "heartbeat_interval": 5.0, "heartbeat_timeout": 15.0, '
-             b'"idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "dup": false}')
+             b'"idle_timeout": 1800.0, "max_message_chars": 1000, "pub_heartbeat": 2.0, "epoch": "5f0c2a9e", '
+             b'"dup": false}')
     reply = r.decode_reply(b"login", login)
     assert isinstance(reply, r.LoginReply) and (reply.since, reply.pub_port, reply.idle_timeout) == (39, 4120, 1800.0)
     send = (b'{"req": 5, "status": "error", "code": "E_UNKNOWN_USER", "message": "no such user: zed (sent to bob)",'

@@ -1,0 +1,109 @@
+"""What the other brokers of a shared store tell this one (broker.feed records read back by the
+Backplane), applied to the core's state. A mixin of broker.core.BrokerCore; pure, like the others.
+
+- LogEvent: every broker publishes every logged event on its own PUB, in seq order (the store
+  numbered it at commit); the broadcast of a client of this broker is answered here, numbered.
+- MailNotice, AckNotice: mailbox sizes follow (for --mailbox-quota); new mail for a user in session
+  here is pushed (Commands._deliver_new).
+- UserNotice, SeenNotice: accounts and last-seen times (for login, send, `last`).
+- OnlineNotice, OfflineNotice: who is in session where (`who`, `last`); of two sessions of one user
+  the later login stays ((since, broker id) decides), the other ends with `replaced`, as on one broker.
+- DupNotice: a send id was stored by another broker first (a client retried there, then here):
+  nothing was stored again; a waiting broadcast is answered with the first reply.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from zmq_chat.broker.corebase import CoreBase
+from zmq_chat.broker.feed import (
+    AckNotice, DupNotice, FeedItem, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
+)
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.replies import BroadcastReply
+
+log = logging.getLogger(__name__)
+
+_event = msgspec.json.Decoder(m.Event)
+
+
+class Remote(CoreBase):
+    """Backplane items; mixed into BrokerCore (the state they use: broker.corebase.CoreBase)."""
+
+    def on_backplane(self, items: list[FeedItem]) -> None:
+        """Apply `items` (broker.feed records, in the order read). A bad item is logged and
+        skipped: it never stops the others. broker.feed.EpochLost is the loop's (it stops)."""
+        for item in items:
+            try:
+                self._apply(item)
+            except Exception:
+                log.exception("internal error applying a backplane item %s", type(item).__name__)
+
+    def _apply(self, item: FeedItem) -> None:
+        if isinstance(item, LogEvent):
+            self._logged(item)
+        elif isinstance(item, MailNotice):
+            msg = item.msg
+            self.mail_counts[msg.to] = self.mail_counts.get(msg.to, 0) + 1
+            rs = self.by_user.get(msg.to)
+            if rs is not None and msg.id not in rs.inflight:
+                self._deliver_new(rs, msg)
+        elif isinstance(item, AckNotice):
+            self.mail_counts[item.user] = max(0, self.mail_counts.get(item.user, 0) - item.removed)
+        elif isinstance(item, UserNotice):
+            self.users.setdefault(item.record.name, item.record)
+        elif isinstance(item, SeenNotice):
+            record = self.users.get(item.user)
+            if record is not None:
+                record.last_seen, record.last_seen_hidden, record.last_seq = item.when, item.hidden, item.last_seq
+        elif isinstance(item, OnlineNotice):
+            self._online_elsewhere(item)
+        elif isinstance(item, OfflineNotice):
+            if self.remote.get(item.user, ("",))[0] == item.broker:
+                del self.remote[item.user]
+        elif isinstance(item, DupNotice):
+            self._dup(item)
+
+    def _logged(self, item: LogEvent) -> None:
+        """Publish a numbered event on the PUB; answer the broadcast it is, if it was sent here."""
+        if item.seq <= self.seq:
+            return  # read already (the reader starts where load() left off; a repeat is dropped)
+        if item.seq > self.seq + 1 and self.seq:
+            log.warning("event log: seq %d follows %d; the events between were pruned before this broker read "
+                        "them (clients repair what history still holds)", item.seq, self.seq)
+        self.seq = item.seq
+        event = _event.decode(item.body)
+        self._out.pub.append((event.kind.encode("ascii"), item.body))
+        if event.kind != "bcast" or not event.cid:
+            return
+        waiting = self._pending_bcasts.pop((event.user, event.cid), None)
+        record = self.sends.get(event.user, event.cid)
+        if record is not None and waiting is not None:
+            record.reply = record.reply.replace(b'"seq":0,', b'"seq":%d,' % item.seq, 1)
+        for rid, req, dup in waiting or ():
+            self._ok(rid, BroadcastReply(req=req, seq=item.seq, ts=event.ts, dup=dup))
+
+    def _online_elsewhere(self, item: OnlineNotice) -> None:
+        """`item.user` is in session on another broker: remember where; end the session here if
+        that login is the later one (the same rule as two logins on one broker: the newer wins)."""
+        self.remote[item.user] = (item.broker, item.since, item.hidden)
+        s = self.by_user.get(item.user)
+        if s is not None and (item.since, item.broker) > (s.since, self.broker_id):
+            log.info("session replaced user=%s (logged in on broker %s)", s.user, item.broker)
+            self._end(s, None, "replaced", "you logged in from another place; this session ends")
+
+    def _dup(self, item: DupNotice) -> None:
+        """Our commit found `item.cid` of `item.sender` stored by another broker: keep its first
+        reply for later retries; answer a broadcast waiting for its number with it (dup)."""
+        record = self.sends.get(item.sender, item.cid)
+        if record is not None:
+            record.reply = item.reply.encode()
+        waiting = self._pending_bcasts.pop((item.sender, item.cid), None)
+        if not waiting:
+            return
+        fields = msgspec.json.decode(item.reply)
+        for rid, req, _ in waiting:
+            self._ok(rid, BroadcastReply(req=req, seq=fields.get("seq", 0), ts=fields.get("ts", 0.0), dup=True))
