@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import uuid
 
 from zmq_chat.broker.sendids import MAX_IDS
 from zmq_chat.broker.storage import SendRecord, Snapshot, UserRecord, WriteBatch
@@ -19,7 +20,7 @@ class MemoryStore:
 
     Attributes (read them in tests): users {name: UserRecord}, mail {mail id: PrivateMessage},
     events {seq: JSON body bytes}, sends {(sender, cid): SendRecord}, seq, last_mail_id, commits
-    (how many non-empty batches were committed).
+    (how many non-empty batches were committed), epoch (uuid4 hex, new per instance).
 
     Every send id is kept in `sends` (a private one too, whatever SendRecord.mail_id says), so an
     acked message's id stays loadable until pruned, as in SqliteStore; an ack deletes its mail at
@@ -37,6 +38,7 @@ class MemoryStore:
         self.last_mail_id = 0
         self.commits = 0
         self.closed = False
+        self.epoch = uuid.uuid4().hex
 
     def load(self, sends_since: float) -> Snapshot:
         """A deep copy of the state (the core must not share records with the store)."""
@@ -44,7 +46,7 @@ class MemoryStore:
         for msg in self.mail.values():
             counts[msg.to] = counts.get(msg.to, 0) + 1
         sends = sorted((x for x in self.sends.values() if x.ts >= sends_since), key=lambda x: x.ts)[-MAX_IDS:]
-        return Snapshot(copy.deepcopy(self.users), self.seq, self.last_mail_id, counts, sends)
+        return Snapshot(copy.deepcopy(self.users), self.seq, self.last_mail_id, counts, sends, self.epoch)
 
     def commit(self, batch: WriteBatch) -> None:
         """Apply `batch` (in WriteBatch's order)."""

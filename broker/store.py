@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -128,6 +129,7 @@ class SqliteStore:
             self.db.execute("PRAGMA cache_size=-65536")  # KiB: 64 MiB keeps the indexes hot
             self.db.execute("SELECT value FROM json_each('[1]')")  # acks need JSON1: fail at open, not at an ack
             self._migrate()
+            self.epoch = self._epoch()
             # Reads get their own connection: the writer thread (broker.writer) commits on `db`
             # while the loop reads here; WAL lets a reader see the last commit without waiting.
             self.reader = sqlite3.connect(path / "chat.sqlite3", isolation_level=None, check_same_thread=False)
@@ -170,7 +172,13 @@ class SqliteStore:
             "SELECT name, hash, created, last_seen, last_seen_hidden, last_seq FROM users")}
         counts = dict(db.execute("SELECT recipient, count(*) FROM mailbox WHERE acked = 0 GROUP BY recipient").fetchall())
         seq = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
-        return Snapshot(users, seq, _last_mail_id(db), counts, self._recent_sends(sends_since))
+        return Snapshot(users, seq, _last_mail_id(db), counts, self._recent_sends(sends_since), self.epoch)
+
+    def _epoch(self) -> str:
+        """The log's epoch (Snapshot.epoch) from `meta`, made when missing: at the database's
+        creation, or at the first open of a database made before epochs."""
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (_new_epoch(),))
+        return str(self.db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
 
     def _recent_sends(self, since: float) -> list[SendRecord]:
         """The newest MAX_IDS send ids (broker.sendids keeps no more) stored at or after `since`,
@@ -313,6 +321,15 @@ def _last_mail_id(db: sqlite3.Connection) -> int:
     """The highest mail id ever stored (AUTOINCREMENT's counter: deleted rows' ids stay used)."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'").fetchone()
     return row[0] if row else 0
+
+
+def _new_epoch() -> str:
+    """A uuid4 hex with a letter other than `e` in it: meta.value has INTEGER affinity, which
+    would turn a text that reads as a number (all digits, or digits around one `e`) into one."""
+    while True:
+        epoch = uuid.uuid4().hex
+        if any(c in "abcdf" for c in epoch):
+            return epoch
 
 
 def _lock_dir(path: Path) -> int:

@@ -58,3 +58,13 @@ def peers(ctx):
     yield make
     for p in made:
         p.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server (tests/redis_server.py: RedisServer, with url, client(), kill9(),
+    restart()) on a free 127.0.0.1 port, killed after the test; skips when none is installed."""
+    from tests.redis_server import running_redis
+
+    with running_redis(tmp_path / "redis") as server:
+        yield server

@@ -155,3 +155,46 @@ def test_a_failed_commit_keeps_the_sweep_where_it_was(tmp_path):
         assert _rows(store) == [(2, 0, "text 2")]
     finally:
         store.close()
+
+
+def test_the_epoch_is_made_with_the_database_kept_by_reopening_and_added_to_an_older_one(tmp_path):
+    first = SqliteStore(tmp_path / "a")
+    epoch = first.load(0.0).epoch
+    first.close()
+    again = SqliteStore(tmp_path / "a")
+    try:
+        assert again.load(0.0).epoch == epoch and len(epoch) == 32 and int(epoch, 16) >= 0
+        again.db.execute("DELETE FROM meta WHERE key = 'epoch'")  # as a database made before epochs
+    finally:
+        again.close()
+    other = SqliteStore(tmp_path / "b")  # a new data directory: a new log, a new epoch
+    try:
+        assert other.load(0.0).epoch not in ("", epoch)
+    finally:
+        other.close()
+    added = SqliteStore(tmp_path / "a")
+    try:
+        new = added.load(0.0).epoch
+        assert new not in ("", epoch)
+    finally:
+        added.close()
+    kept = SqliteStore(tmp_path / "a")
+    try:
+        assert kept.load(0.0).epoch == new
+    finally:
+        kept.close()
+    _write_v1(tmp_path / "v1")  # a schema 1 directory gets one at its migration
+    migrated = SqliteStore(tmp_path / "v1")
+    try:
+        assert len(migrated.load(0.0).epoch) == 32
+    finally:
+        migrated.close()
+
+
+def test_an_epoch_is_never_stored_as_a_number(monkeypatch):
+    import uuid
+
+    draws = iter([uuid.UUID("12345678901234567890123456789012"), uuid.UUID("1234567890e234567890123456789012"),
+                  uuid.UUID("1234567890e2345678a0123456789012")])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    assert zmq_chat.broker.store._new_epoch() == "1234567890e2345678a0123456789012"

@@ -1,0 +1,213 @@
+"""The reading side of the Redis store (broker.feed.Backplane): a daemon thread with its own
+connection that reads the event log (zc:log) and the feed (zc:feed) from where RedisStore.load()
+left them, keeps this broker alive in Redis, watches the epoch, and reaps dead brokers.
+
+Every read is `XREAD BLOCK 200 COUNT 1000 STREAMS zc:log zc:feed <log pos> <feed pos>`: log
+entries become LogEvents (in seq order), feed entries the broker.feed struct of their kind, less
+this broker's own notices (but only its own DupNotices). Every `interval` seconds (1, or ttl / 3
+when shorter) one script (broker.redislua.TICK) refreshes `zc:broker:<id>` (expires after ttl),
+checks zc:epoch (changed or gone: an EpochLost item, and the thread stops) and names the brokers
+of zc:brokers without a liveness key; each is reaped by broker.redislua.REAP, atomically and once
+across all brokers: its sessions end (presence `lost` unless hidden, last seen, OfflineNotice).
+
+A lost connection is retried with backoff (0.1 s doubling to 2 s), logged once per outage; the
+loop never waits for any of this: it only calls drain().
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import msgspec
+import redis
+
+from zmq_chat.broker import redislua
+from zmq_chat.broker.feed import (
+    AckNotice, DupNotice, EpochLost, FeedItem, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice,
+    UserNotice,
+)
+from zmq_chat.broker.redisstore import client
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import encode_json
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 200
+"""Milliseconds one XREAD waits for new entries (also how late a stop or a tick may come)."""
+READ_COUNT = 1000
+"""Entries per stream one XREAD returns at most."""
+
+_DECODERS: dict[bytes, msgspec.json.Decoder] = {
+    b"mail": msgspec.json.Decoder(MailNotice), b"ack": msgspec.json.Decoder(AckNotice),
+    b"user": msgspec.json.Decoder(UserNotice), b"seen": msgspec.json.Decoder(SeenNotice),
+    b"online": msgspec.json.Decoder(OnlineNotice), b"offline": msgspec.json.Decoder(OfflineNotice),
+    b"dup": msgspec.json.Decoder(DupNotice),
+}
+_online = msgspec.json.Decoder(OnlineNotice)
+
+
+class RedisBackplane:
+    """broker.feed.Backplane on Redis (made by RedisStore.backplane()).
+
+    Args:
+        url: the store's Redis URL. broker_id: this broker's id (RedisStore.broker_id).
+        epoch: zc:epoch as loaded. log_seq: the newest seq the Snapshot holds (reading starts
+            after it). feed_id: the feed's newest entry id at load (bytes or str, "0-0" for none).
+        ttl: seconds this broker's liveness key lives without a refresh (others reap it after).
+        clock: seconds since the epoch (time.time), for the reaped sessions' last-seen time.
+    Attributes: reaped (sessions this broker ended by reaping, for tests and the log).
+    """
+
+    def __init__(self, url: str, broker_id: str, epoch: str, log_seq: int, feed_id: bytes | str, ttl: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.broker_id = broker_id
+        self.epoch = epoch
+        self.ttl = ttl
+        self.interval = min(1.0, ttl / 3)
+        self.clock = clock
+        self.reaped = 0
+        self._positions: dict[str, bytes | str] = {"zc:log": f"{log_seq}-0", "zc:feed": feed_id}
+        # its own connection (no pool sharing with the store): a blocked XREAD holds it
+        self._db = client(url, socket_connect_timeout=5.0, socket_timeout=BLOCK_MS / 1000 + 10.0)
+        self._tick = self._db.register_script(redislua.TICK)
+        self._reap = self._db.register_script(redislua.REAP)
+        self._items: list[FeedItem] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake: Callable[[], None] = lambda: None
+        self._next_tick = 0.0
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Start the reading thread; it calls `wake()` when items are ready (from that thread).
+        Refreshes this broker's liveness before it returns, when Redis answers (so no other
+        broker takes it for dead), else the thread keeps trying."""
+        self._wake = wake
+        try:
+            if not self._tick_once(reap=False):
+                return  # EpochLost is waiting in drain()
+        except redis.RedisError as exc:
+            log.warning("backplane: Redis not reachable at start (%s); retrying", exc)
+        self._next_tick = 0.0  # the thread's first tick reaps
+        self._thread = threading.Thread(target=self._run, name="redis-backplane", daemon=True)
+        self._thread.start()
+
+    def drain(self) -> list[FeedItem]:
+        """The items read since the last call, each stream in its order (LogEvents by seq)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def close(self) -> None:
+        """Stop the thread (within about BLOCK_MS), remove this broker's liveness key and its id
+        from zc:brokers (its sessions are not reaped: the broker ended them itself)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=BLOCK_MS / 1000 + 12.0)
+        try:
+            self._db.delete(f"zc:broker:{self.broker_id}")
+            self._db.srem("zc:brokers", self.broker_id)
+        except redis.RedisError as exc:
+            log.warning("backplane: could not remove broker %s from Redis at close: %s", self.broker_id, exc)
+        self._db.close()
+
+    # -- the thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff, down = 0.1, False
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= self._next_tick and not self._tick_once():
+                    return  # the epoch is lost: nothing more is read
+                self._read()
+                if down:
+                    log.warning("backplane: Redis reachable again")
+                backoff, down = 0.1, False
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if not down:
+                    log.warning("backplane: lost Redis (%s); retrying with backoff", exc)
+                down = True
+                self._stop.wait(backoff)
+                backoff = min(2.0, backoff * 2)
+            except Exception:  # a bug must not end the thread silently
+                log.exception("backplane: internal error; retrying")
+                self._stop.wait(1.0)
+
+    def _read(self) -> None:
+        """One XREAD of both streams; appends what it read and wakes the loop."""
+        reply = self._db.xread(self._positions, count=READ_COUNT, block=BLOCK_MS)
+        if not reply:
+            return
+        items: list[FeedItem] = []
+        for stream, entries in reply:
+            is_log = stream in (b"zc:log", "zc:log")
+            for entry_id, fields in entries:
+                item = self._log_item(entry_id, fields) if is_log else self._feed_item(fields)
+                if item is not None:
+                    items.append(item)
+            self._positions["zc:log" if is_log else "zc:feed"] = entries[-1][0]
+        if items:
+            self._push(items)
+
+    @staticmethod
+    def _log_item(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEvent:
+        return LogEvent(int(entry_id.split(b"-", 1)[0]), fields[b"b"])
+
+    def _feed_item(self, fields: dict[bytes, bytes]) -> FeedItem | None:
+        """The notice of one feed entry, or None: this broker's own (but a dup only if its own),
+        or an unknown kind or undecodable body (logged)."""
+        kind, own = fields.get(b"k", b""), fields.get(b"o", b"").decode() == self.broker_id
+        if own != (kind == b"dup"):
+            return None
+        decoder = _DECODERS.get(kind)
+        try:
+            if decoder is None:
+                raise ValueError(f"unknown kind {kind!r}")
+            item: FeedItem = decoder.decode(fields[b"b"])
+            return item
+        except (ValueError, KeyError, msgspec.DecodeError) as exc:
+            log.error("backplane: a feed entry was skipped: %s", exc)
+            return None
+
+    def _push(self, items: list[FeedItem]) -> None:
+        with self._lock:
+            self._items += items
+        self._wake()
+
+    def _tick_once(self, reap: bool = True) -> bool:
+        """Refresh the liveness key, check the epoch, reap the dead brokers (if `reap`). False
+        when the epoch is lost (an EpochLost item was pushed)."""
+        self._next_tick = time.monotonic() + self.interval
+        try:
+            dead = self._tick(args=[self.epoch, self.broker_id, max(1, int(self.ttl * 1000))])
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("EPOCH"):
+                raise
+            now = self._db.get("zc:epoch")
+            reason = (f"the Redis store's epoch is {now.decode() if now else 'gone'}, not {self.epoch}: "
+                      "its data was lost or replaced")
+            log.critical("backplane: %s", reason)
+            self._push([EpochLost(reason)])
+            return False
+        for broker in dead if reap else ():
+            self._reap_one(broker.decode())
+        return True
+
+    def _reap_one(self, dead: str) -> None:
+        """End the sessions zc:online holds for the dead broker `dead` (one REAP script; it does
+        nothing when another broker reaped it first)."""
+        now = self.clock()
+        args: list[Any] = [self.epoch, dead, repr(float(now))]
+        for user, body in self._db.hgetall("zc:online").items():
+            notice = _online.decode(body)
+            if notice.broker != dead:
+                continue
+            lost = encode_json(m.Event(0, now, "presence", notice.user, event="lost"))
+            args += [user, body, "1" if notice.hidden else "0", lost, encode_json(OfflineNotice(notice.user, dead))]
+        ended = self._reap(args=args)
+        if ended >= 0:
+            self.reaped += ended
+            log.info("backplane: broker %s is gone (no liveness for %.1f s): %d of its sessions ended", dead,
+                     self.ttl, ended)
