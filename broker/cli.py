@@ -20,7 +20,7 @@ from zmq_chat.broker.keys import BrokerKeys, KeyFileError, check_private, load_o
 from zmq_chat.broker.limits import clients_held, files_needed, raise_open_files_limit
 from zmq_chat.broker.ready import ReadyInfo, remove_ready_file, write_ready_file
 from zmq_chat.broker.sockets import port_of
-from zmq_chat.broker.storage import StoreError, UserRecord, WriteBatch
+from zmq_chat.broker.storage import Store, StoreError, UserRecord, WriteBatch
 from zmq_chat.broker.store import SqliteStore
 from zmq_chat.protocol.errors import ProtocolError
 from zmq_chat.protocol.validation import validate_password, validate_username
@@ -52,7 +52,7 @@ def _add_numbers(p: argparse.ArgumentParser, flags: list[NumberFlag]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of chat-broker (every flag, with units in its help)."""
     d = Config()
-    p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB, SQLite store)")
+    p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB; SQLite store, or Redis shared by several brokers)")
     _add_endpoint_flags(p, d)
     _add_session_flags(p, d)
     p.add_argument("--print-key", action="store_true",
@@ -85,7 +85,17 @@ def _add_endpoint_flags(p: argparse.ArgumentParser, d: Config) -> None:
          "key endpoint port: serves the broker's public key in clear for trust on first use (default port+2)"),
     ])
     p.add_argument("--bind", default=d.bind, help="interface address to bind (default * = all; 127.0.0.1 for local only)")
-    p.add_argument("--data-dir", default=d.data_dir, help="directory of the SQLite store (default ./chat-data)")
+    p.add_argument("--data-dir", default=d.data_dir,
+                   help="directory of the broker's key pair and of the SQLite store (default ./chat-data)")
+    p.add_argument("--store", default=d.store, metavar="redis://HOST:PORT/DB",
+                   help="keep accounts, mailboxes and the event log in this Redis, shared by every broker pointed at "
+                        "it: several brokers, one chat (docs/scaling.md). Default: SQLite under --data-dir")
+    p.add_argument("--accept-weak-durability", action="store_true",
+                   help="with --store: start even when Redis does not fsync every write (appendonly yes, appendfsync "
+                        "always); an ok reply then no longer means the message is on disk (warned at every start)")
+    _add_numbers(p, [("--backplane-ttl", _positive(float), d.backplane_ttl,
+                      "with --store: seconds after its last heartbeat a broker counts as dead and another broker ends "
+                      "its users' sessions (presence lost) (default 10)")])
     p.add_argument("--sync", choices=["full", "normal"], default=d.sync,
                    help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); "
                         "normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss "
@@ -148,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build a Config from parsed arguments."""
     return Config(
         port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir, sync=args.sync,
+        store=args.store, weak_durability=args.accept_weak_durability, backplane_ttl=args.backplane_ttl,
         stage_times=args.stage_times,
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
@@ -162,7 +173,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def import_users(store: SqliteStore, path: Path, min_password_chars: int, workers: int) -> tuple[int, int]:
+def import_users(store: Store, path: Path, min_password_chars: int, workers: int) -> tuple[int, int]:
     """Add accounts from `path`, one `username password` per line (the seeds' user_pass.txt form).
 
     Blank lines and lines starting with # are skipped silently; bad lines and taken names are
@@ -250,12 +261,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyFileError as exc:
         return _startup_error(str(exc))
     try:
-        store = SqliteStore(config.data_dir, synchronous=config.sync.upper())
+        store = open_store(config)
     except StoreError as exc:
         return _startup_error(str(exc))
     if args.import_users:
         return _import_file(store, args.import_users, config)
     return _serve(args, config, store, keys, created)
+
+
+def open_store(config: Config) -> Store:
+    """The store --store names (broker.redisstore.RedisStore for redis://), else SQLite under
+    --data-dir. Raises StoreError when it cannot be opened (or, for Redis, does not fsync every
+    write and --accept-weak-durability was not given)."""
+    if not config.store:
+        return SqliteStore(config.data_dir, synchronous=config.sync.upper())
+    if not config.store.startswith(("redis://", "rediss://", "unix://")):
+        raise StoreError(f"--store: expected redis://HOST:PORT/DB, got {config.store!r}")
+    from zmq_chat.broker.redisstore import RedisStore
+
+    return RedisStore(config.store, weak_durability=config.weak_durability)
+
+
+def _redact(url: str) -> str:
+    """`url` without a password (redis://:secret@host -> redis://:***@host), for the log."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.split("//", 1)[-1]:
+        return url
+    return head[:head.rindex(":") + 1] + "***@" + tail
 
 
 def _startup_error(message: str) -> int:
@@ -264,7 +296,7 @@ def _startup_error(message: str) -> int:
     return 2
 
 
-def _import_file(store: SqliteStore, path: str, config: Config) -> int:
+def _import_file(store: Store, path: str, config: Config) -> int:
     """--import-users: add the accounts of `path` (import_users) and close the store. Returns 0, or
     2 when the file cannot be read."""
     try:
@@ -277,7 +309,7 @@ def _import_file(store: SqliteStore, path: str, config: Config) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, config: Config, store: SqliteStore, keys: BrokerKeys | None, created: bool) -> int:
+def _serve(args: argparse.Namespace, config: Config, store: Store, keys: BrokerKeys | None, created: bool) -> int:
     """Bind the sockets, write the ready file (--ready-file) and run the loop until a signal stops
     it. `keys`: the key pair (None with --insecure), `created` when it was made just now. Returns
     the loop's exit status, or 2 when a port cannot be bound or the ready file cannot be written."""
@@ -298,7 +330,7 @@ def _serve(args: argparse.Namespace, config: Config, store: SqliteStore, keys: B
         log.info("created the broker key pair in %s (fingerprint %s)", Path(config.data_dir).resolve(), fingerprint)
     e = loop.endpoints
     log.info("broker started router=%s pub=%s key=%s data=%s fingerprint=%s", e["router"], e["pub"], e["key"],
-             Path(config.data_dir).resolve(), fingerprint)
+             _redact(config.store) or Path(config.data_dir).resolve(), fingerprint)
     if args.ready_file:
         try:
             write_ready_file(args.ready_file, ready_info(config, e, keys))

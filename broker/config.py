@@ -19,6 +19,9 @@ class Config:
     pub_port: int | None = None  # PUB port; None = port + 1 (or ephemeral when port is 0)
     bind: str = "*"  # interface to bind, e.g. 127.0.0.1
     data_dir: str = "./chat-data"
+    store: str = ""  # redis://HOST:PORT/DB: a store shared by several brokers; "" = SQLite under data_dir
+    weak_durability: bool = False  # accept a Redis without appendonly yes + appendfsync always (warned each start)
+    backplane_ttl: float = 10.0  # seconds after its last heartbeat a broker of a shared store counts as dead
     sync: str = "full"  # SQLite synchronous: full = fsync before every ack; normal = survives a broker crash only
     stage_times: str = ""  # path of a JSON file of per-stage latencies written at exit ("" = not recorded)
     min_password_chars: int = 8

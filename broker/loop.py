@@ -39,6 +39,7 @@ from zmq_chat.broker.sidesockets import origin
 from zmq_chat.broker.sockets import open_sockets, port_of
 from zmq_chat.broker.corebase import Output
 from zmq_chat.broker.stages import StageTimes
+from zmq_chat.broker.feed import Backplane, EpochLost
 from zmq_chat.broker.storage import Store
 from zmq_chat.broker.writer import CommitWriter
 
@@ -99,7 +100,11 @@ class BrokerLoop:
         os.set_blocking(self.wake_w, False)
         self.writer = CommitWriter(store, on_durable=self._wake, record=bool(config.stage_times))
         self.core = BrokerCore(config, self.writer, port_of(self.endpoints[PUB]),
-                               peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit))
+                               peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit),
+                               broker_id=getattr(store, "broker_id", ""))
+        self.backplane: Backplane | None = store.backplane(config.backplane_ttl) if store.shared else None  # type: ignore[attr-defined]
+        """A shared store's reader of the event log and the other brokers' notices (broker.feed)."""
+        self.exit_status = 0
         self.held: collections.deque[tuple[int, Output, tuple | None]] = collections.deque()
         """Output waiting for its batch: (writer ticket, output, stage-times token)."""
         self.stages = StageTimes() if config.stage_times else None
@@ -140,7 +145,8 @@ class BrokerLoop:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve until SIGINT/SIGTERM (or request_stop). Returns the exit status (0)."""
+        """Serve until SIGINT/SIGTERM (or request_stop). Returns the exit status: 0, or 3 when a
+        shared store lost the event log (broker.feed.EpochLost)."""
         old = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         old_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         s = self.socks
@@ -160,6 +166,8 @@ class BrokerLoop:
         sys.setswitchinterval(SWITCH_INTERVAL)
         if stages:
             stages.watch_gc()
+        if self.backplane:
+            self.backplane.start(self._wake)
         try:
             while not self.stop_requested:
                 timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle
@@ -210,7 +218,7 @@ class BrokerLoop:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             self.close()
-        return 0
+        return self.exit_status
 
     def _drain_router(self) -> None:
         recv = self.socks.router.recv
@@ -290,6 +298,14 @@ class BrokerLoop:
                 pass
         except BlockingIOError:
             pass
+        if self.backplane:
+            items = self.backplane.drain()
+            lost = [x for x in items if isinstance(x, EpochLost)]
+            if lost and not self.stop_requested:  # what was acknowledged is gone from the store: stop
+                log.error("the shared store lost this broker's event log (%s); stopping (exit status 3): "
+                          "restart the brokers, and restore the store's data if it was not meant to go", lost[0].reason)
+                self.stop_requested, self.exit_status = True, 3
+            self.core.on_backplane([x for x in items if not isinstance(x, EpochLost)])
         while True:
             try:
                 job = self.results.get_nowait()
@@ -362,6 +378,8 @@ class BrokerLoop:
         """Stop the workers, close the store (every batch is committed by then) and the sockets
         (lingering to flush)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.backplane:
+            self.backplane.close()
         try:
             self.writer.close()  # commits what is queued, then closes the store
         except Exception as exc:  # the loop raised it already; closing must still release the rest
