@@ -1,0 +1,129 @@
+"""Several brokers, one chat: real `chat-broker --store redis://...` processes on a real redis-server
+(tests/redis_server.py), clients on different brokers (issue 10, docs/scaling.md).
+
+Every wait is a deadline poll (tests.harness.Peer.wait_for); nothing asserts a timing.
+"""
+
+from __future__ import annotations
+
+import zmq
+import pytest
+
+from tests.harness import Broker, Peer, err, ok
+
+TTL = "1.5"
+"""--backplane-ttl for these brokers (seconds): a killed broker's users are reaped quickly."""
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_server):
+    """start(n) -> n brokers (insecure, on 127.0.0.1, ephemeral ports) sharing redis_server."""
+    brokers: list[Broker] = []
+
+    def start(n: int = 2, *flags: str) -> list[Broker]:
+        for _ in range(n):
+            b = Broker(tmp_path / f"b{len(brokers)}", "--insecure", "--store", redis_server.url,
+                       "--backplane-ttl", TTL, *flags)
+            brokers.append(b)
+        return brokers[-n:]
+
+    yield start
+    for b in brokers:
+        b.stop()
+
+
+def peer(ctx, broker: Broker, user: str, register: bool = True) -> Peer:
+    p = Peer(ctx, broker)
+    if register:
+        ok(p.register(user))
+    ok(p.login(user))
+    return p
+
+
+def test_a_private_and_a_group_message_cross_brokers(ctx, cluster):
+    a, b = cluster(2)
+    alice, bob = peer(ctx, a, "alice"), peer(ctx, b, "bob")
+    carol = peer(ctx, b, "carol")
+    reply = ok(alice.send("bob", "hi bob, from broker A"))
+    assert bob.wait_msgs(1)[0].text == "hi bob, from broker A"
+    group = ok(alice.send(["bob", "carol", "alice"], "team meeting"))
+    assert set(group["ids"]) == {"bob", "carol", "alice"}
+    assert [x.text for x in bob.wait_msgs(2)] == ["hi bob, from broker A", "team meeting"]
+    assert carol.wait_msgs(1)[0].id == group["ids"]["carol"]
+    assert alice.wait_msgs(1)[0].text == "team meeting"
+    ok(bob.send("alice", "hi alice, from broker B"))
+    assert alice.wait_msgs(2)[1].text == "hi alice, from broker B"
+    assert reply["ids"]["bob"] == bob.msgs[0].id
+
+
+def test_broadcasts_keep_one_global_order_on_every_broker(ctx, cluster):
+    a, b, c = cluster(3)
+    peers = [peer(ctx, x, name) for x, name in ((a, "ann"), (b, "ben"), (c, "cid"))]
+    sent = []
+    for round_ in range(5):
+        for p in peers:
+            sent.append(ok(p.broadcast(f"{p.user} {round_}"))["seq"])
+    assert len(set(sent)) == len(sent)
+    for p in peers:
+        p.wait_for(lambda p=p: sum(e.kind == "bcast" for e in p.events) >= len(sent), what="every broadcast")
+    orders = [[(e.seq, e.text) for e in p.events if e.kind == "bcast"] for p in peers]
+    assert orders[0] == orders[1] == orders[2]
+    seqs = [e.seq for e in peers[0].events]
+    assert seqs == sorted(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps
+    assert sorted(s for s, _ in orders[0]) == sorted(sent)
+
+
+def test_who_and_presence_cover_every_broker(ctx, cluster):
+    a, b = cluster(2)
+    alice = peer(ctx, a, "alice")
+    bob = peer(ctx, b, "bob")
+    alice.wait_event(lambda e: e.kind == "presence" and e.user == "bob" and e.event == "login")
+    alice.wait_for(lambda: set(ok(alice.call("who"))["users"]) == {"alice", "bob"}, what="bob in alice's who")
+    ok(bob.call("hide"))
+    alice.wait_for(lambda: ok(alice.call("who"))["users"] == ["alice"], what="bob hidden from alice's who")
+    ok(bob.call("appear"))
+    ok(bob.call("logout"))
+    alice.wait_event(lambda e: e.kind == "presence" and e.user == "bob" and e.event == "logout")
+    assert "bob" in ok(alice.call("last", minutes=5))["users"]
+
+
+def test_the_offline_mailbox_is_delivered_on_another_broker(ctx, cluster):
+    a, b = cluster(2)
+    alice = peer(ctx, a, "alice")
+    bob = peer(ctx, b, "bob")
+    ok(bob.call("logout"))
+    ids = [ok(alice.send("bob", f"while you were away {i}"))["ids"]["bob"] for i in range(3)]
+    later = peer(ctx, a, "bob", register=False)  # bob comes back on the other broker
+    assert [x.id for x in later.wait_msgs(3)] == ids
+    ok(later.ack_all())
+    again = peer(ctx, b, "bob", register=False)
+    ok(again.call("who"))  # a login's pushes leave before any later reply on the same connection
+    assert again.msgs == []  # acked on A: gone on B too
+
+
+def test_a_second_login_on_another_broker_replaces_the_first(ctx, cluster):
+    a, b = cluster(2)
+    first = peer(ctx, a, "alice")
+    second = peer(ctx, b, "alice", register=False)
+    first.wait_for(lambda: any(e.reason == "replaced" for e in first.ends), what="the end push")
+    err(first.call("who"), "E_NOT_LOGGED_IN")
+    watcher = peer(ctx, a, "bob")
+    assert set(ok(watcher.call("who"))["users"]) == {"alice", "bob"}
+    ok(second.call("who"))
+
+
+def test_a_registration_is_known_to_every_broker_and_a_name_is_taken_once(ctx, cluster):
+    a, b = cluster(2)
+    ok(Peer(ctx, a).register("alice"))
+    err(Peer(ctx, b).register("alice"), "E_USER_EXISTS")
+    bob = peer(ctx, b, "bob")
+    bob.wait_for(lambda: "ids" in (r := bob.send("alice", "welcome")) and r["status"] == "ok", what="alice known on B")
+    alice = peer(ctx, b, "alice", register=False)
+    assert alice.wait_msgs(1)[0].text == "welcome"
