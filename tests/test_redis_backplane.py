@@ -1,0 +1,232 @@
+"""RedisBackplane (broker.redisfeed): brokers on one real redis-server read each other's log entries
+and notices, reap a dead broker's sessions exactly once, and stop on a lost epoch. Each "broker" is
+a RedisStore with its backplane (the core is not involved); the one that dies is a subprocess killed
+with SIGKILL. Every wait is a deadline poll."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import msgspec
+import pytest
+import redis
+
+from zmq_chat.broker.feed import (
+    AckNotice, DupNotice, EpochLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
+)
+from zmq_chat.broker.redisstore import RedisStore
+from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import decode_stored_event, encode_json
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_800_000_000.0
+REPLY = b'{"status":"ok","digest":5,"ids":{},"ts":1.0,"busy":[]}'
+
+
+class Broker:
+    """A RedisStore, loaded, with its backplane started (ttl seconds); `items` collects what
+    its backplane delivered (call poll())."""
+
+    def __init__(self, url: str, ttl: float = 3.0) -> None:
+        self.store = RedisStore(url)
+        self.snap = self.store.load(0.0)
+        self.backplane = self.store.backplane(ttl=ttl)
+        self.backplane.start(lambda: None)
+        self.items: list = []
+        self.id = self.store.broker_id
+
+    def poll_until(self, want: Callable[[list], bool], timeout: float = 10.0) -> list:
+        """Drain until `want(items)` holds (a deadline poll); returns items."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.items += self.backplane.drain()
+            if want(self.items):
+                return self.items
+            assert time.monotonic() < deadline, f"never got what was waited for; got {self.items}"
+            time.sleep(0.01)
+
+    def of(self, kind: type) -> list:
+        return [x for x in self.items if isinstance(x, kind)]
+
+    def close(self) -> None:
+        self.backplane.close()
+        self.store.close()
+
+
+@pytest.fixture
+def brokers(redis_server):
+    made: list[Broker] = []
+
+    def make(ttl: float = 3.0) -> Broker:
+        b = Broker(redis_server.url, ttl)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def _bcast(user: str, cid: str) -> bytes:
+    return encode_json(m.Event(0, T0, "bcast", user, text="hello", cid=cid))
+
+
+def test_a_broker_reads_the_others_log_in_seq_order_and_their_notices_but_not_its_own(brokers):
+    a, b = brokers(), brokers()
+    assert a.store.claim_user(UserRecord("alice", "$a", T0)) and a.store.claim_user(UserRecord("bob", "$b", T0))
+    first = WriteBatch()
+    first.users.append(UserRecord("carol", "$c", T0))
+    mail = m.PrivateMessage(a.snap.last_mail_id + 1, "alice", "bob", T0, "hi bob", "p1")
+    first.mail.append(mail)
+    first.sends.append(SendRecord("alice", "p1", T0, REPLY, mail.id))
+    first.events += [(0, _bcast("alice", "b1")), (0, _bcast("alice", "b2"))]
+    first.notices.append(OnlineNotice("alice", a.id, T0, False))
+    a.store.commit(first)
+    own = WriteBatch()  # b's own commit: its event is in the log for everyone, its notices are not for b
+    own.events.append((0, _bcast("bob", "b3")))
+    own.notices.append(OnlineNotice("bob", b.id, T0 + 1, True))
+    own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 1, "bob", "alice", T0, "hi alice", "p2"))
+    own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 2, "alice", "bob", T0, "retried", "p1"))
+    own.sends.append(SendRecord("bob", "p2", T0, REPLY, b.snap.last_mail_id + 1))
+    own.sends.append(SendRecord("alice", "p1", T0, REPLY, b.snap.last_mail_id + 2))  # a's send id: a dup for b
+    b.store.commit(own)
+    later = WriteBatch()
+    later.events.append((0, _bcast("alice", "b4")))
+    later.acks.append(("bob", [mail.id]))
+    later.last_seen.append(("alice", T0 + 9, False, 4))
+    later.notices.append(OfflineNotice("alice", a.id))
+    a.store.commit(later)
+    b.poll_until(lambda items: any(isinstance(x, OfflineNotice) for x in items) and len(b.of(LogEvent)) == 4)
+    assert [(x.seq, decode_stored_event(x.body).cid) for x in b.of(LogEvent)] == [
+        (1, "b1"), (2, "b2"), (3, "b3"), (4, "b4")]
+    notices = [x for x in b.items if not isinstance(x, LogEvent)]
+    assert notices == [UserNotice(UserRecord("alice", "$a", T0)), UserNotice(UserRecord("bob", "$b", T0)),
+                       UserNotice(UserRecord("carol", "$c", T0)), MailNotice(mail),
+                       OnlineNotice("alice", a.id, T0, False), DupNotice("alice", "p1", REPLY.decode()),
+                       AckNotice("bob", 1), SeenNotice("alice", T0 + 9, False, 4), OfflineNotice("alice", a.id)]
+    a.poll_until(lambda items: any(isinstance(x, OnlineNotice) for x in items) and len(a.of(LogEvent)) == 4)
+    assert not a.of(DupNotice) and [x.msg.text for x in a.of(MailNotice)] == ["hi alice"]  # b's dup is b's
+    assert a.of(OnlineNotice) == [OnlineNotice("bob", b.id, T0 + 1, True)]
+
+
+def _dying_broker(url: str) -> subprocess.Popen:
+    """A broker process (RedisStore and backplane, ttl 1 s) with alice in session (visible) and bob
+    (hidden); kill it with SIGKILL."""
+    code = """if True:
+        import sys, time
+        from zmq_chat.broker.feed import OnlineNotice
+        from zmq_chat.broker.redisstore import RedisStore
+        from zmq_chat.broker.storage import WriteBatch
+        store = RedisStore(sys.argv[1])
+        store.load(0.0)
+        store.backplane(ttl=1.0).start(lambda: None)
+        batch = WriteBatch()
+        batch.notices += [OnlineNotice("alice", store.broker_id, 1.0, False), OnlineNotice("bob", store.broker_id, 2.0, True)]
+        store.commit(batch)
+        time.sleep(120)
+    """
+    return subprocess.Popen([sys.executable, "-c", code, url], stdin=subprocess.DEVNULL)
+
+
+def test_a_dead_brokers_sessions_are_reaped_exactly_once_by_the_survivors(redis_server, brokers):
+    setup = WriteBatch()
+    setup.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
+    survivors = [brokers(), brokers()]
+    survivors[0].store.commit(setup)
+    db = redis_server.client()
+    dying = _dying_broker(redis_server.url)
+    try:
+        deadline = time.monotonic() + 20
+        while db.hlen("zc:online") < 2:
+            assert dying.poll() is None and time.monotonic() < deadline, "the dying broker never came online"
+            time.sleep(0.01)
+    finally:
+        dying.kill()
+        dying.wait(timeout=10)
+    dead = msgspec.json.decode(db.hget("zc:online", "alice"))["broker"]
+    for b in survivors:
+        b.poll_until(lambda items: len([x for x in items if isinstance(x, OfflineNotice)]) == 2)
+    deadline = time.monotonic() + 10
+    while db.sismember("zc:brokers", dead):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert sum(b.backplane.reaped for b in survivors) == 2 and db.hlen("zc:online") == 0
+    log = [decode_stored_event(f[b"b"]) for _, f in db.xrange("zc:log")]
+    assert [(e.seq, e.user, e.event) for e in log] == [(1, "alice", "lost")]  # none for hidden bob
+    feed = [(f[b"k"], msgspec.json.decode(f[b"b"]).get("user")) for _, f in db.xrange("zc:feed") if f[b"o"] == dead.encode()]
+    assert sorted(feed) == sorted([(b"online", "alice"), (b"online", "bob"), (b"seen", "alice"), (b"seen", "bob"),
+                                   (b"offline", "alice"), (b"offline", "bob")])
+    for b in survivors:  # each survivor (the reaper too) reads the reaped sessions' notices once
+        b.poll_until(lambda items: len([x for x in items if isinstance(x, SeenNotice)]) == 2)
+        assert sorted((x.user, x.broker) for x in b.of(OfflineNotice)) == [("alice", dead), ("bob", dead)]
+        assert sorted((x.user, x.hidden) for x in b.of(SeenNotice)) == [("alice", False), ("bob", True)]
+        assert [(x.seq, decode_stored_event(x.body).event) for x in b.of(LogEvent)] == [(1, "lost")]
+    users = survivors[0].store.load(0.0).users
+    assert users["alice"].last_seen is not None and users["bob"].last_seen_hidden is True
+
+
+def test_a_broker_that_closes_leaves_nothing_to_reap(redis_server, brokers):
+    """close() takes the broker out of zc:brokers, the only ids a survivor reaps (the broker
+    ended its sessions itself; an entry it left in zc:online stays, not ended a second time)."""
+    leaving = brokers(ttl=1.0)
+    online = WriteBatch()
+    online.notices.append(OnlineNotice("alice", leaving.id, T0, False))
+    leaving.store.commit(online)
+    db = redis_server.client()
+    assert db.sismember("zc:brokers", leaving.id) and db.exists(f"zc:broker:{leaving.id}")
+    leaving.backplane.close()
+    assert not db.sismember("zc:brokers", leaving.id) and not db.exists(f"zc:broker:{leaving.id}")
+    survivor = brokers()
+    assert survivor.store._call(survivor.backplane._reap, [survivor.snap.epoch, leaving.id, "1.0"]) == -1
+    assert db.hexists("zc:online", "alice") and db.xlen("zc:log") == 0
+
+
+def test_a_changed_epoch_is_reported_once_and_the_new_log_is_never_read(redis_server, brokers):
+    old = brokers(ttl=0.6)
+    db = redis_server.client()
+    db.set("zc:epoch", "another")
+    old.poll_until(lambda items: any(isinstance(x, EpochLost) for x in items))
+    assert "another" in old.of(EpochLost)[0].reason and old.snap.epoch in old.of(EpochLost)[0].reason
+    db.flushall()
+    new = brokers()  # a broker on a new log
+    assert new.snap.epoch not in ("another", old.snap.epoch)
+    batch = WriteBatch()
+    batch.events.append((0, _bcast("alice", "new log")))
+    new.store.commit(batch)
+    new.poll_until(lambda items: len(new.of(LogEvent)) == 1)
+    old.items += old.backplane.drain()
+    assert len(old.of(EpochLost)) == 1 and old.of(LogEvent) == []  # never a new log's seq for the old one
+
+
+def test_a_lost_epoch_is_reported(redis_server, brokers):
+    b = brokers(ttl=0.6)
+    redis_server.client().flushall()  # as a Redis that restarted without its data
+    b.poll_until(lambda items: any(isinstance(x, EpochLost) for x in items))
+    assert "gone" in b.of(EpochLost)[0].reason
+
+
+def test_the_backplane_reconnects_after_redis_restarts(redis_server, brokers):
+    reader, writer = brokers(), brokers()
+    first = WriteBatch()
+    first.events.append((0, _bcast("alice", "before")))
+    writer.store.commit(first)
+    reader.poll_until(lambda items: len(items) == 1)
+    redis_server.kill9()
+    redis_server.start()
+    second = WriteBatch()
+    second.events.append((0, _bcast("alice", "after")))
+    deadline = time.monotonic() + 10
+    while True:  # the writer's first command after the restart may meet the dead connection
+        try:
+            writer.store.commit(second)
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    reader.poll_until(lambda items: len(items) == 2)
+    assert [decode_stored_event(x.body).cid for x in reader.of(LogEvent)] == ["before", "after"]

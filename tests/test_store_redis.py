@@ -1,0 +1,190 @@
+"""RedisStore beyond the store contract (tests/test_store_contract.py runs that on Redis too): the
+durability check, the epoch, two stores (two brokers) on one Redis (send ids, seqs, mail id leases),
+and kill -9 of redis-server itself. Every test runs a real redis-server (tests/redis_server.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from zmq_chat.broker import redislua
+from zmq_chat.broker.redisstore import RedisStore
+from zmq_chat.broker.storage import SendRecord, StoreError, UserRecord, WriteBatch
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol.wire import decode_stored_event, encode_json
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_800_000_000.0
+REPLY = b'{"status":"ok","digest":5,"ids":{},"ts":1.0,"busy":[]}'
+OTHER_REPLY = b'{"status":"ok","digest":6,"ids":{},"ts":2.0,"busy":[]}'
+
+
+@pytest.fixture
+def stores(redis_server):
+    """A factory of RedisStores on the test's server (loaded once, as a broker starts), closed after."""
+    made: list[RedisStore] = []
+
+    def make(**kw) -> RedisStore:
+        s = RedisStore(redis_server.url, **kw)
+        s.load(0.0)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _bcast(user: str, cid: str) -> bytes:
+    return encode_json(m.Event(0, T0, "bcast", user, text="hello", cid=cid))
+
+
+def test_a_redis_without_fsync_at_every_write_is_refused_unless_weak_durability_is_accepted(redis_server, caplog):
+    redis_server.client().config_set("appendfsync", "everysec")
+    with pytest.raises(StoreError, match="appendfsync is 'everysec', set `appendfsync always`"):
+        RedisStore(redis_server.url)
+    with caplog.at_level(logging.WARNING, logger="zmq_chat.broker.redisstore"):
+        store = RedisStore(redis_server.url, weak_durability=True)
+    store.close()
+    assert "WEAKER DURABILITY" in caplog.text and "appendfsync" in caplog.text
+    redis_server.client().config_set("appendfsync", "always")
+    RedisStore(redis_server.url).close()  # the setting the store asks for is accepted
+
+
+def test_an_unreachable_redis_is_a_store_error():
+    with pytest.raises(StoreError, match="cannot use the Redis store"):
+        RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_the_epoch_is_kept_by_the_data_and_new_when_the_data_is_gone(redis_server, stores, tmp_path):
+    first = stores()
+    epoch = first.epoch
+    assert len(epoch) == 32 and stores().load(0.0).epoch == epoch  # another broker: the same log
+    redis_server.restart()  # kill -9 and start: the append-only file keeps it
+    assert stores().load(0.0).epoch == epoch
+    redis_server.client().flushall()
+    wiped = stores().load(0.0).epoch
+    assert wiped not in ("", epoch)
+    from tests.redis_server import running_redis
+
+    with running_redis(tmp_path / "other") as other:  # a new server directory: a new log
+        store = RedisStore(other.url)
+        try:
+            assert store.load(0.0).epoch not in ("", epoch, wiped)
+        finally:
+            store.close()
+
+
+def test_a_store_whose_epoch_is_gone_writes_nothing(redis_server, stores):
+    old = stores()
+    redis_server.client().flushall()
+    new = stores()  # makes a new epoch
+    batch = WriteBatch()
+    batch.users.append(UserRecord("alice", "$a", T0))
+    batch.events.append((0, _bcast("alice", "c1")))
+    with pytest.raises(StoreError, match="another epoch"):
+        old.commit(batch)
+    with pytest.raises(StoreError, match="another epoch"):
+        old.claim_user(UserRecord("bob", "$b", T0))
+    snap = new.load(0.0)
+    assert snap.users == {} and snap.seq == 0
+
+
+def test_a_send_id_stored_by_one_broker_is_a_duplicate_for_another(stores):
+    a, b = stores(), stores()
+    for store, text in ((a, "first"), (b, "retried on the other broker")):
+        base = store.load(0.0).last_mail_id
+        batch = WriteBatch()
+        batch.mail.append(m.PrivateMessage(base + 1, "alice", "bob", T0, text, "c1"))
+        batch.sends.append(SendRecord("alice", "c1", T0, OTHER_REPLY if store is b else REPLY, base + 1))
+        store.commit(batch)
+    for store in (a, b):
+        assert [x.text for x in store.mail_after("bob", 0, 10)] == ["first"]
+        snap = store.load(0.0)
+        assert snap.mail_counts == {"bob": 1} and [(x.cid, x.reply) for x in snap.sends] == [("c1", REPLY)]
+    entries = a.db.xrange("zc:feed")
+    assert [(f[b"k"], f[b"o"].decode()) for _, f in entries] == [(b"mail", a.broker_id), (b"dup", b.broker_id)]
+
+
+def test_two_brokers_committing_at_once_get_one_gapless_sequence(stores):
+    brokers = [stores(), stores()]
+    rounds, per_batch = 100, 3
+
+    def commit_all(store: RedisStore, tag: str) -> None:
+        for r in range(rounds):
+            batch = WriteBatch()
+            batch.events += [(0, _bcast(tag, f"{tag}{r}-{k}")) for k in range(per_batch)]
+            store.commit(batch)
+
+    threads = [threading.Thread(target=commit_all, args=(s, f"user{i}")) for i, s in enumerate(brokers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    rows = brokers[0].event_bodies_after(0, 10_000)
+    total = 2 * rounds * per_batch
+    assert [seq for seq, _ in rows] == list(range(1, total + 1))
+    events = [decode_stored_event(body) for _, body in rows]
+    assert [e.seq for e in events] == list(range(1, total + 1))  # each body carries its own seq
+    for tag in ("user0", "user1"):  # each broker's events in its commit order
+        assert [e.cid for e in events if e.user == tag] == [f"{tag}{r}-{k}" for r in range(rounds) for k in range(3)]
+    assert brokers[1].load(0.0).seq == total
+
+
+def test_the_mail_id_leases_of_two_brokers_do_not_overlap(stores):
+    snaps = [s.load(0.0) for s in (stores(), stores(), stores())]
+    ranges = sorted((x.last_mail_id, x.mail_id_limit) for x in snaps)
+    for (low, high), (next_low, _) in zip(ranges, ranges[1:], strict=False):
+        assert low < high <= next_low
+
+
+def test_a_new_account_is_claimed_once_across_brokers(stores):
+    a, b = stores(), stores()
+    assert a.claim_user(UserRecord("alice", "$first", T0)) is True
+    assert b.claim_user(UserRecord("alice", "$second", T0 + 1)) is False
+    assert b.load(0.0).users["alice"].hash == "$first"
+
+
+def test_a_prune_of_many_send_ids_is_spread_over_commits(stores):
+    store = stores()
+    count = redislua.PRUNE_SENDS * 2 + 500
+    batch = WriteBatch()
+    batch.sends += [SendRecord("alice", f"c{i}", T0 + i, REPLY) for i in range(count)]
+    store.commit(batch)
+    prune = WriteBatch()
+    prune.prune = (10, T0 + count)  # every send id is older
+    store.commit(prune)
+    left = [len(store.load(0.0).sends)]
+    for _ in range(3):  # later commits, even empty ones, go on with it
+        store.commit(WriteBatch())
+        left.append(len(store.load(0.0).sends))
+    assert left == [count - redislua.PRUNE_SENDS, 500, 0, 0]
+
+
+def test_what_a_commit_acknowledged_survives_kill_9_of_redis(redis_server, stores):
+    store = stores()
+    base = store.load(0.0).last_mail_id
+    for i in range(1, 51):
+        batch = WriteBatch()
+        if i == 1:
+            batch.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
+        batch.mail.append(m.PrivateMessage(base + i, "alice", "bob", T0 + i, f"message {i}", f"c{i}"))
+        batch.sends.append(SendRecord("alice", f"c{i}", T0 + i, REPLY, base + i))
+        batch.events.append((0, _bcast("alice", f"b{i}")))
+        if i % 10 == 0:
+            batch.acks.append(("bob", [base + i - 1]))
+        store.commit(batch)  # returned: acknowledged
+    before = store.load(0.0)
+    redis_server.kill9()
+    redis_server.start()
+    again = stores()
+    after = again.load(0.0)
+    assert after.epoch == before.epoch and after.seq == 50 and after.users.keys() == {"alice", "bob"}
+    assert after.mail_counts == {"bob": 45} and len(after.sends) == 50
+    assert [x.id - base for x in again.mail_after("bob", 0, 100)] == [i for i in range(1, 51) if i % 10 != 9]
+    assert [s for s, _ in again.event_bodies_after(0, 100)] == list(range(1, 51))
+    assert after.last_mail_id >= before.mail_id_limit  # the lease survived too: no id is handed out twice
