@@ -328,12 +328,13 @@ class ChatSession:
         when there are other brokers)."""
         while True:
             item = await self.conn.next_event()
-            if isinstance(item, BrokerLost) and self.brokers is not None:
-                try:
+            try:
+                if isinstance(item, BrokerLost) and self.brokers is not None:
                     await self._recover(self._switches)
-                except _Stop:
-                    return
-                continue
+                    continue
+                await self._settled()  # the new broker's first words after the notice
+            except _Stop:
+                return
             self._show_item(item)
 
     def _show_item(self, item: Any) -> None:

@@ -32,7 +32,7 @@ class BrokerProcess(LaunchedBroker):
 
     def key_args(self) -> list[str]:
         """Client flags that pin this broker's key."""
-        return ["--server-key", self.server_key.decode()] if self.server_key else ["--insecure"]
+        return [f"--server-key={self.server_key.decode()}"] if self.server_key else ["--insecure"]
 
 
 @pytest.fixture

@@ -1,0 +1,227 @@
+"""End-to-end tests of chat-client's broker list and failover with ONE real broker reached under two
+addresses, so both are the same chat (one store): a TCP forwarder in front of it is the first
+address, the broker's own port the second. Muting the forwarder (the broker's answers are dropped,
+the client's requests still arrive) makes the first "broker" stop answering mid-session.
+
+What these tests cover: the switch, the login again with the same credentials, a send without a
+reply stored once (retried with the same id on the second address), an unacked private message
+shown once, the one-line notice, keys per host:port. The failover between several brokers that
+share a Redis store is tested where those brokers are built (they need a real redis-server).
+Every wait has a deadline; subprocesses are killed in finally.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pexpect
+import pytest
+import zmq
+
+from tests.harness import Broker, Peer
+
+pytestmark = pytest.mark.timeout(90)
+
+PASSWORD = "Secret-" + uuid.uuid4().hex[:10]
+
+
+class Forwarder:
+    """TCP 127.0.0.1:port -> 127.0.0.1:target, two threads per connection. After `mute()` whatever
+    the target sends is dropped (the connection stays up), so the client hears nothing."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.muted = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_broker: bool) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    return
+                if not (from_broker and self.muted.is_set()):
+                    dst.sendall(data)
+            except OSError:
+                return
+
+    def mute(self) -> None:
+        self.muted.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.socks:
+            sock.close()
+
+
+class _Transcript:
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "data", "--heartbeat-timeout", "3")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(*flags) -> a chat-client in a pseudo-terminal; its known-brokers file lives in this test's
+    config dir (XDG_CONFIG_HOME)."""
+    made: list[pexpect.spawn] = []
+
+    def make(*flags: str) -> pexpect.spawn:
+        env = {**os.environ, "TERM": "dumb", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
+               "XDG_CONFIG_HOME": str(tmp_path / "config")}
+        env.pop("CHAT_SERVER_KEY", None)
+        child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", *flags], encoding="utf-8", env=env,
+                              timeout=20, dimensions=(50, 200))
+        child.transcript = []  # type: ignore[attr-defined]
+        child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
+        made.append(child)
+        return child
+
+    try:
+        yield make
+    finally:
+        for child in made:
+            if child.isalive():
+                child.kill(signal.SIGKILL)
+            child.close(force=True)
+
+
+def transcript(child: pexpect.spawn) -> str:
+    return "".join(child.transcript)  # type: ignore[attr-defined]
+
+
+def register(broker: Broker, *names: str) -> None:
+    ctx = zmq.Context()
+    try:
+        peer = Peer(ctx, broker)
+        for name in names:
+            assert peer.register(name, PASSWORD)["status"] == "ok"
+        peer.close()
+    finally:
+        ctx.term()
+
+
+def log_in(child: pexpect.spawn, user: str) -> None:
+    child.expect_exact("new user? [y/N]")
+    child.sendline(f"login {user} {PASSWORD}")
+    child.expect_exact(f"logged in as {user}")
+    child.expect_exact("> ")
+
+
+def quit_client(child: pexpect.spawn) -> int:
+    child.sendline("logout")
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus is not None, f"killed by signal {child.signalstatus}"
+    return child.exitstatus
+
+
+def test_a_broker_that_stops_answering_is_replaced_and_the_session_goes_on(broker, spawn):
+    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+    register(broker, alice, bob)
+    key = broker.server_key.decode()
+    forwarder = Forwarder(broker.port)
+    first, second = f"127.0.0.1:{forwarder.port}", f"127.0.0.1:{broker.port}"
+    try:
+        a = spawn("--host", f"{first},{second}", f"--server-key={key}")
+        a.expect_exact(f"connected to {first}")
+        log_in(a, alice)
+        b = spawn("--host", second, f"--server-key={key}")
+        log_in(b, bob)
+
+        forwarder.mute()  # from now on alice hears nothing from "first"; what she sends still arrives
+        b.sendline(f"send {alice} while-muted-{bob}")
+        b.expect_exact(f"you to {alice}: while-muted-{bob}")
+        a.sendline("broadcast sent-while-muted")  # stored at once; its reply is lost
+        a.expect_exact(f"connection to {first} lost; now on {second}", timeout=30)
+        a.expect_exact(f"while-muted-{bob}")  # the unacked push, pushed again after the new login
+        a.expect_exact("you to all: sent-while-muted")  # the retry with the same id: the first reply
+        a.sendline("broadcast after-the-switch")
+        a.expect_exact("you to all: after-the-switch")
+        b.expect_exact(f"{alice} to all: after-the-switch")  # events come in seq order: the first one came before
+        assert transcript(b).count("sent-while-muted") == 1  # stored once, though sent twice
+        a.sendline("who")
+        a.expect_exact("online:")
+        assert quit_client(a) == 0
+        assert transcript(a).count(f"while-muted-{bob}") == 1  # shown once
+        assert quit_client(b) == 0
+    finally:
+        forwarder.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_broker_that_does_not_answer_at_start_is_skipped(broker, spawn):
+    dead, live = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{broker.port}"
+    a = spawn("--host", dead, "--host", live, f"--server-key={broker.server_key.decode()}")
+    a.expect_exact(f"no chat broker answered at {dead}")
+    a.expect_exact(f"trying {live}")
+    a.expect_exact(f"connected to {live} (encrypted)")
+    a.expect_exact("new user? [y/N]")
+    a.sendline("logout")
+    a.expect(pexpect.EOF, timeout=10)
+    a.close()
+    assert a.exitstatus == 0
+
+
+def test_no_broker_answering_at_start_exits_2(spawn):
+    one, two = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    a = spawn("--host", f"{one},{two}", "--insecure")
+    a.expect(pexpect.EOF, timeout=30)
+    a.close()
+    assert a.exitstatus == 2
+    out = transcript(a)
+    assert f"trying {two}" in out and f"no chat broker answered at {two}" in out
+
+
+def test_each_broker_key_is_recorded_under_its_own_host_and_port(broker, spawn, tmp_path):
+    first, second = f"127.0.0.1:{broker.port}", f"localhost:{broker.port}"
+    a = spawn("--host", f"{first},{second}", "--key-port", str(broker.key_port), "--accept-key")
+    a.expect_exact(f"connected to {first}")
+    a.expect_exact(f"recorded the key of {second}")
+    a.expect_exact("new user? [y/N]")
+    a.sendline("logout")
+    a.expect(pexpect.EOF, timeout=10)
+    a.close()
+    assert a.exitstatus == 0
+    lines = (Path(tmp_path) / "config" / "zmq-chat" / "known_brokers").read_text().split("\n")
+    key = broker.server_key.decode()
+    assert f"{first} {key}" in lines and f"{second} {key}" in lines
