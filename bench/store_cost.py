@@ -3,6 +3,7 @@ process on a SqliteStore in a temporary directory, as the loop drives it (a wake
 then drain() and one commit).
 
     flock /tmp/bench.lock python bench/store_cost.py [--messages 60000] [--sync normal] [--profile]
+        [--store sqlite|redis|redis://HOST:PORT/DB]
 
 Three timed phases for a send to one recipient (N=1) and to a group of 3, each recipient online
 (so every message is also pushed): sends alone (sends/s); their acks, in acks of --ack-ids ids as a
@@ -16,11 +17,18 @@ thread, each with the microseconds per item spent in SqliteStore.commit and outs
 core). --sync full adds one fsync per wake-up (the disk's figure, not Python's); normal is the
 default so that the figures show the CPU's.
 --profile prints the top functions by own time (cProfile) instead of the rates.
+
+--store redis (issue 10) runs the same batches on broker.redisstore.RedisStore (the core in shared
+mode: one EVALSHA per commit) against a redis-server of its own, started in the temporary directory
+(appendonly yes; --sync full: appendfsync always, normal: appendfsync no); --store redis://... uses
+that server instead and EMPTIES its database (FLUSHDB) before each group. Redis runs in its own
+process, so its work is in the commit's time (the round trip included), on the other core.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import pstats
@@ -39,6 +47,7 @@ from zmq_chat.broker.connections import ROUTER  # noqa: E402
 from zmq_chat.broker.core import BrokerCore  # noqa: E402
 from zmq_chat.broker.storage import UserRecord, WriteBatch  # noqa: E402
 from zmq_chat.broker.store import SqliteStore  # noqa: E402
+from zmq_chat.broker.redisstore import RedisStore  # noqa: E402
 from zmq_chat.protocol import messages as m  # noqa: E402
 from zmq_chat.protocol import wire  # noqa: E402
 from zmq_chat.protocol.version import PROTOCOL_VERSION  # noqa: E402
@@ -50,21 +59,26 @@ Request = tuple[tuple[bytes, int, str], list[bytes]]
 
 
 class Rig:
-    """A core on a SqliteStore with `pairs` senders and `pairs * group` recipients, all logged in.
+    """A core on a store with `pairs` senders and `pairs * group` recipients, all logged in.
 
     Args:
         data_dir: an empty directory for the store. pairs: senders. group: recipients per send.
-        sync: "FULL" or "NORMAL" (SqliteStore). per_wakeup: requests per wake-up (commit).
+        sync: "FULL" or "NORMAL" (SqliteStore; with a Redis store: appendfsync always or no).
+        per_wakeup: requests per wake-up (commit). store: "sqlite" or a Redis URL (emptied first).
         keep: --sends-keep-seconds (fake seconds; the clock moves 1 ms per wake-up).
         prune_every: wake-ups between calls of core.prune() (0: never).
     """
 
     def __init__(self, data_dir: Path, pairs: int, group: int, sync: str, per_wakeup: int, keep: float,
-                 prune_every: int) -> None:
+                 prune_every: int, store: str = "sqlite") -> None:
         self.now = T0
         self.per_wakeup = per_wakeup
         self.prune_every = prune_every
-        self.store = SqliteStore(data_dir, synchronous=sync)
+        self.store: SqliteStore | RedisStore
+        if store == "sqlite":
+            self.store = SqliteStore(data_dir, synchronous=sync)
+        else:
+            self.store = _redis_store(store, sync)
         pwhash = nacl.pwhash.argon2id.str(PASSWORD.encode(), opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
                                           memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN).decode()
         self.senders = [f"sender{i}" for i in range(pairs)]
@@ -74,7 +88,8 @@ class Rig:
         self.store.commit(batch)
         cfg = Config(data_dir=str(data_dir), rate_limit=0, mailbox_quota=10**9, mail_window=10**9,
                      max_clients=10**6, conn_rate=10**6, sends_keep_seconds=keep)
-        self.core = BrokerCore(cfg, self.store, 4120, clock=lambda: self.now)
+        self.core = BrokerCore(cfg, self.store, 4120, clock=lambda: self.now,
+                               broker_id=getattr(self.store, "broker_id", ""))
         self.clients: dict[str, tuple[bytes, int, str]] = {}
         for k, name in enumerate(self.senders + self.recipients):
             self.clients[name] = self._login(name, 100 + k)
@@ -166,8 +181,8 @@ def measure(args: argparse.Namespace, profile: cProfile.Profile | None) -> list[
     send ids kept --keep s, so the prune deletes what they leave. Returns (figure, rate, unit) rows."""
     rows = []
     for group in (1, 3):
-        with tempfile.TemporaryDirectory(prefix="store_cost_") as tmp:
-            rig = Rig(Path(tmp), args.pairs, group, args.sync.upper(), args.per_wakeup, 3600.0, args.prune_every)
+        with tempfile.TemporaryDirectory(prefix="store_cost_") as tmp, _server(args.store, Path(tmp)) as url:
+            rig = Rig(Path(tmp), args.pairs, group, args.sync.upper(), args.per_wakeup, 3600.0, args.prune_every, url)
             for rep in range(args.warmup):  # the tables hold rows, the code paths are warm
                 rig.run(rig.mixed(rig.sends(args.messages // 10, group, f"w{rep}-"), args.ack_ids))
             if profile:
@@ -190,8 +205,38 @@ def measure(args: argparse.Namespace, profile: cProfile.Profile | None) -> list[
     return rows
 
 
+@contextlib.contextmanager
+def _server(store: str, tmp: Path) -> Iterator[str]:
+    """The --store value to open: "sqlite", the given redis:// URL, or for "redis" the URL of a
+    redis-server of our own in `tmp/redis` (tests/redis_server.py; killed on exit)."""
+    if store != "redis":
+        yield store
+        return
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _redis_store(url: str, sync: str) -> RedisStore:
+    """A RedisStore on `url` after FLUSHDB, its appendfsync set for `sync` (FULL: always, NORMAL: no)."""
+    import redis
+
+    admin = redis.Redis.from_url(url)
+    admin.flushdb()
+    admin.config_set("appendfsync", "always" if sync == "FULL" else "no")
+    admin.close()
+    store = RedisStore(url, weak_durability=sync != "FULL")
+    store.load(0.0)
+    return store
+
+
 def _unit(unit: str, took: float, commit: float, count: int) -> str:
-    """`unit` with the microseconds per item spent in SqliteStore.commit and outside it (the core)."""
+    """`unit` with the microseconds per item spent in Store.commit and outside it (the core)."""
     return f"{unit:13s} commit {commit / count * 1e6:5.1f} us + core {(took - commit) / count * 1e6:5.1f} us"
 
 
@@ -206,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=float, default=0.05,
                    help="--sends-keep-seconds of the last phase, fake seconds (1 ms per wake-up; default 0.05)")
     p.add_argument("--prune-every", type=int, default=10, help="wake-ups between prunes (default 10; 0: none)")
+    p.add_argument("--store", default="sqlite",
+                   help="sqlite (default), redis (a redis-server of its own) or redis://HOST:PORT/DB (EMPTIED first)")
     p.add_argument("--profile", action="store_true", help="print the top functions instead of rates")
     args = p.parse_args(argv)
     profile = cProfile.Profile() if args.profile else None
@@ -213,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
         return 0
-    print(f"# {args.messages} sends per phase, {args.pairs} senders, {args.per_wakeup} requests per commit, "
-          f"sync {args.sync}, prune every {args.prune_every} commits, "
+    print(f"# {args.store} store, {args.messages} sends per phase, {args.pairs} senders, "
+          f"{args.per_wakeup} requests per commit, sync {args.sync}, prune every {args.prune_every} commits, "
           f"python {sys.version.split()[0]}")
     for figure, rate, unit in rows:
         print(f"{figure:34s} {rate:10,.0f} {unit}")
