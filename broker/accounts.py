@@ -18,6 +18,7 @@ still hashing gets E_OVERLOADED (nothing is committed yet), never E_USER_EXISTS.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.session import Session
-from zmq_chat.broker.storage import UserRecord
+from zmq_chat.broker.storage import SendRecord, UserRecord
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.replies import ErrorReply, HelloReply, LoginReply, LogoutReply, PingReply, RegisterReply
@@ -53,10 +54,13 @@ OVERLOADED_RETRY = 1.0
 @dataclass
 class AuthJob:
     """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
-    kind "hash": hash `password` for a new account (result: the argon2id string, str). With a
-    shared store a "hash" job carries `record` (the new account, hash "") and `claim` (the store's
-    claim_user): the hashing thread fills in the hash and claims the name, `claimed` True (the
-    account is stored), False (another broker's registration took it) or None (the store failed).
+    kind "hash": hash `password` for a new account (result: the argon2id string, str).
+
+    With a shared store, `after` runs on the hashing thread once the hashing is done, so the loop
+    never waits on the store: a registration carries `record` (the new account, hash "") and
+    claims the name (claim_name: `claimed` True, the account is stored; False, another broker's
+    registration took it; None, the store failed); a login with the right password fetches the
+    user's recent send ids (fetch_send_ids: `sends`, None when the store failed).
 
     rid (bytes, ROUTER routing id), req (request id), ip (peer address), key (the client's CURVE
     key, Z85), fd and conn (its connection and that connection's record, broker.connections.Conn,
@@ -75,9 +79,25 @@ class AuthJob:
     fd: int = -1
     result: bool | str | None = None
     conn: Conn | None = field(default=None, repr=False)
-    claim: Callable[[UserRecord], bool] | None = field(default=None, repr=False)
+    after: Callable[[AuthJob], None] | None = field(default=None, repr=False)
     record: UserRecord | None = None
     claimed: bool | None = None
+    sends: list[SendRecord] | None = None
+
+
+def claim_name(store: Any, job: AuthJob) -> None:
+    """A registration's step on the hashing thread (AuthJob.after): fill in the hash and store the
+    account unless the name is taken (store.claim_user of a shared store). Sets job.claimed."""
+    if job.record is not None and isinstance(job.result, str):
+        job.record.hash = job.result
+        job.claimed = store.claim_user(job.record)
+
+
+def fetch_send_ids(store: Any, since: float, job: AuthJob) -> None:
+    """A login's step on the hashing thread (AuthJob.after): with the right password, the user's
+    send ids stored at or after `since` (seconds) by any broker (store.sends_of). Sets job.sends."""
+    if job.result is True:
+        job.sends = store.sends_of(job.user, since)
 
 
 class Accounts(CoreBase):
@@ -234,7 +254,7 @@ class Accounts(CoreBase):
         job = AuthJob("hash", rid, r.req, r.user, r.password, ip=ip, key=key, fd=fd, conn=conn)
         if self.shared:  # other brokers may take the name meanwhile: the hashing thread claims it
             job.record = UserRecord(r.user, "", self.clock(), last_seq=self.seq)
-            job.claim = self.store.claim_user  # type: ignore[attr-defined]  # (a shared store's)
+            job.after = functools.partial(claim_name, self.store)
         self._enqueue(job)
 
     def _login(self, rid: bytes, r: m.Login, ip: str, key: str, fd: int, conn: Conn | None) -> None:
@@ -259,8 +279,10 @@ class Accounts(CoreBase):
             raise ProtocolError(ErrorCode.OVERLOADED, "a login to this account from your address is in progress",
                                 fields={"retry_after": OVERLOADED_RETRY})
         self._check_capacity(rid)
-        self._enqueue(AuthJob("verify", rid, r.req, r.user, r.password, self.users[r.user].hash, ip, key, fd,
-                              conn=conn))
+        job = AuthJob("verify", rid, r.req, r.user, r.password, self.users[r.user].hash, ip, key, fd, conn=conn)
+        if self.shared:  # a client failing over from another broker retries its sends here: know their ids
+            job.after = functools.partial(fetch_send_ids, self.store, now - self.cfg.sends_keep_seconds)
+        self._enqueue(job)
 
     def _ip_failed(self, ip: str, now: float) -> None:
         """One failed login (wrong password or unknown name) from `ip`: takes a token of its
@@ -320,6 +342,9 @@ class Accounts(CoreBase):
             self._wrong_password(job, now)
             return
         self.guard.succeed(job.user, job.ip)  # (the account throttle stays: an attack goes on)
+        for record in job.sends or ():  # sends stored through another broker: their retries are replays here
+            if self.sends.get(record.sender, record.cid) is None:
+                self.sends.add(record)
         ips = self.known_ips.setdefault(job.user, [])
         if job.ip not in ips:
             ips.append(job.ip)

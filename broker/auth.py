@@ -154,8 +154,8 @@ def current_hasher() -> HasherProcess | None:
 def run_job(job: AuthJob) -> AuthJob:
     """Execute `job` on the calling (hashing) thread: its hashing process computes it; if the
     process cannot be started or is gone, the thread computes it itself and the next job starts a
-    new process. Sets `job.result` (argon2id string or bool) and drops the password; a registration
-    with a shared store (job.claim) then claims its name (job.claimed, see AuthJob). Returns job."""
+    new process. Sets `job.result` (argon2id string or bool) and drops the password; then runs
+    job.after, a shared store's step (claim a name, fetch send ids: see AuthJob). Returns job."""
     hasher = current_hasher()
     try:
         if hasher is None:
@@ -168,13 +168,11 @@ def run_job(job: AuthJob) -> AuthJob:
         _local.hasher = None
         job.result = verify_password(job.pwhash, job.password) if job.kind == "verify" else hash_password(job.password)
     job.password = ""
-    if job.claim is not None and job.record is not None and isinstance(job.result, str):
-        job.record.hash = job.result  # a shared store: claim the name now, off the loop
+    if job.after is not None:  # a shared store's step, off the loop (see AuthJob)
         try:
-            job.claimed = job.claim(job.record)
-        except Exception as exc:  # the store is unreachable: the core answers E_INTERNAL
-            log.error("could not store the new account %s: %s", job.user, exc)
-            job.claimed = None
+            job.after(job)
+        except Exception as exc:  # the store is unreachable: claimed/sends stay None (the core says so)
+            log.error("shared store step of a %s job for %s failed: %s", job.kind, job.user, exc)
     return job
 
 

@@ -40,7 +40,7 @@ from zmq_chat.broker.sockets import open_sockets, port_of
 from zmq_chat.broker.corebase import Output
 from zmq_chat.broker.stages import StageTimes
 from zmq_chat.broker.feed import Backplane, EpochLost
-from zmq_chat.broker.storage import Store
+from zmq_chat.broker.storage import Store, StoreError
 from zmq_chat.broker.writer import CommitWriter
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ class BrokerLoop:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM (or request_stop). Returns the exit status: 0, or 3 when a
-        shared store lost the event log (broker.feed.EpochLost)."""
+        shared store lost the event log (broker.feed.EpochLost) or a commit failed with StoreError
+        (other errors of a commit propagate)."""
         old = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         old_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         s = self.socks
@@ -213,6 +214,9 @@ class BrokerLoop:
                 self._flush()
             if stages:
                 stages.write(self.cfg.stage_times, self.writer.commits or [])
+        except StoreError as exc:  # a commit failed: nothing of it, or of later batches, was acknowledged
+            log.error("stopping: %s (exit status 3)", exc)
+            self.exit_status = 3
         finally:
             signal.set_wakeup_fd(old_fd)
             for sig, handler in old.items():

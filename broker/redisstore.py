@@ -145,6 +145,20 @@ class RedisStore:
         notice = _json(UserNotice(record))
         return bool(self._call(self._claim, [self.epoch, self.broker_id, record.name, body, notice]))
 
+    def sends_of(self, sender: str, since: float) -> list[SendRecord]:
+        """`sender`'s send ids stored at or after `since` (seconds) by any broker, oldest first: a
+        login on this broker learns them (on a hashing thread, not the loop), so the retries of a
+        client that failed over from another broker are answered as retries. Two round trips
+        (the ids with their replies, then their times). Raises redis.RedisError."""
+        replies = self.reader.hgetall(f"zc:sends:{sender}")
+        if not replies:
+            return []
+        cids = list(replies)
+        times = self.reader.zmscore("zc:sendts", [f"{sender}\n".encode() + c for c in cids])
+        found = [SendRecord(sender, c.decode(), float(ts), replies[c])
+                 for c, ts in zip(cids, times) if ts is not None and float(ts) >= since]
+        return sorted(found, key=lambda x: x.ts)
+
     def backplane(self, ttl: float = 10.0) -> Any:
         """This broker's broker.redisfeed.RedisBackplane, reading from where load() left the log
         and the feed; ttl: seconds this broker stays alive in Redis without refreshing (the others

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable
 
-from zmq_chat.broker.storage import Snapshot, Store, UserRecord, WriteBatch
+from zmq_chat.broker.storage import SendRecord, Snapshot, Store, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class CommitWriter:
         """The wrapped shared store's claim_user (broker.redisstore; called on a hashing thread):
         True when the account was stored, False when the name is taken. Raises what it raises."""
         return self.store.claim_user(record)  # type: ignore[attr-defined]
+
+    def sends_of(self, sender: str, since: float) -> list[SendRecord]:
+        """The wrapped shared store's sends_of (called on a hashing thread): `sender`'s send ids
+        stored at or after `since` (seconds) by any broker. Raises what it raises."""
+        return self.store.sends_of(sender, since)  # type: ignore[attr-defined]
 
     @property
     def shared(self) -> bool:

@@ -6,8 +6,9 @@ Every wait is a deadline poll (tests.harness.Peer.wait_for); nothing asserts a t
 
 from __future__ import annotations
 
-import zmq
+import msgspec
 import pytest
+import zmq
 
 from tests.harness import Broker, Peer, err, ok
 
@@ -127,3 +128,55 @@ def test_a_registration_is_known_to_every_broker_and_a_name_is_taken_once(ctx, c
     bob.wait_for(lambda: "ids" in (r := bob.send("alice", "welcome")) and r["status"] == "ok", what="alice known on B")
     alice = peer(ctx, b, "alice", register=False)
     assert alice.wait_msgs(1)[0].text == "welcome"
+
+
+def test_kill_9_of_a_broker_under_load_loses_and_duplicates_nothing_acknowledged(ctx, cluster):
+    a, b = cluster(2)
+    sender = peer(ctx, a, "sam")
+    reader = peer(ctx, b, "rita")
+    watcher = peer(ctx, b, "walt")
+    tried = [f"m{i}" for i in range(201)]
+    for i, cid in enumerate(tried):  # requests in flight when the broker dies: some answered, some not
+        sender.send_raw([b"send", msgspec.json.encode({"req": 10_000 + i, "id": cid, "to": ["rita"], "text": cid})])
+    sender.wait_for(lambda: len(sender.replies) >= 20, what="the first replies")
+    a.stop(kill=True)  # while the rest are in flight
+    sender.pump(0.1)  # the replies that arrived before the kill
+    acked = {cid for i, cid in enumerate(tried) if sender.replies.get(10_000 + i, {}).get("status") == "ok"}
+    sender.close()
+    watcher.wait_event(lambda e: e.kind == "presence" and e.user == "sam" and e.event == "lost", timeout=10)
+    again = peer(ctx, b, "sam", register=False)  # the client fails over to B and retries every unanswered send
+    for cid in tried:
+        if cid not in acked:
+            ok(again.send("rita", cid, cid=cid))
+    reader.wait_for(lambda: len({x.cid for x in reader.msgs}) >= len(tried), what="every send")
+    ok(reader.call("who"))  # (a duplicate would have been pushed by now: pushes precede this reply)
+    cids = [x.cid for x in reader.msgs]
+    assert sorted(cids) == sorted(tried), "each send stored once, the acknowledged ones among them"
+    assert len(acked) >= 20
+
+
+def test_a_broker_restarts_and_rejoins(ctx, cluster):
+    a, b = cluster(2)
+    alice = peer(ctx, a, "alice")
+    bob = peer(ctx, b, "bob")
+    ok(bob.broadcast("before"))
+    a.restart(kill=True)
+    alice.close()
+    alice = peer(ctx, a, "alice", register=False)
+    ok(alice.send("bob", "back again"))
+    assert bob.wait_msgs(1)[0].text == "back again"
+    seq = ok(bob.broadcast("after"))["seq"]
+    alice.wait_event(lambda e: e.seq == seq and e.text == "after")
+    history = ok(alice.call("history", after=0, limit=100))
+    assert [e["text"] for e in history["events"] if e["kind"] == "bcast"] == ["before", "after"]
+
+
+def test_a_store_that_lost_its_data_stops_every_broker(ctx, cluster, redis_server):
+    (a,) = cluster(1)
+    alice = peer(ctx, a, "alice")
+    ok(alice.broadcast("kept until the store is wiped"))
+    redis_server.client().flushall()
+    assert a.proc is not None
+    alice.wait_for(lambda: a.proc.poll() is not None, timeout=10, what="the broker to stop")
+    assert a.proc.returncode == 3
+    assert "lost this broker's event log" in a.log_text()
