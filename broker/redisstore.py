@@ -156,7 +156,7 @@ class RedisStore:
         cids = list(replies)
         times = self.reader.zmscore("zc:sendts", [f"{sender}\n".encode() + c for c in cids])
         found = [SendRecord(sender, c.decode(), float(ts), replies[c])
-                 for c, ts in zip(cids, times) if ts is not None and float(ts) >= since]
+                 for c, ts in zip(cids, times, strict=True) if ts is not None and float(ts) >= since]
         return sorted(found, key=lambda x: x.ts)
 
     def backplane(self, ttl: float = 10.0) -> Any:
