@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 
 from zmq_chat import __version__
+from zmq_chat.client.brokers import parse_hosts, spread_keys
 from zmq_chat.client.errors import ConnectError
 from zmq_chat.client.trust import KnownBrokers, choose_key
 from zmq_chat.loadtest.accounts import prepare_accounts
@@ -42,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = LoadOptions()
     p = _Parser(prog=PROG, description="Load test of a chat broker with many real clients: throughput, "
                 "end-to-end latency, losses. Creates the accounts lt<prefix><i> first (resumable).")
-    p.add_argument("--host", default=d.host, help="broker host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=d.port, help=f"broker ROUTER port (default {DEFAULT_PORT})")
+    p.add_argument("--host", action="append",
+                   help="broker host, HOST or HOST:PORT (default 127.0.0.1); repeat it or give a comma-separated list "
+                        "to spread the clients round robin over several brokers of one chat")
+    p.add_argument("--port", type=int, default=d.port,
+                   help=f"broker ROUTER port of every --host without one (default {DEFAULT_PORT})")
     p.add_argument("--spawn-broker", action="store_true",
                    help="start a private broker on free 127.0.0.1 ports with a temporary data directory "
                         "(ignores --host/--port); stopped at the end")
@@ -66,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-timeout", type=float, default=None,
                    help="most seconds for the login phase (default 60 + 0.1 per client)")
     p.add_argument("--seed", type=int, default=None, help="random seed of the message mix (default random)")
-    p.add_argument("--server-key", help="the broker's public key, 40 Z85 characters (chat-broker --print-key); default: "
-                   "$CHAT_SERVER_KEY, else the key chat-client recorded for this broker; "
+    p.add_argument("--server-key", action="append",
+                   help="the broker's public key, 40 Z85 characters (chat-broker --print-key); with several brokers one "
+                   "key for all or a comma-separated list (or repeated option) with one per --host; default: "
+                   "$CHAT_SERVER_KEY, else the key chat-client recorded for each broker; "
                    "taken from the broker itself with --spawn-broker")
     p.add_argument("--insecure", action="store_true",
                    help="the broker runs --insecure: no encryption (with --spawn-broker: spawn it so)")
@@ -85,21 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> LoadOptions:
     """LoadOptions from parsed arguments (validated; with --spawn-broker the key is the spawned
-    broker's, filled in once it runs). Raises OptionsError."""
-    server_key = None
+    broker's, filled in once it runs). Several --host brokers fill `brokers`. Raises OptionsError."""
+    try:
+        hosts = parse_hosts(args.host or [LoadOptions.host], args.port)
+        given = spread_keys([k.encode("ascii", "replace") for k in args.server_key or []], len(hosts))
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
+    if not 1 <= args.port <= 65535:
+        raise OptionsError(f"--port must be 1..65535, got {args.port}")
+    keys: list[bytes | None] = [None] * len(hosts)
     if not args.insecure and not args.spawn_broker:
-        try:
-            choice = choose_key(f"{args.host}:{args.port}", args.server_key.encode("ascii", "replace")
-                                if args.server_key else None, False, KnownBrokers())
-        except ConnectError as exc:
-            raise OptionsError(str(exc)) from None
-        server_key = choice.key if choice else None
+        for i, broker in enumerate(hosts):
+            try:
+                choice = choose_key(broker.address, given[i], False, KnownBrokers())
+            except ConnectError as exc:
+                raise OptionsError(str(exc)) from None
+            keys[i] = choice.key if choice else None
+    several = len(hosts) > 1 and not args.spawn_broker
     return LoadOptions(
-        host=args.host, port=args.port, clients=args.clients, duration=args.duration, rate=args.rate,
+        host=hosts[0].host, port=hosts[0].port, clients=args.clients, duration=args.duration, rate=args.rate,
         window=args.window, broadcast_ratio=args.broadcast_ratio, size=args.size, processes=args.processes,
         user_prefix=args.user_prefix, password=args.password, drain=args.drain,
         login_parallel=args.login_parallel, login_timeout=args.login_timeout, seed=args.seed,
-        server_key=server_key, insecure=args.insecure,
+        server_key=keys[0], insecure=args.insecure,
+        brokers=[(b.host, b.port, key) for b, key in zip(hosts, keys, strict=True)] if several else [],
     ).validate(require_key=not args.spawn_broker)
 
 
@@ -153,12 +168,13 @@ LAST: list = [None]
 
 
 def _check(options: LoadOptions) -> str:
-    """Ask the broker `hello` and check the options against its limits; "" when fine, else the
-    one-line error."""
+    """Ask every broker `hello` and check the options against the (first's) limits; "" when fine,
+    else the one-line error."""
     try:
-        hello = check_broker(options.host, options.port, HELLO_TIMEOUT, options.server_key)
+        hellos = [check_broker(host, port, HELLO_TIMEOUT, key) for host, port, key in options.targets()]
     except BrokerUnreachable as exc:
         return str(exc)
+    hello = hellos[0]
     if options.size > hello.max_message_chars:
         return f"error: --size {options.size} exceeds the broker's max_message_chars {hello.max_message_chars}"
     if len(options.password) < hello.min_password_chars:
@@ -176,9 +192,11 @@ def _run(args: argparse.Namespace, options: LoadOptions, broker: SpawnedBroker |
     problem = _check(options)
     if problem:
         return _fail(problem)
-    where = f"{options.host}:{options.port}" + (" (spawned)" if broker else "")
+    labels = [LoadOptions.label(host, port) for host, port, _ in options.targets()]
+    where = f"broker {labels[0]}" if len(labels) == 1 else f"brokers {', '.join(labels)} (clients round robin)"
     if not args.quiet:
-        err.print(f"broker {where}: {options.clients} clients, {options.effective_processes} processes")
+        err.print(f"{where}{' (spawned)' if broker else ''}: {options.clients} clients, "
+                  f"{options.effective_processes} processes")
     display = LiveDisplay(err) if not args.quiet else None
     prepare = None
     try:

@@ -42,16 +42,19 @@ per login to every subscriber, so n logins deliver n^2 / 2 of them), which are o
 class SimClient:
     """One simulated user: its connection (None until its first login) and local counters.
 
-    Fields: name (account), conn (SyncConnection | None), login_seq (the login reply's seq),
-    inflight (unanswered sends), reqs ({req: private n >= 0, or -1 - broadcast n}), alive (in a
-    session that still goes on), login_req (the login in flight, 0 when none), login_t0
-    (monotonic ns it was sent), next_catch_up (monotonic ns of the next drain-time `history`).
+    Fields: name (account), broker (index of its broker in the config's `brokers`, 0 with one
+    broker), conn (SyncConnection | None), login_seq (the login reply's seq), inflight (unanswered
+    sends), reqs ({req: private n >= 0, or -1 - broadcast n}), alive (in a session that still goes
+    on), login_req (the login in flight, 0 when none), login_t0 (monotonic ns it was sent),
+    next_catch_up (monotonic ns of the next drain-time `history`).
     """
 
-    __slots__ = ("name", "conn", "login_seq", "inflight", "reqs", "alive", "login_req", "login_t0", "next_catch_up")
+    __slots__ = ("name", "broker", "conn", "login_seq", "inflight", "reqs", "alive", "login_req", "login_t0",
+                 "next_catch_up")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, broker: int = 0) -> None:
         self.name = name
+        self.broker = broker
         self.conn: SyncConnection | None = None
         self.login_seq = 0
         self.inflight = 0
@@ -73,13 +76,16 @@ class Fleet:
         clients, active (logged-in clients: senders and private recipients), pled, bled (the
         ledgers), texts, inflight_total, sending (the run phase is on), refill (closed loop: an
         answered send is replaced at once), sent_per_second, sessions_ended {reason: n},
-        broker_lost, on_login_reply (called with (client, ReplyReceived) for a login reply).
+        broker_lost, per_broker ({"host:port": clients logged in there}, several brokers only),
+        on_login_reply (called with (client, ReplyReceived) for a login reply).
     """
 
     def __init__(self, cfg: Any, control_fd: int, on_control: Callable[[], None]) -> None:
         self.cfg = cfg
         self.rng = random.Random(None if cfg.seed is None else cfg.seed * 1009 + cfg.worker)
-        self.clients = [SimClient(n) for n in cfg.users]
+        spread = cfg.broker_of or [0] * len(cfg.users)
+        self.clients = [SimClient(n, b) for n, b in zip(cfg.users, spread, strict=True)]
+        self.per_broker: dict[str, int] = {}
         self.active: list[SimClient] = []
         self.ctx = zmq.Context()
         self.ctx.max_sockets = max(1024, 2 * len(self.clients) + 64)
@@ -110,8 +116,13 @@ class Fleet:
         stay silent without logging in for --login-timeout seconds, and a login sent just as its
         connection is cut would be lost). Returns the connection."""
         cfg = self.cfg
-        c.conn = SyncConnection(self.ctx, self.poller, cfg.address, cfg.port, ipv6=cfg.ipv6,
-                                server_key=cfg.server_key, registry=self.owner, owner=c)
+        brokers = cfg.brokers
+        if brokers:
+            _, address, port, ipv6, key = brokers[c.broker]
+        else:
+            address, port, ipv6, key = cfg.address, cfg.port, cfg.ipv6, cfg.server_key
+        c.conn = SyncConnection(self.ctx, self.poller, address, port, ipv6=ipv6, server_key=key,
+                                registry=self.owner, owner=c)
         return c.conn
 
     def flush(self, c: SimClient) -> None:
@@ -301,6 +312,9 @@ class Fleet:
         c.alive = True
         self.active.append(c)
         self.bled.add_subscriber(c.login_seq)
+        brokers = self.cfg.brokers
+        if brokers:
+            tally(self.per_broker, brokers[c.broker][0])
 
     def _leave(self, c: SimClient) -> None:
         if c.alive:

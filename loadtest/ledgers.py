@@ -306,8 +306,9 @@ class RunCounts(Counters):
     """What happened to the clients of a run: clients (assigned), logged_in, sessions_ended
     {reason: count}, broker_lost (BrokerLost reports), skipped (rate mode: sends due while every
     window was full), bad_frames (unparseable broker messages), drained (nothing was outstanding at
-    the end of the drain), start_ns (monotonic ns: sending started; 0 when it did not). Kept per
-    process (WorkerReport) and merged for the run (loadtest.accounting.Results)."""
+    the end of the drain), start_ns (monotonic ns: sending started; 0 when it did not), per_broker
+    ({"host:port": clients logged in there}; empty with one broker). Kept per process
+    (WorkerReport) and merged for the run (loadtest.accounting.Results)."""
 
     clients: int = 0
     logged_in: int = 0
@@ -317,8 +318,9 @@ class RunCounts(Counters):
     bad_frames: int = 0
     drained: bool = True
     start_ns: int = 0
+    per_broker: dict[str, int] = field(default_factory=dict)
 
-    SUMMED = ("clients", "logged_in", "sessions_ended", "broker_lost", "skipped", "bad_frames")
+    SUMMED = ("clients", "logged_in", "sessions_ended", "broker_lost", "skipped", "bad_frames", "per_broker")
 
     def add_counts(self, other: Counters) -> None:
         """Add `other`'s (a RunCounts) counts to these; drained only when both are; start_ns the

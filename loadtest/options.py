@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from zmq_chat.protocol.limits import DEFAULT_PORT, USERNAME_PATTERN
@@ -56,6 +56,9 @@ class LoadOptions:
         seed: random seed of the message mix and recipients (None: random).
         server_key: the broker's public key (Z85 bytes) every client trusts; None with insecure.
         insecure: the broker runs --insecure: clients speak NULL (no encryption).
+        brokers: several brokers of one chat, (host, port, server_key) each: client i logs in on
+            brokers[i % len(brokers)], so messages between clients on different brokers cross
+            brokers; empty (the default): the one broker host:port with server_key.
     """
 
     host: str = "127.0.0.1"
@@ -75,14 +78,25 @@ class LoadOptions:
     seed: int | None = None
     server_key: bytes | None = None
     insecure: bool = False
+    brokers: list[tuple[str, int, bytes | None]] = field(default_factory=list)
+
+    def targets(self) -> list[tuple[str, int, bytes | None]]:
+        """The brokers the clients are spread over: `brokers`, or [(host, port, server_key)]."""
+        return list(self.brokers) or [(self.host, self.port, self.server_key)]
+
+    @staticmethod
+    def label(host: str, port: int) -> str:
+        """How the report names a broker: "host:port"."""
+        return f"{host}:{port}"
 
     def validate(self, require_key: bool = True) -> "LoadOptions":
         """Check every field (the broker key only with `require_key`); returns self.
         Raises OptionsError with a one-line message."""
-        if not self.host:
-            raise OptionsError("--host must not be empty")
-        if not 1 <= self.port <= 65535:
-            raise OptionsError(f"--port must be 1..65535, got {self.port}")
+        for host, port, _ in self.targets():
+            if not host:
+                raise OptionsError("--host must not be empty")
+            if not 1 <= port <= 65535:
+                raise OptionsError(f"--port must be 1..65535, got {port}")
         if self.clients < 1:
             raise OptionsError(f"--clients must be at least 1, got {self.clients}")
         if not self.duration > 0:
@@ -110,9 +124,10 @@ class LoadOptions:
             raise OptionsError(f"--login-parallel must be at least 1, got {self.login_parallel}")
         if self.login_timeout is not None and not self.login_timeout > 0:
             raise OptionsError(f"--login-timeout must be greater than 0, got {self.login_timeout:g}")
-        if require_key and self.server_key is None and not self.insecure:
-            raise OptionsError("the broker's key is needed: --server-key KEY (chat-broker --print-key), "
-                               "CHAT_SERVER_KEY, a key recorded by chat-client, or --insecure")
+        for host, port, key in self.targets():
+            if require_key and key is None and not self.insecure:
+                raise OptionsError(f"the key of the broker at {self.label(host, port)} is needed: --server-key KEY "
+                                   "(chat-broker --print-key), CHAT_SERVER_KEY, a key recorded by chat-client, or --insecure")
         return self
 
     @property
@@ -130,4 +145,5 @@ class LoadOptions:
         d = asdict(self)
         d.pop("password", None)
         d["server_key"] = self.server_key.decode() if self.server_key else None
+        d["brokers"] = [self.label(host, port) for host, port, _ in self.brokers]
         return d

@@ -148,6 +148,10 @@ def summary_tables(results: Results) -> list[Table]:
         p = r.prepare
         overview.add_row("accounts", f"{p.get('created', 0):,} created, {p.get('existed', 0):,} existed, "
                          f"failed: {_codes(p.get('failed', {}))} ({p.get('elapsed_s', 0.0):.2f} s)")
+    if r.per_broker:
+        order = {label: i for i, label in enumerate(r.options.get("brokers") or [])}
+        counts = sorted(r.per_broker.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+        overview.add_row("brokers", ", ".join(f"{label} {n:,}" for label, n in counts) + " clients logged in")
     if r.sessions_ended:
         overview.add_row("sessions ended", _codes(r.sessions_ended))
     if r.broker_lost or r.skipped or r.bad_frames:

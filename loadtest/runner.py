@@ -275,26 +275,41 @@ def split_users(names: list[str], parts: int) -> list[list[str]]:
     return out
 
 
+def spread_over_brokers(clients: int, brokers: int) -> list[int]:
+    """The broker index of each client: round robin, client i on broker i % brokers."""
+    return [i % max(1, brokers) for i in range(clients)]
+
+
 def worker_configs(options: LoadOptions) -> list[WorkerConfig]:
     """One WorkerConfig per load process: the clients split evenly, one random run tag, the login
-    parallelism shared out. Raises BrokerUnreachable when the host does not resolve."""
-    address, ipv6 = resolve(options.host, options.port)
+    parallelism shared out; with several brokers, client i on broker i % brokers (so a process's
+    clients, and the private messages between them, span the brokers). Raises BrokerUnreachable
+    when a host does not resolve."""
+    targets = options.targets()
+    resolved = [(host, port, *resolve(host, port), key) for host, port, key in targets]
+    brokers = [(LoadOptions.label(host, port), address, port, ipv6, key)
+               for host, port, address, ipv6, key in resolved] if options.brokers else []
+    _, port0, address, ipv6, key0 = resolved[0]
     chunks = split_users(user_names(options.user_prefix, options.clients), options.effective_processes)
+    spread = spread_over_brokers(options.clients, len(targets))
     run_tag = "r" + secrets.token_hex(3)
     per_proc_parallel = max(1, options.login_parallel // len(chunks))
-    return [
-        WorkerConfig(
-            worker=i, address=address, port=options.port, ipv6=ipv6, users=users, password=options.password,
+    configs, first = [], 0
+    for i, users in enumerate(chunks):
+        configs.append(WorkerConfig(
+            worker=i, address=address, port=port0, ipv6=ipv6, users=users, password=options.password,
             rate=options.rate, window=options.window, broadcast_ratio=options.broadcast_ratio, size=options.size,
             run_tag=run_tag, login_parallel=per_proc_parallel, login_timeout=options.effective_login_timeout,
-            drain=options.drain, seed=options.seed, server_key=options.server_key,
-        )
-        for i, users in enumerate(chunks)
-    ]
+            drain=options.drain, seed=options.seed, server_key=key0, brokers=brokers,
+            broker_of=spread[first:first + len(users)] if brokers else [],
+        ))
+        first += len(users)
+    return configs
 
 
 def run_load(options: LoadOptions, progress: Callable[[Progress], None] | None = None) -> Results:
-    """Run one load test against the broker at options.host:options.port.
+    """Run one load test against the broker at options.host:options.port, or spread over
+    options.brokers (several brokers of one chat).
 
     Phases: log every client in (login rate and latency are measured here), send for
     options.duration seconds, stop, wait up to options.drain seconds for replies and deliveries,

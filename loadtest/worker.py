@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zmq_chat.loadtest.fleet import TICK_S, Fleet
@@ -59,7 +59,9 @@ class WorkerConfig:
     run_tag (letters/digits marking this run's messages), login_parallel (logins in flight in this
     process), login_timeout (seconds for the whole login phase), drain (seconds after end_ns to
     wait for replies), seed (random seed or None), server_key (the broker's public key, Z85 bytes;
-    None speaks NULL).
+    None speaks NULL); with several brokers of one chat: brokers ((label "host:port", numeric address,
+    port, ipv6, key) each) and broker_of (the index in `brokers` of each client of `users`), else
+    both empty and every client uses address/port/ipv6/server_key.
     """
 
     worker: int
@@ -78,6 +80,8 @@ class WorkerConfig:
     drain: float
     seed: int | None = None
     server_key: bytes | None = None
+    brokers: list[tuple[str, str, int, bool, bytes | None]] = field(default_factory=list)
+    broker_of: list[int] = field(default_factory=list)
 
 
 class ParentGone(Exception):
@@ -268,6 +272,7 @@ class LoadWorker:
             private=fleet.pled.part(), broadcast=fleet.bled.part(), sent_per_second=fleet.sent_per_second,
             sessions_ended=dict(fleet.sessions_ended), broker_lost=fleet.broker_lost, skipped=self.skipped,
             bad_frames=fleet.bad_frames(), start_ns=self.start_ns, end_ns=self.end_ns, drained=drained,
+            per_broker=dict(fleet.per_broker),
         )
 
     def _logout(self) -> None:
