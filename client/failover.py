@@ -102,7 +102,11 @@ class BrokerSet:
         if conn.insecure:
             return
         for index, broker in enumerate(self.brokers):
-            if index == self.current or trust.choose_key(broker.address, self.keys[index], False, conn.known):
+            try:
+                if index == self.current or trust.choose_key(broker.address, self.keys[index], False, conn.known):
+                    continue
+            except ConnectError as exc:  # a malformed --server-key for this broker
+                say(f"{broker.address}: {exc}")
                 continue
             probe = Connection(broker.host, broker.port, key_port=self.key_port, known=conn.known,
                                trust_prompt=conn.trust_prompt)

@@ -1,12 +1,13 @@
-"""End-to-end tests of chat-client's broker list and failover with ONE real broker reached under two
-addresses, so both are the same chat (one store): a TCP forwarder in front of it is the first
-address, the broker's own port the second. Muting the forwarder (the broker's answers are dropped,
-the client's requests still arrive) makes the first "broker" stop answering mid-session.
+"""End-to-end tests of chat-client's broker list and failover, in pseudo-terminals (pexpect).
 
-What these tests cover: the switch, the login again with the same credentials, a send without a
-reply stored once (retried with the same id on the second address), an unacked private message
-shown once, the one-line notice, keys per host:port. The failover between several brokers that
-share a Redis store is tested where those brokers are built (they need a real redis-server).
+* Two real brokers sharing a real redis-server (`chat-broker --store redis://...`, one chat, each
+  with its own CURVE key): kill -9 of the client's broker mid-session; the client fails over to the
+  other, logs in again, catches up and sends again what got no reply.
+* ONE SQLite broker reached under two addresses (the same chat, one store): a TCP forwarder in
+  front of it is the first address, the broker's own port the second. Muting the forwarder (the
+  broker's answers are dropped, the client's requests still arrive) makes the first "broker" stop
+  answering while it stores what it is sent: a send whose reply was lost is stored once.
+* Brokers that do not answer at start, and keys recorded per host:port.
 Every wait has a deadline; subprocesses are killed in finally.
 """
 
@@ -181,6 +182,50 @@ def test_a_broker_that_stops_answering_is_replaced_and_the_session_goes_on(broke
         assert quit_client(b) == 0
     finally:
         forwarder.close()
+
+
+def expect_all(child: pexpect.spawn, texts: list[str], timeout: float = 20) -> None:
+    """Wait until the client printed every one of `texts`, in any order."""
+    left = list(texts)
+    while left:
+        left.pop(child.expect_exact(left, timeout=timeout))
+
+
+def test_kill_9_of_the_broker_in_use_fails_over_to_another_of_the_same_chat(tmp_path, redis_server, spawn):
+    store = ["--store", redis_server.url, "--backplane-ttl", "1.5", "--heartbeat-timeout", "3"]
+    brokers = [Broker(tmp_path / f"b{i}", *store) for i in range(2)]
+    try:
+        one, two = brokers
+        assert one.server_key != two.server_key  # each broker its own key, trusted per host:port
+        alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+        register(one, alice, bob)
+        first, second = f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"
+        a = spawn("--host", f"{first},{second}", f"--server-key={one.server_key.decode()},{two.server_key.decode()}")
+        a.expect_exact(f"connected to {first}")
+        log_in(a, alice)
+        b = spawn("--host", second, f"--server-key={two.server_key.decode()}")
+        log_in(b, bob)
+
+        one.stop(kill=True)
+        a.sendline("broadcast sent-as-the-broker-died")  # no reply: sent again, same id, on the other broker
+        b.sendline(f"send {alice} mail-while-{alice}-moves")
+        b.expect_exact(f"you to {alice}: mail-while-{alice}-moves")
+        b.sendline("broadcast news-while-alice-moves")
+        b.expect_exact("you to all: news-while-alice-moves")
+        a.expect_exact(f"connection to {first} lost; now on {second}", timeout=40)
+        expect_all(a, [f"mail-while-{alice}-moves",  # from the shared mailbox
+                       "news-while-alice-moves",  # caught up from the last seq alice saw
+                       "you to all: sent-as-the-broker-died"])
+        b.expect_exact(f"{alice} to all: sent-as-the-broker-died")
+        a.sendline("broadcast after-the-switch")
+        b.expect_exact(f"{alice} to all: after-the-switch")
+        assert transcript(b).count("sent-as-the-broker-died") == 1
+        assert transcript(a).count("news-while-alice-moves") == 1
+        assert quit_client(a) == 0
+        assert quit_client(b) == 0
+    finally:
+        for broker in brokers:
+            broker.stop(kill=True)
 
 
 def _free_port() -> int:
