@@ -52,7 +52,8 @@ def _add_numbers(p: argparse.ArgumentParser, flags: list[NumberFlag]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of chat-broker (every flag, with units in its help)."""
     d = Config()
-    p = argparse.ArgumentParser(prog="chat-broker", description="ZeroMQ chat broker (ROUTER + PUB; SQLite store, or Redis shared by several brokers)")
+    p = argparse.ArgumentParser(prog="chat-broker",
+                                description="ZeroMQ chat broker (ROUTER + PUB; SQLite store, or Redis shared by several brokers)")
     _add_endpoint_flags(p, d)
     _add_session_flags(p, d)
     p.add_argument("--print-key", action="store_true",

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from zmq_chat.broker.corebase import CoreBase
 from zmq_chat.broker.feed import OnlineNotice
+from zmq_chat.broker.reads import ReadJob, SharedReads
 from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
@@ -56,8 +56,9 @@ def _names(names: list[str], most: int = 5) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-class Commands(CoreBase):
-    """Session command handlers; mixed into BrokerCore (the state they use: broker.corebase.CoreBase)."""
+class Commands(SharedReads):
+    """Session command handlers; mixed into BrokerCore (the state they use: broker.corebase.CoreBase;
+    the reads of a shared store, answered later: broker.reads.SharedReads)."""
 
     def _who(self, s: Session, r: m.Who) -> None:
         names = {o.user for o in self.sessions.values() if not o.hidden}
@@ -253,6 +254,9 @@ class Commands(CoreBase):
         session's cursor, oldest first."""
         if s.busy or s.detached:
             return
+        if self.shared:
+            self._pump_shared(s)
+            return
         room = self.cfg.mail_window - len(s.inflight)
         if room > 0 and s.dropped:
             ids = sorted(s.dropped)[:room]
@@ -287,27 +291,27 @@ class Commands(CoreBase):
             if wait > 0:
                 raise ProtocolError(ErrorCode.RATE_LIMITED, f"too many requests; retry in {wait:.2f} s",
                                     fields={"retry_after": round(wait, 3)})
-        removed = self._delete_mail(s, r.ids)
-        if removed:
-            self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - removed)
-            self._req_mail.append((s.user, -removed))
+        wanted = set(r.ids) - self.batch.acked(s.user)
+        known = {i for i in wanted if i in s.inflight or i in s.dropped}
+        others = sorted(wanted - known)  # pushed in an earlier session: the store knows
         s.inflight.difference_update(r.ids)
         s.dropped.difference_update(r.ids)
-        self._ok(s.rid, AckReply(req=r.req, removed=removed))
-        self._pump(s)
-
-    def _delete_mail(self, s: Session, ids: list[int]) -> int:
-        """Delete acked mail of `s.user` (with the batch); returns how many of `ids` were in the
-        mailbox. Ids pushed in this session and unacked are known to be there; the store is asked
-        only about the others (an ack of a push of an earlier session)."""
-        wanted = set(ids) - self.batch.acked(s.user)
-        known = {i for i in wanted if i in s.inflight or i in s.dropped}
-        others = sorted(wanted - known)
+        if others and self.shared:  # the loop does not wait on a shared store: answered when read
+            self._read(ReadJob("ack", s.rid, r.req, s.user, (others, known)))
+            return
         if others:
             known.update(x.id for x in self._mail_by_ids(s.user, others))
+        self._finish_ack(s, r.req, known)
+
+    def _finish_ack(self, s: Session, req: int, known: set[int]) -> None:
+        """Delete the acked mail ids `known` (all in `s.user`'s mailbox) with the batch, answer
+        request `req` with how many, push more."""
         if known:
             self.batch.acks.append((s.user, sorted(known)))
-        return len(known)
+            self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - len(known))
+            self._req_mail.append((s.user, -len(known)))
+        self._ok(s.rid, AckReply(req=req, removed=len(known)))
+        self._pump(s)
 
     def _busy(self, s: Session, r: m.Busy) -> None:
         if len(r.text) > self.cfg.max_message_chars:
@@ -347,7 +351,15 @@ class Commands(CoreBase):
         """The oldest kept events after `after`: at most `limit` (capped at --history) and at most
         --reply-bytes of event JSON (at least one event); `complete` tells whether they reach `seq`."""
         limit = min(r.limit, self.cfg.history)
+        if r.after < self.seq and self.shared:  # the loop does not wait on a shared store: answered when read
+            self._read(ReadJob("history", s.rid, r.req, s.user, (r.after, limit)))
+            return
         rows = self._event_bodies_after(r.after, limit) if r.after < self.seq else []
+        self._history_reply(s, r.req, r.after, rows)
+
+    def _history_reply(self, s: Session, req: int, after: int, rows: list[tuple[int, bytes]]) -> None:
+        """Answer `history` request `req` of `s` (after `after`) with the logged events `rows`
+        (oldest first), cut to --reply-bytes; `complete` when they reach self.seq."""
         events: list[tuple[int, bytes]] = []
         size = 0
         for seq, body in rows:
@@ -357,9 +369,9 @@ class Commands(CoreBase):
             events.append((seq, body))
         if size > 16 * 1024 and self._refuse_large(s, size):
             return
-        complete = (not events and r.after >= self.seq) or bool(
-            events and events[0][0] == r.after + 1 and events[-1][0] == self.seq
+        complete = (not events and after >= self.seq) or bool(
+            events and events[0][0] == after + 1 and events[-1][0] == self.seq
         )
         # the stored Event bodies go out as they are (msgspec.Raw), not decoded and encoded again
-        self._ok(s.rid, HistoryReply(req=r.req, events=[msgspec.Raw(b) for _, b in events],  # type: ignore[misc]
+        self._ok(s.rid, HistoryReply(req=req, events=[msgspec.Raw(b) for _, b in events],  # type: ignore[misc]
                                      seq=self.seq, complete=complete))

@@ -27,10 +27,11 @@ from zmq_chat.protocol.replies import ErrorReply, Reply, encode_reply
 
 if TYPE_CHECKING:  # pragma: no cover
     from zmq_chat.broker.accounts import AuthJob
+    from zmq_chat.broker.reads import ReadJob
 
-Mark = tuple[int, int, int, int, tuple[int, int, int, int, int]]
+Mark = tuple[int, int, int, int, tuple[int, int, int, int, int], int]
 """Where the output, the sequence number and the store writes stood before a request (for _undo):
-(ROUTER messages, PUB messages, jobs, seq, WriteBatch.mark())."""
+(ROUTER messages, PUB messages, jobs, seq, WriteBatch.mark(), reads)."""
 
 
 @dataclass
@@ -40,7 +41,8 @@ class Output:
     router: (routing id, kind, body, mail id or 0) per ROUTER message; a nonzero mail id marks a
     `msg` push (on EAGAIN the loop calls on_push_dropped). pub: (topic, body) per PUB message.
     jobs: argon2id work. cuts: connections to shut down (the loop checks fd, IP and port first).
-    writes: the store writes to commit before any of the above leaves.
+    writes: the store writes to commit before any of the above leaves. reads: a shared store's
+    reads (broker.reads), started once `writes` is durable, so they see it.
     """
 
     router: list[tuple[bytes, bytes, bytes, int]] = field(default_factory=list)
@@ -48,9 +50,10 @@ class Output:
     jobs: list[AuthJob] = field(default_factory=list)
     cuts: list[Conn] = field(default_factory=list)
     writes: WriteBatch = field(default_factory=WriteBatch)
+    reads: list[ReadJob] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.router or self.pub or self.jobs or self.cuts or self.writes)
+        return bool(self.router or self.pub or self.jobs or self.cuts or self.writes or self.reads)
 
 
 class CoreBase(ABC):
@@ -174,14 +177,20 @@ class CoreBase(ABC):
             self._req_sends = []
         if self._req_users:
             self._req_users = []
-        return len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.batch.mark()
+        return (len(self._out.router), len(self._out.pub), len(self._out.jobs), self.seq, self.batch.mark(),
+                len(self._out.reads))
 
     def _undo(self, mark: Mark) -> None:
         """Drop the output, the store writes and the counters of a request that raised (ends of
         sessions excepted: they happened). Mail ids handed out stay used (never given twice);
         pushes of them are taken out of their sessions' windows, and pushes of mail that stays in
         the mailbox are pushed again later (as if dropped)."""
-        n_router, n_pub, n_jobs, self.seq, writes = mark
+        n_router, n_pub, n_jobs, self.seq, writes, n_reads = mark
+        for job in self._out.reads[n_reads:]:  # a pump read not made: the next pump asks again
+            s = self.sessions.get(job.rid)
+            if job.kind == "pump" and s is not None:
+                s.reading = False
+        del self._out.reads[n_reads:]
         created = {x.id for x in self.batch.mail[writes[2]:]}  # mail of this request: it goes
         self.batch.rollback(writes)
         for record in self._req_sends:

@@ -39,7 +39,7 @@ from zmq_chat.broker.sidesockets import origin
 from zmq_chat.broker.sockets import open_sockets, port_of
 from zmq_chat.broker.corebase import Output
 from zmq_chat.broker.stages import StageTimes
-from zmq_chat.broker.feed import Backplane, EpochLost
+from zmq_chat.broker.sharedio import SharedIO
 from zmq_chat.broker.storage import Store, StoreError
 from zmq_chat.broker.writer import CommitWriter
 
@@ -102,8 +102,8 @@ class BrokerLoop:
         self.core = BrokerCore(config, self.writer, port_of(self.endpoints[PUB]),
                                peer_behind=lambda fd: netio.peer_behind(fd, config.backlog_limit),
                                broker_id=getattr(store, "broker_id", ""))
-        self.backplane: Backplane | None = store.backplane(config.backplane_ttl) if store.shared else None  # type: ignore[attr-defined]
-        """A shared store's reader of the event log and the other brokers' notices (broker.feed)."""
+        self.shared = SharedIO(store, config.backplane_ttl, self._wake) if store.shared else None
+        """A shared store's backplane and reading thread (broker.sharedio)."""
         self.exit_status = 0
         self.held: collections.deque[tuple[int, Output, tuple | None]] = collections.deque()
         """Output waiting for its batch: (writer ticket, output, stage-times token)."""
@@ -167,8 +167,8 @@ class BrokerLoop:
         sys.setswitchinterval(SWITCH_INTERVAL)
         if stages:
             stages.watch_gc()
-        if self.backplane:
-            self.backplane.start(self._wake)
+        if self.shared:
+            self.shared.start()
         try:
             while not self.stop_requested:
                 timeout = max(0.0, min(next_tick, next_rss) - time.monotonic())  # RSS checks go on while idle
@@ -302,14 +302,11 @@ class BrokerLoop:
                 pass
         except BlockingIOError:
             pass
-        if self.backplane:
-            items = self.backplane.drain()
-            lost = [x for x in items if isinstance(x, EpochLost)]
-            if lost and not self.stop_requested:  # what was acknowledged is gone from the store: stop
-                log.error("the shared store lost this broker's event log (%s); stopping (exit status 3): "
-                          "restart the brokers, and restore the store's data if it was not meant to go", lost[0].reason)
-                self.stop_requested, self.exit_status = True, 3
-            self.core.on_backplane([x for x in items if not isinstance(x, EpochLost)])
+        lost = self.shared.drain(self.core) if self.shared else None
+        if lost and not self.stop_requested:  # what was acknowledged is gone from the store: stop
+            log.error("the shared store lost this broker's event log (%s); stopping (exit status 3): "
+                      "restart the brokers, and restore the store's data if it was not meant to go", lost)
+            self.stop_requested, self.exit_status = True, 3
         while True:
             try:
                 job = self.results.get_nowait()
@@ -375,6 +372,8 @@ class BrokerLoop:
                     self.core.on_push_dropped(rid, mail_id)
         for conn in out.cuts:
             netio.cut(conn.fd, conn.ip, conn.port)
+        if out.reads and self.shared:
+            self.shared.read(out.reads)
         for rid in gone:
             self.core.on_unreachable(rid)
 
@@ -382,8 +381,8 @@ class BrokerLoop:
         """Stop the workers, close the store (every batch is committed by then) and the sockets
         (lingering to flush)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.backplane:
-            self.backplane.close()
+        if self.shared:
+            self.shared.close()
         try:
             self.writer.close()  # commits what is queued, then closes the store
         except Exception as exc:  # the loop raised it already; closing must still release the rest

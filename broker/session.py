@@ -20,6 +20,8 @@ class Session:
     inflight: ids of private messages sent and not yet acknowledged (at most Config.mail_window).
     dropped: ids whose push was dropped (EAGAIN, or the connection closed): pushed again first.
     cursor: highest mailbox id sent in this session; backlog: the mailbox may hold more beyond it.
+    reading: a shared store's read of its mailbox is in flight (broker.reads); repump: a pump was
+    asked for meanwhile.
     """
 
     user: str
@@ -41,3 +43,5 @@ class Session:
     dropped: set[int] = field(default_factory=set)
     cursor: int = 0
     backlog: bool = True
+    reading: bool = False
+    repump: bool = False

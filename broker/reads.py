@@ -1,0 +1,151 @@
+"""Reads of a shared store, answered later: the loop never waits on a Redis round trip.
+
+With a store of one broker (SQLite) the core reads mail and event bodies at once: a local read
+takes microseconds. A shared store is a network hop away, so there the core queues a ReadJob in
+its output instead; the loop hands it to a reading thread once the output's batch is durable (so
+the read sees every write before it), and the core finishes the request when the result is back
+(on_read). Three requests read: a mailbox push beyond the cursor or of dropped pushes ("pump"),
+`history`, and an `ack` of ids pushed in an earlier session ("ack").
+
+A mixin of broker.core.BrokerCore (through broker.commands.Commands); pure: run_read is the only
+function that touches the store, on the reading thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from zmq_chat.broker.corebase import CoreBase
+from zmq_chat.broker.session import Session
+from zmq_chat.broker.storage import Store
+from zmq_chat.protocol import wire
+from zmq_chat.protocol.errors import ErrorCode
+from zmq_chat.protocol.replies import ErrorReply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ReadJob:
+    """One read for request `req` of the session of routing id `rid` (user `user`).
+
+    kind "pump": args (dropped ids to push again: list[int], the cursor to read beyond or None,
+    room: int); result (the dropped ones still stored, up to `room` messages beyond the cursor).
+    kind "history": args (after, limit); result [(seq, body)]. kind "ack": args (ids to look up:
+    list[int], ids known to be stored: set[int]); result: the looked-up ones still stored.
+    error: the exception of a failed read (result then None).
+    """
+
+    kind: str
+    rid: bytes
+    req: int
+    user: str
+    args: tuple
+    result: Any = None
+    error: BaseException | None = field(default=None, repr=False)
+
+
+def run_read(store: Store, job: ReadJob) -> ReadJob:
+    """Do `job`'s reads on `store` (on a reading thread). Returns job with result or error set."""
+    try:
+        if job.kind == "pump":
+            dropped, cursor, room = job.args
+            job.result = (store.mail_by_ids(job.user, dropped) if dropped else [],
+                          store.mail_after(job.user, cursor, room) if cursor is not None else [])
+        elif job.kind == "history":
+            job.result = store.event_bodies_after(*job.args)
+        else:
+            job.result = store.mail_by_ids(job.user, job.args[0])
+    except Exception as exc:  # the core answers E_INTERNAL (retry); the broker goes on
+        job.error = exc
+    return job
+
+
+class SharedReads(CoreBase):
+    """The shared store's deferred reads (see the module docstring)."""
+
+    @abstractmethod
+    def _finish_ack(self, s: Session, req: int, known: set[int]) -> None:
+        """Delete the acked ids `known` and answer (broker.commands)."""
+
+    @abstractmethod
+    def _history_reply(self, s: Session, req: int, after: int, rows: list[tuple[int, bytes]]) -> None:
+        """Answer a `history` request with `rows` (broker.commands)."""
+
+    def _read(self, job: ReadJob) -> None:
+        """Queue `job` for the reading thread (it leaves with this wake-up's output)."""
+        self._out.reads.append(job)
+
+    def _pump_shared(self, s: Session) -> None:
+        """Ask for the mail that _pump would read (one read in flight per session; a pump asked
+        for meanwhile runs when it is back)."""
+        if s.reading:
+            s.repump = True
+            return
+        room = self.cfg.mail_window - len(s.inflight)
+        if room <= 0 or not (s.dropped or s.backlog):
+            return
+        dropped = sorted(s.dropped)[:room]
+        s.reading = True
+        s.repump = False
+        self._read(ReadJob("pump", s.rid, 0, s.user, (dropped, s.cursor if s.backlog else None, room)))
+
+    def on_read(self, job: ReadJob) -> None:
+        """Finish the request of `job`, whose read is done. Like a request it changes nothing when
+        it fails (undone, E_INTERNAL); a session that ended meanwhile gets nothing."""
+        s = self.sessions.get(job.rid)
+        if s is None or s.user != job.user:
+            return
+        mark = self._mark()
+        try:
+            if job.error is not None:
+                log.error("store read for %s failed: %s", job.kind, job.error)
+                if job.kind == "pump":
+                    s.reading = False  # pushed again at the next ack, idle or resume
+                else:
+                    self._err(s.rid, ErrorReply.of(job.req, ErrorCode.INTERNAL, "the store could not be read; retry"))
+            elif job.kind == "pump":
+                self._pumped(s, job)
+            elif job.kind == "history":
+                self._history_reply(s, job.req, job.args[0], [row for row in job.result if row[0] <= self.seq])
+            else:
+                known: set[int] = job.args[1] | ({x.id for x in job.result} - self.batch.acked(s.user))
+                self._finish_ack(s, job.req, known)
+        except Exception:
+            log.exception("internal error finishing a store read")
+            self._undo(mark)
+
+    def _pumped(self, s: Session, job: ReadJob) -> None:
+        """Push what a pump read found, if still wanted: dropped ids not acked or pushed since;
+        messages beyond the cursor, up to the room left. Reads again when more may wait."""
+        s.reading = False
+        dropped, cursor, _ = job.args
+        found, beyond = job.result
+        room = self.cfg.mail_window - len(s.inflight)
+        acked = self.batch.acked(s.user)
+        s.dropped.difference_update(set(dropped) - {x.id for x in found})  # acked elsewhere: gone
+        for msg in found:
+            if room > 0 and msg.id in s.dropped and msg.id not in s.inflight and msg.id not in acked:
+                s.dropped.discard(msg.id)
+                s.inflight.add(msg.id)
+                self._out.router.append((s.rid, wire.MSG, wire.encode_json(msg), msg.id))
+                room -= 1
+        if cursor is not None:
+            complete = len(beyond) < job.args[2]
+            for msg in beyond:
+                if msg.id <= s.cursor or msg.id in s.inflight or msg.id in acked:
+                    continue  # pushed already, or held as dropped
+                if room <= 0:
+                    complete = False
+                    break
+                s.inflight.add(msg.id)
+                s.cursor = msg.id
+                self._out.router.append((s.rid, wire.MSG, wire.encode_json(msg), msg.id))
+                room -= 1
+            if complete and not s.repump:
+                s.backlog = False
+        if s.repump or (room > 0 and (s.backlog or s.dropped)):
+            self._pump_shared(s)
