@@ -1,0 +1,213 @@
+"""The broker core on a shared store (issue 10), pure: a fake clock, an in-memory store that numbers
+events at commit as a shared store does, and the backplane's items fed by hand (broker.feed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from tests.core_harness import PASSWORD, CoreRig, _verifies, fast_hash
+from zmq_chat.broker.commands import content_digest
+from zmq_chat.broker.feed import AckNotice, DupNotice, LogEvent, MailNotice, OfflineNotice, OnlineNotice, UserNotice
+from zmq_chat.broker.memstore import MemoryStore
+from zmq_chat.broker.reads import run_read
+from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
+from zmq_chat.protocol import messages as m
+from zmq_chat.protocol import wire
+
+
+class SharedMemoryStore(MemoryStore):
+    """MemoryStore acting as a shared store: commit numbers events (the batch carries seq 0) and
+    keeps them in `logged` for the rig to feed back as the backplane would; claim_user, sends_of."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[LogEvent] = []
+        self.claims: list[Any] = []  # what claim_user answers next (True when empty)
+
+    def commit(self, batch: WriteBatch) -> None:
+        numbered = []
+        for _, body in batch.events:
+            self.seq += 1
+            body = re.sub(rb'^\{"seq":\d+,', b'{"seq":%d,' % self.seq, bytes(body))
+            numbered.append((self.seq, body))
+            self.logged.append(LogEvent(self.seq, body))
+        batch.events = numbered
+        super().commit(batch)
+
+    def claim_user(self, record: UserRecord) -> bool:
+        answer = self.claims.pop(0) if self.claims else True
+        if isinstance(answer, Exception):
+            raise answer
+        if answer and record.name not in self.users:
+            self.users[record.name] = record
+            return True
+        return False
+
+    def sends_of(self, sender: str, since: float) -> list[SendRecord]:
+        return [x for x in self.sends.values() if x.sender == sender and x.ts >= since]
+
+
+class SharedRig(CoreRig):
+    """CoreRig on a SharedMemoryStore: after each commit the rig runs the core's reads and feeds
+    the newly logged events back (a backplane with no delay)."""
+
+    def __init__(self, tmp: Any, **config: Any) -> None:
+        super().__init__(tmp, SharedMemoryStore(), **config)
+        self.core.broker_id = "here"
+        self.fed = 0
+
+    def take(self, keep_jobs: bool = True) -> Any:
+        first = super().take(keep_jobs)
+        while True:
+            reads = first.reads
+            logged = self.store.logged[self.fed:]
+            self.fed = len(self.store.logged)
+            if not reads and not logged:
+                return first
+            for job in reads:
+                self.core.on_read(run_read(self.store, job))
+            self.core.on_backplane(logged)
+            more = super().take(keep_jobs)
+            first.reads = more.reads
+
+    def run_jobs(self, jobs: list[Any]) -> None:
+        for job in jobs:
+            job.result = fast_hash(job.password) if job.kind == "hash" else _verifies(job)
+            if job.after is not None:
+                try:
+                    job.after(job)
+                except Exception:
+                    pass  # (broker.auth.run_job logs it)
+            self.core.on_auth_result(job)
+        out = self.take(keep_jobs=False)
+        if out.jobs:
+            self.run_jobs(out.jobs)
+
+    def feed(self, *items: Any) -> None:
+        self.core.on_backplane(list(items))
+        self.take()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return SharedRig(tmp_path, mail_window=3)
+
+
+def test_a_broadcast_is_answered_with_the_number_the_store_gave_it(rig):
+    alice = rig.user("alice")
+    rig.store.seq = 41  # other brokers logged 41 events (this one has not read them: it starts at 1)
+    reply = rig.call(alice, "broadcast", id="b1", text="hello all")
+    assert (reply["status"], reply["seq"], reply["dup"]) == ("ok", 42, False)
+    assert [(e.seq, e.text) for e in rig.events("bcast")] == [(42, "hello all")]
+    again = rig.call(alice, "broadcast", id="b1", text="hello all")
+    assert (again["seq"], again["dup"]) == (42, True)
+    assert len(rig.events("bcast")) == 1
+
+
+def test_a_broadcast_stored_first_by_another_broker_is_answered_with_its_first_reply(rig):
+    alice = rig.user("alice")
+    req = rig.send(alice, "broadcast", id="b1", text="hello")
+    rig.core.on_backplane([DupNotice("alice", "b1", '{"status":"ok","digest":1,"seq":7,"ts":5.0}')])
+    rig.take()
+    reply = next(r for r in rig.replies(alice) + _bodies(rig, alice) if r["req"] == req)
+    assert (reply["seq"], reply["dup"]) == (7, True)
+
+
+def _bodies(rig: SharedRig, client: Any) -> list[dict]:
+    return [json.loads(b) for rid, k, b, _ in rig.out.router if rid == client[0] and k == wire.REPLY]
+
+
+def test_mail_stored_by_another_broker_is_pushed_here_and_counted(rig):
+    bob = rig.user("bob")
+    msg = m.PrivateMessage(10**12 + 1, "alice", "bob", 5.0, "from far away", "c1")
+    rig.store.mail[msg.id] = msg  # (the other broker committed it)
+    rig.feed(MailNotice(msg))
+    assert [x.text for x in rig.pushes(bob)] == ["from far away"]
+    assert rig.core.mail_counts["bob"] == 1
+    rig.feed(AckNotice("bob", 1))
+    assert rig.core.mail_counts["bob"] == 0
+
+
+def test_mail_below_the_cursor_with_a_full_window_is_pushed_after_an_ack(rig):
+    bob, alice = rig.user("bob"), rig.user("alice")
+    ids = [rig.call(alice, "send", id=f"s{i}", to=["bob"], text=f"t{i}")["ids"]["bob"] for i in range(3)]
+    assert len(rig.pushes(bob)) == 3  # the window (3) is full
+    low = m.PrivateMessage(ids[0] - 1, "carol", "bob", 5.0, "an older id from another broker's lease", "c9")
+    rig.store.mail[low.id] = low
+    rig.feed(MailNotice(low))
+    assert len(rig.pushes(bob)) == 3
+    assert rig.call(bob, "ack", ids=ids)["removed"] == 3
+    assert [x.id for x in rig.pushes(bob)][3:] == [low.id]
+
+
+def test_the_later_login_elsewhere_ends_the_session_here(rig):
+    alice = rig.user("alice")
+    since = rig.core.by_user["alice"].since
+    rig.feed(OnlineNotice("alice", "there", since - 1, False))  # older: this session stays
+    assert rig.ends(alice) == []
+    rig.feed(OnlineNotice("alice", "there", since + 1, False))
+    assert [e.reason for e in rig.ends(alice)] == ["replaced"]
+    assert "alice" not in rig.core.by_user
+
+
+def test_who_lists_visible_sessions_of_every_broker(rig):
+    alice = rig.user("alice")
+    rig.feed(OnlineNotice("bob", "there", 1.0, False), OnlineNotice("carol", "there", 1.0, True))
+    assert rig.call(alice, "who")["users"] == ["alice", "bob"]
+    rig.feed(OfflineNotice("bob", "elsewhere"))  # not where bob is: nothing changes
+    assert rig.call(alice, "who")["users"] == ["alice", "bob"]
+    rig.feed(OfflineNotice("bob", "there"))
+    assert rig.call(alice, "who")["users"] == ["alice"]
+
+
+def test_history_is_read_off_the_loop_and_stops_at_the_newest_event_published_here(rig):
+    alice = rig.user("alice")
+    rig.call(alice, "broadcast", id="b1", text="one")
+    rig.store.events[99] = b'{"seq":99,"ts":1.0,"kind":"bcast","user":"x","text":"not read here yet"}'
+    req = rig.send(alice, "history", after=0, limit=100)
+    out = rig.core.drain()
+    assert [job.kind for job in out.reads] == ["history"] and not out.router  # no reply before the read
+    rig.store.commit(out.writes)
+    rig.core.on_read(run_read(rig.store, out.reads[0]))
+    reply = next(r for r in rig.replies(alice) if r["req"] == req)
+    assert [e["seq"] for e in reply["events"]] == [1, 2] and reply["complete"] is True
+
+
+def test_an_ack_of_an_earlier_sessions_push_is_answered_after_the_read(rig):
+    bob, alice = rig.user("bob"), rig.user("alice")
+    mid = rig.call(alice, "send", id="s1", to=["bob"], text="hi")["ids"]["bob"]
+    rig.call(bob, "logout")
+    again = rig.connect()
+    rig.call(again, "login", user="bob", password=PASSWORD)
+    rig.core.by_user["bob"].inflight.clear()  # as if the push went before a reconnect
+    assert rig.call(again, "ack", ids=[mid, mid + 1000])["removed"] == 1
+    assert mid not in rig.store.mail
+
+
+def test_a_registration_is_claimed_in_the_store_first(rig):
+    c = rig.connect()
+    rig.store.claims = [False]
+    assert rig.call(c, "register", user="dora", password=PASSWORD)["code"] == "E_USER_EXISTS"
+    rig.store.claims = [OSError("store down")]
+    assert rig.call(c, "register", user="dora", password=PASSWORD)["code"] == "E_INTERNAL"
+    assert rig.call(c, "register", user="dora", password=PASSWORD)["status"] == "ok"
+    assert "dora" in rig.store.users and "dora" in rig.core.users
+
+
+def test_a_login_learns_the_send_ids_stored_elsewhere(rig):
+    rig.user("bob")
+    rig.feed(UserNotice(UserRecord("alice", fast_hash(PASSWORD), 1.0)))
+    rig.store.users["alice"] = rig.core.users["alice"]
+    reply = b'{"status":"ok","digest":%d,"ids":{"bob":5},"ts":1.0,"busy":[]}'
+    stored = SendRecord("alice", "s1", rig.clock.now, reply % content_digest(["bob"], "hi"))
+    rig.store.sends[("alice", "s1")] = stored  # sent through another broker before a failover
+    alice = rig.connect()
+    rig.call(alice, "login", user="alice", password=PASSWORD)
+    retry = rig.call(alice, "send", id="s1", to=["bob"], text="hi")
+    assert (retry["status"], retry["dup"], retry["ids"]) == ("ok", True, {"bob": 5})
