@@ -114,3 +114,27 @@ def test_a_run_spread_over_two_addresses_of_one_chat(tmp_path):
     assert data["per_broker"] == {f"127.0.0.1:{broker.port}": 2, f"localhost:{broker.port}": 2}
     assert data["private"]["acked"] > 0 and data["private"]["lost"] == 0
     assert f"127.0.0.1:{broker.port} 2, localhost:{broker.port} 2 clients logged in" in proc.stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_run_spread_over_two_brokers_sharing_a_redis(tmp_path, redis_server):
+    brokers = [Broker(tmp_path / f"b{i}", "--store", redis_server.url) for i in range(2)]
+    out = tmp_path / "out.json"
+    try:
+        hosts = ",".join(f"127.0.0.1:{b.port}" for b in brokers)
+        keys = ",".join(b.server_key.decode() for b in brokers)
+        proc = subprocess.run(
+            [*CLI, "--host", hosts, f"--server-key={keys}", "--clients", "6", "--duration", "1.5", "--processes", "2",
+             "--rate", "20", "--broadcast-ratio", "0.3", "--json", str(out)],
+            capture_output=True, text=True, timeout=80, cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
+        )
+    finally:
+        for b in brokers:
+            b.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["ok"] and data["logged_in"] == 6
+    assert data["per_broker"] == {f"127.0.0.1:{b.port}": 3 for b in brokers}
+    for kind in ("private", "broadcast"):  # across brokers: every acked message delivered once
+        assert data[kind]["acked"] > 0 and data[kind]["lost"] == 0 and data[kind]["duplicated"] == 0
