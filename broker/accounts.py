@@ -364,7 +364,7 @@ class Accounts(CoreBase):
         self._tell_others(OnlineNotice(s.user, self.broker_id, s.since, s.hidden))
         log.info("login user=%s ip=%s", job.user, job.ip)
         self._ok(job.rid, LoginReply(req=job.req, **s.login, dup=False))
-        if old is None:
+        if old is None and job.user not in self.remote:  # (a login replacing one on another broker: no event)
             self._presence(s, "login")
         self._pump(s)
 

@@ -211,3 +211,13 @@ def test_a_login_learns_the_send_ids_stored_elsewhere(rig):
     rig.call(alice, "login", user="alice", password=PASSWORD)
     retry = rig.call(alice, "send", id="s1", to=["bob"], text="hi")
     assert (retry["status"], retry["dup"], retry["ids"]) == ("ok", True, {"bob": 5})
+
+
+def test_a_login_that_replaces_a_session_elsewhere_publishes_no_second_login(rig):
+    rig.user("bob")
+    rig.feed(OnlineNotice("alice", "there", 1.0, False))
+    c = rig.connect()
+    rig.store.users["alice"] = UserRecord("alice", fast_hash(PASSWORD), 1.0)
+    rig.feed(UserNotice(rig.store.users["alice"]))
+    assert rig.call(c, "login", user="alice", password=PASSWORD)["status"] == "ok"
+    assert [e.user for e in rig.events("presence")] == ["bob"]  # bob's own login only
