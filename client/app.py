@@ -163,8 +163,8 @@ class ChatSession:
             try:
                 return await self._race(self._command(cmd))
             except (RequestTimeout, ConnectionClosed):
-                if self.brokers is None or attempt:
-                    raise
+                if self.brokers is None or attempt or isinstance(cmd, (Broadcast, Send)):
+                    raise  # a send already failed over with its id: a rerun would be a new message
                 await self._race(self._recover(switches))
         return _CONTINUE  # pragma: no cover - the loop returns or raises
 

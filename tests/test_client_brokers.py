@@ -3,12 +3,17 @@ and of chat-client's parsing of them (client.cli.parse_args)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
 
 from zmq_chat.client import cli
 from zmq_chat.client.brokers import BrokerAddress, failover_plan, parse_host, parse_hosts, spread_keys
+from zmq_chat.client.errors import ConnectError
+from zmq_chat.client.failover import BrokerSet, FailoverOutcome
+from zmq_chat.protocol import replies as r
+from zmq_chat.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,3 +109,65 @@ def test_bad_host_lists_and_key_counts_exit_2(monkeypatch, capsys):
             cli.parse_args(argv)
         assert info.value.code == 2
     assert "2 keys for 3 brokers" in capsys.readouterr().err
+
+
+# -- BrokerSet.fail_over with a stand-in connection (no sockets) ------------------------------------
+
+class FakeConn:
+    """What BrokerSet.fail_over uses of a Connection: switch, login, credentials, address."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers = answers  # address -> an exception to raise at switch, or the login reply
+        self.credentials: tuple[str, str] | None = ("alice", "pw123456")
+        self.address = "a:1"
+        self.tried: list[tuple[str, bytes | None]] = []
+
+    async def switch(self, host, port, *, server_key=None, key_port=None, trust_prompt=None):
+        self.address = f"{host}:{port}"
+        self.tried.append((self.address, server_key))
+        answer = self.answers.get(self.address)
+        if isinstance(answer, Exception):
+            raise answer
+
+    async def login(self, user, password):
+        answer = self.answers.get(self.address)
+        return answer if answer is not None else r.LoginReply(
+            req=1, user=user, pub_port=2, seq=0, since=0, since_ts=1.0, heartbeat_interval=1.0, heartbeat_timeout=3.0,
+            idle_timeout=60.0, max_message_chars=1000, pub_heartbeat=1.0, dup=False, epoch="e")
+
+
+def broker_set(n: int = 3, patience: float = 5.0) -> BrokerSet:
+    return BrokerSet([BrokerAddress(name, i + 1) for i, name in enumerate("abcd"[:n])],
+                     [bytes([65 + i]) * 40 for i in range(n)], patience=patience)
+
+
+def test_fail_over_tries_the_next_brokers_with_their_own_keys():
+    brokers = broker_set()
+    conn = FakeConn({"b:2": ConnectError("no chat broker answered at b:2")})
+    outcome = asyncio.run(brokers.fail_over(conn))  # type: ignore[arg-type]
+    assert outcome == FailoverOutcome("c:3") and brokers.current == 2
+    assert conn.tried == [("b:2", b"B" * 40), ("c:3", b"C" * 40)]
+
+
+def test_fail_over_stops_at_a_refused_login_and_passes_an_overloaded_broker():
+    refused = r.ErrorReply(req=1, code=ErrorCode.BAD_CREDENTIALS.value, message="wrong password")
+    busy = r.ErrorReply(req=1, code=ErrorCode.OVERLOADED.value, message="busy")
+    brokers = broker_set()
+    conn = FakeConn({"b:2": busy, "c:3": refused})
+    outcome = asyncio.run(brokers.fail_over(conn))  # type: ignore[arg-type]
+    assert outcome.address == "" and "c:3 refused the login" in outcome.problem
+    assert [a for a, _ in conn.tried] == ["b:2", "c:3"] and brokers.current == 0
+
+
+def test_fail_over_gives_up_after_a_round_when_patience_is_spent():
+    brokers = broker_set(2, patience=0.2)  # less than the first backoff: one round, no sleeping
+    conn = FakeConn({"b:2": ConnectError("silent b"), "a:1": ConnectError("silent a")})
+    outcome = asyncio.run(brokers.fail_over(conn))  # type: ignore[arg-type]
+    assert outcome.address == "" and "b:2: silent b" in outcome.problem and "a:1: silent a" in outcome.problem
+    assert [a for a, _ in conn.tried] == ["b:2", "a:1"]
+
+
+def test_fail_over_needs_a_session():
+    conn = FakeConn({})
+    conn.credentials = None
+    assert asyncio.run(broker_set().fail_over(conn)).problem == "not logged in"  # type: ignore[arg-type]
