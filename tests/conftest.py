@@ -21,6 +21,24 @@ def ctx():
 
 
 @pytest.fixture
+def cluster(tmp_path, redis_server):
+    """start(n, *flags) -> n more `chat-broker --store` processes (tests.harness.Broker: insecure,
+    127.0.0.1, ephemeral ports, --backplane-ttl 1.5 so a killed broker is reaped quickly) sharing
+    the redis_server fixture's server: several brokers, one chat. All stopped at the end."""
+    brokers: list[Broker] = []
+
+    def start(n: int = 2, *flags: str) -> list[Broker]:
+        for _ in range(n):
+            brokers.append(Broker(tmp_path / f"b{len(brokers)}", "--insecure", "--store", redis_server.url,
+                                  "--backplane-ttl", "1.5", *flags))
+        return brokers[-n:]
+
+    yield start
+    for b in brokers:
+        b.stop()
+
+
+@pytest.fixture
 def rig(tmp_path, request):
     """A CoreRig (fake clock, in-memory store) with the module's RIG_CONFIG settings, if any."""
     r = CoreRig(tmp_path, **getattr(request.module, "RIG_CONFIG", {}))

@@ -7,38 +7,8 @@ Every wait is a deadline poll (tests.harness.Peer.wait_for); nothing asserts a t
 from __future__ import annotations
 
 import msgspec
-import pytest
-import zmq
 
 from tests.harness import Broker, Peer, err, ok
-
-TTL = "1.5"
-"""--backplane-ttl for these brokers (seconds): a killed broker's users are reaped quickly."""
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture
-def cluster(tmp_path, redis_server):
-    """start(n) -> n brokers (insecure, on 127.0.0.1, ephemeral ports) sharing redis_server."""
-    brokers: list[Broker] = []
-
-    def start(n: int = 2, *flags: str) -> list[Broker]:
-        for _ in range(n):
-            b = Broker(tmp_path / f"b{len(brokers)}", "--insecure", "--store", redis_server.url,
-                       "--backplane-ttl", TTL, *flags)
-            brokers.append(b)
-        return brokers[-n:]
-
-    yield start
-    for b in brokers:
-        b.stop()
-
 
 def peer(ctx, broker: Broker, user: str, register: bool = True) -> Peer:
     p = Peer(ctx, broker)
