@@ -10,8 +10,13 @@ checks zc:epoch (changed or gone: an EpochLost item, and the thread stops) and n
 of zc:brokers without a liveness key; each is reaped by broker.redislua.REAP, atomically and once
 across all brokers: its sessions end (presence `lost` unless hidden, last seen, OfflineNotice).
 
-A lost connection is retried with backoff (0.1 s doubling to 2 s), logged once per outage; the
-loop never waits for any of this: it only calls drain().
+A lost connection is retried with backoff (0.1 s doubling to BACKOFF_CAP), logged once per outage
+(a WARNING when it starts, an INFO when it ends); reading resumes from the last entry ids read (the
+append-only file keeps both streams across a restart of Redis), and the first tick back refreshes
+the liveness key. A restarted Redis may hold every broker's liveness key expired (its TTL ran
+out while Redis was down), so a broker reaps only after it has talked to the same Redis run
+(INFO run_id) without a connection error for REAP_GRACE seconds: time enough for every live
+broker to come back and refresh its key. The loop never waits for any of this: it only calls drain().
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Callable
 
 import msgspec
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from zmq_chat.broker import redislua
 from zmq_chat.broker.feed import (
@@ -39,6 +46,12 @@ BLOCK_MS = 200
 """Milliseconds one XREAD waits for new entries (also how late a stop or a tick may come)."""
 READ_COUNT = 1000
 """Entries per stream one XREAD returns at most."""
+BACKOFF_CAP = 1.0
+"""Seconds between tries at most while Redis is unreachable."""
+REAP_GRACE = 3.0
+"""Seconds this broker must have talked to one Redis run without a connection error before it
+reaps a broker without a liveness key: more than a live broker needs to refresh its key once
+Redis answers again (BACKOFF_CAP, plus a tick interval of at most 1 s, plus a BLOCK_MS read)."""
 
 _DECODERS: dict[bytes, msgspec.json.Decoder] = {
     b"mail": msgspec.json.Decoder(MailNotice), b"ack": msgspec.json.Decoder(AckNotice),
@@ -58,7 +71,8 @@ class RedisBackplane:
             after it). feed_id: the feed's newest entry id at load (bytes or str, "0-0" for none).
         ttl: seconds this broker's liveness key lives without a refresh (others reap it after).
         clock: seconds since the epoch (time.time), for the reaped sessions' last-seen time.
-    Attributes: reaped (sessions this broker ended by reaping, for tests and the log).
+    Attributes: reaped (sessions this broker ended by reaping, for tests and the log), outages
+        (connection losses seen by the thread, for tests and the log).
     """
 
     def __init__(self, url: str, broker_id: str, epoch: str, log_seq: int, feed_id: bytes | str, ttl: float = 10.0,
@@ -69,9 +83,14 @@ class RedisBackplane:
         self.interval = min(1.0, ttl / 3)
         self.clock = clock
         self.reaped = 0
+        self.outages = 0
+        self._run_id: str | None = None  # the Redis run (INFO run_id) talked to since _steady_since
+        self._steady_since = 0.0
         self._positions: dict[str, bytes | str] = {"zc:log": f"{log_seq}-0", "zc:feed": feed_id}
-        # its own connection (no pool sharing with the store): a blocked XREAD holds it
-        self._db = client(url, socket_connect_timeout=5.0, socket_timeout=BLOCK_MS / 1000 + 10.0)
+        # its own connection (no pool sharing with the store): a blocked XREAD holds it; no retries
+        # inside redis-py: _run sees every lost connection (and backs off itself)
+        self._db = client(url, socket_connect_timeout=5.0, socket_timeout=BLOCK_MS / 1000 + 10.0,
+                          retry=Retry(NoBackoff(), 0))
         self._tick = self._db.register_script(redislua.TICK)
         self._reap = self._db.register_script(redislua.REAP)
         self._items: list[FeedItem] = []
@@ -116,21 +135,24 @@ class RedisBackplane:
 
     # -- the thread -------------------------------------------------------------------------------
     def _run(self) -> None:
-        backoff, down = 0.1, False
+        backoff, down = 0.1, 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= self._next_tick and not self._tick_once():
                     return  # the epoch is lost: nothing more is read
                 self._read()
                 if down:
-                    log.warning("backplane: Redis reachable again")
-                backoff, down = 0.1, False
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    log.info("backplane: Redis reachable again after %.1f s; reading on from the log's seq %s",
+                             time.monotonic() - down, self._positions["zc:log"])
+                backoff, down = 0.1, 0.0
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # (BusyLoadingError too)
+                self._run_id = None  # not steady: no reaping until REAP_GRACE after Redis is back
                 if not down:
+                    self.outages += 1
+                    down = time.monotonic()
                     log.warning("backplane: lost Redis (%s); retrying with backoff", exc)
-                down = True
                 self._stop.wait(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = min(BACKOFF_CAP, backoff * 2)
             except Exception:  # a bug must not end the thread silently
                 log.exception("backplane: internal error; retrying")
                 self._stop.wait(1.0)
@@ -191,9 +213,25 @@ class RedisBackplane:
             log.critical("backplane: %s", reason)
             self._push([EpochLost(reason)])
             return False
-        for broker in dead if reap else ():
-            self._reap_one(broker.decode())
+        if dead and reap and self._steady():
+            for broker in dead:
+                self._reap_one(broker.decode())
         return True
+
+    def _steady(self) -> bool:
+        """True when this broker has talked to the same Redis run (INFO run_id) without a lost
+        connection for REAP_GRACE seconds: every live broker had the time to refresh its liveness
+        key since Redis came back (after a restart the keys may all have expired). Measured from
+        the first call that saw this run, so a broker just started or reconnected waits too."""
+        try:
+            run = str(self._db.info("server").get("run_id", ""))
+        except redis.ResponseError:  # INFO renamed or disabled: only lost connections count
+            run = ""
+        now = time.monotonic()
+        if run != self._run_id:
+            self._run_id, self._steady_since = run, now
+            log.info("backplane: brokers without liveness; reaping them if still so in %g s", REAP_GRACE)
+        return now - self._steady_since >= REAP_GRACE
 
     def _reap_one(self, dead: str) -> None:
         """End the sessions zc:online holds for the dead broker `dead` (one REAP script; it does

@@ -12,6 +12,7 @@ of the store's URL):
 - zc:sends:<sender> (hash cid -> first reply JSON), zc:sendts (sorted set `<sender>\\n<cid>` by ts)
 - zc:feed (stream, fields k kind, o origin broker id, b notice JSON; MAXLEN ~ FEED_MAXLEN)
 - zc:online (hash user -> OnlineNotice JSON), zc:broker:<id> (liveness, expires), zc:brokers (set)
+- zc:applied:<id> (the number of broker <id>'s newest commit applied; expires a day after it)
 
 Numbers that become keys, members or stream ids (mail ids, seqs) travel as decimal strings or are
 formatted with %d: Lua's own number-to-string conversion may write an exponent. A script that finds
@@ -43,8 +44,12 @@ local function trim_feed()
 end
 """
 
+APPLIED_TTL = 86_400
+"""Seconds zc:applied:<broker id> lives after the broker's last commit (a day)."""
+
 COMMIT = _EPOCH + _FEED + f"""
--- ARGV: epoch, origin broker id, msgpack [users, sends, mail, events, acks, seen, notices, prune]
+-- ARGV: epoch, origin broker id, commit number (1, 2, 3 ... per broker id),
+--       msgpack [users, sends, mail, events, acks, seen, notices, prune]
 --   users   {{name, UserRecord JSON, UserNotice JSON}}
 --   sends   {{sender, cid, ts, reply JSON}}                 (their index i is 1-based)
 --   mail    {{to, id (decimal string), PrivateMessage JSON, send index or 0}}
@@ -53,9 +58,12 @@ COMMIT = _EPOCH + _FEED + f"""
 --   seen    {{name, JSON [when, hidden, last_seq], SeenNotice JSON}}
 --   notices {{kind 'online' or 'offline', user, broker, notice JSON}}
 --   prune   {{}} or {{events to keep, forget send ids with ts below}}
--- Returns 1 when send ids older than the prune's time are left (more than {PRUNE_SENDS}), else 0.
+-- Returns 1 when send ids older than the prune's time are left (more than {PRUNE_SENDS}), else 0;
+-- -1 when this commit number was applied already (a retry whose first reply was lost): nothing written.
 local origin = ARGV[2]
-local b = cmsgpack.unpack(ARGV[3])
+local applied_key = 'zc:applied:' .. origin
+if tonumber(redis.call('GET', applied_key) or '0') >= tonumber(ARGV[3]) then return -1 end
+local b = cmsgpack.unpack(ARGV[4])
 local function bulk(cmd, key, args)  -- cmd key args... in calls of at most 1000 args (pairs stay whole)
   local n = 0
   for first = 1, #args, 1000 do
@@ -131,6 +139,7 @@ for _, n in ipairs(b[7]) do
   end
 end
 trim_feed()
+redis.call('SET', applied_key, ARGV[3], 'EX', {APPLIED_TTL})
 local p = b[8]
 if p[1] then
   local minid = tonumber(redis.call('GET', 'zc:seq') or '0') - p[1] + 1
@@ -173,7 +182,11 @@ return out
 
 CLAIM_USER = _EPOCH + _FEED + """
 -- ARGV: epoch, origin broker id, name, UserRecord JSON, UserNotice JSON. Returns 1 (stored) or 0 (taken).
-if redis.call('HSETNX', 'zc:users', ARGV[3], ARGV[4]) == 0 then return 0 end
+-- A retry of a claim whose reply was lost finds its own record (the same hash and salt): 1 again.
+if redis.call('HSETNX', 'zc:users', ARGV[3], ARGV[4]) == 0 then
+  if redis.call('HGET', 'zc:users', ARGV[3]) == ARGV[4] then return 1 end
+  return 0
+end
 feed('user', ARGV[2], ARGV[5])
 trim_feed()
 return 1

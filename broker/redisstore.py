@@ -9,15 +9,23 @@ none of its mail or event is stored, a `dup` notice tells this broker), and appe
 the other brokers read back through broker.redisfeed.RedisBackplane (the feed) in the same
 transaction. Mail ids come from a lease taken at load(). The keys are listed in broker.redislua.
 
-Threads: commit() runs on the broker's writer thread, claim_user() on a hashing thread, the reads
-on the loop thread; redis-py's connection pools make that safe. Commits and claims are never
-retried by the client (a commit whose reply was lost may have been applied: the broker stops,
-as for any failed commit); the reads are.
+Threads: commit() runs on the broker's writer thread, claim_user() and sends_of() on a hashing
+thread, the reads on the loop thread; redis-py's connection pools make that safe.
+
+Redis going away (kill -9, a restart, its AOF loading): each commit carries a number (1, 2, 3 ...
+per store), and the script skips a number zc:applied:<broker_id> holds already, so commit()
+retries across the outage (backoff 0.05 s doubling to 1 s, for up to `outage` seconds, then
+StoreError) without writing twice when only the reply was lost. Nothing is acknowledged meanwhile:
+the writer thread waits and the loop holds the output of the unsettled batches. The reads and
+claims fail fast instead (redis.ConnectionError within READ_TIMEOUT seconds; the loop answers
+E_INTERNAL, the client retries); all of them work again on redis-py's new connections once Redis
+is back, and a script Redis forgot in the restart is loaded again by redis-py (NOSCRIPT).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -41,8 +49,17 @@ starts before the ids reach protocol.limits.MAX_COUNTER."""
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to connect to Redis before StoreError (opening) or a ConnectionError (later)."""
-COMMAND_TIMEOUT = 60.0
-"""Seconds a command may take before redis.TimeoutError (a commit that long means Redis is stuck)."""
+COMMAND_TIMEOUT = 10.0
+"""Seconds a commit or load may take before redis.TimeoutError (a commit then retries: Redis is stuck)."""
+READ_TIMEOUT = 2.0
+"""Seconds a read or claim may take before redis.TimeoutError (they run on the loop or a hashing
+thread, which must not hang on a stuck Redis)."""
+OUTAGE = 60.0
+"""Seconds commit() retries while Redis is unreachable before StoreError (the broker stops)."""
+RETRY_FIRST, RETRY_CAP = 0.05, 1.0
+"""Seconds between commit attempts during an outage: the first wait, doubling up to the cap."""
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+"""Errors of a Redis that is away (redis.BusyLoadingError, Redis loading its AOF, is a ConnectionError)."""
 
 _json = msgspec.json.Encoder().encode
 _pack = msgspec.msgpack.Encoder().encode
@@ -73,21 +90,27 @@ class RedisStore:
             appendfsync everysec/no) or may evict keys (maxmemory-policy other than noeviction):
             logs a WARNING naming the weaker promise instead of raising StoreError.
         lease: mail ids leased per load() (LEASE).
+        outage: seconds commit() keeps retrying while Redis is unreachable or loading before it
+            raises StoreError (default OUTAGE, 60).
     Attributes: broker_id (uuid4 hex[:12], the origin of this broker's notices), epoch (zc:epoch as
-    loaded), url.
+    loaded), url, commits (the number of the newest commit sent).
     Raises StoreError: Redis unreachable, older than 6.2, or not durable (the message names the
     setting to change) without weak_durability; ValueError: a URL redis-py cannot parse.
     """
 
     shared = True  # several brokers: the store numbers events, the backplane publishes them
 
-    def __init__(self, url: str, *, weak_durability: bool = False, lease: int = LEASE) -> None:
+    def __init__(self, url: str, *, weak_durability: bool = False, lease: int = LEASE, outage: float = OUTAGE) -> None:
         self.url = url
         self.lease = lease
+        self.outage = outage
+        self.commits = 0
         self.broker_id = uuid.uuid4().hex[:12]
-        opts: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": COMMAND_TIMEOUT}
-        self.db = client(url, retry=Retry(NoBackoff(), 0), **opts)  # commits, claims: never retried
-        self.reader = client(url, **opts)  # reads: retried by redis-py
+        self.db = client(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT,
+                         socket_timeout=COMMAND_TIMEOUT)  # commits: retried by commit() itself
+        # reads and claims (idempotent): one immediate retry on a new connection, none after a timeout
+        self.reader = client(url, retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                             socket_connect_timeout=min(CONNECT_TIMEOUT, READ_TIMEOUT), socket_timeout=READ_TIMEOUT)
         try:
             _check_server(self.db, url, weak_durability)
             self.db.set("zc:epoch", uuid.uuid4().hex, nx=True)
@@ -100,7 +123,7 @@ class RedisStore:
             raise
         self._commit = self.db.register_script(redislua.COMMIT)
         self._load = self.db.register_script(redislua.LOAD)
-        self._claim = self.db.register_script(redislua.CLAIM_USER)
+        self._claim = self.reader.register_script(redislua.CLAIM_USER)
         self._mail_after = self.reader.register_script(redislua.MAIL_AFTER)
         self._pruning: tuple[int, float] | None = None  # a prune still to finish (writer thread's)
         self._positions: tuple[int, bytes] | None = None  # (log seq, feed entry id) at load()
@@ -139,8 +162,9 @@ class RedisStore:
 
     def claim_user(self, record: UserRecord) -> bool:
         """Store a new account if the name is free (HSETNX) and tell the other brokers, atomically.
-        True: stored; False: the name is taken. Raises StoreError when the epoch changed,
-        redis.RedisError on a Redis error."""
+        True: stored (also when this very record was, by a try whose reply was lost); False: the
+        name is taken. Raises StoreError when the epoch changed, redis.RedisError on a Redis error
+        (quickly while Redis is away: READ_TIMEOUT at most)."""
         body = _json(record)
         notice = _json(UserNotice(record))
         return bool(self._call(self._claim, [self.epoch, self.broker_id, record.name, body, notice]))
@@ -149,7 +173,8 @@ class RedisStore:
         """`sender`'s send ids stored at or after `since` (seconds) by any broker, oldest first: a
         login on this broker learns them (on a hashing thread, not the loop), so the retries of a
         client that failed over from another broker are answered as retries. Two round trips
-        (the ids with their replies, then their times). Raises redis.RedisError."""
+        (the ids with their replies, then their times). Raises redis.RedisError (quickly while
+        Redis is away)."""
         replies = self.reader.hgetall(f"zc:sends:{sender}")
         if not replies:
             return []
@@ -174,15 +199,44 @@ class RedisStore:
     def commit(self, batch: WriteBatch) -> None:
         """Apply `batch` in one EVALSHA (see broker.redislua.COMMIT), with a bounded step of a
         pending prune; durable on return under appendfsync always. An empty batch with no prune
-        pending is not sent. Raises StoreError when zc:epoch is not this store's (the data was
-        lost or replaced: nothing was written); redis.RedisError otherwise (nothing acknowledged)."""
+        pending is not sent. While Redis is unreachable or loading, the same commit (same number:
+        applied at most once) is retried for up to `outage` seconds (a WARNING when that starts, an
+        INFO when it ends). Raises StoreError when zc:epoch is not this store's (the data was lost
+        or replaced: nothing was written) or Redis stayed away `outage` seconds; redis.RedisError
+        for any other Redis error (nothing acknowledged either way)."""
         if batch.prune is not None:
             self._pruning = batch.prune
         if not batch and self._pruning is None:
             return
-        more = self._call(self._commit, [self.epoch, self.broker_id, _pack(self._encode(batch))])
-        if not more:
+        self.commits += 1
+        more = self._retrying(self._commit, [self.epoch, self.broker_id, self.commits, _pack(self._encode(batch))])
+        if more != 1:  # 0: the prune is done; -1: applied already (the prune goes on at the next one)
             self._pruning = None
+
+    def _retrying(self, script: Any, args: list) -> Any:
+        """_call(script, args), again and again while Redis is away (_TRANSIENT), for up to
+        self.outage seconds counted from the start of the first failed try. Raises StoreError
+        after that."""
+        failed_at, wait = 0.0, RETRY_FIRST
+        while True:
+            started = time.monotonic()
+            try:
+                out = self._call(script, args)
+            except _TRANSIENT as exc:
+                if not failed_at:
+                    failed_at = started
+                    log.warning("Redis store %s unreachable (%s); holding commit %d and the replies that wait "
+                                "for it, retrying for up to %g s", _safe(self.url), exc, self.commits, self.outage)
+                left = failed_at + self.outage - time.monotonic()
+                if left <= 0:
+                    raise StoreError(f"Redis unreachable for {self.outage:g} s at {_safe(self.url)}: {exc}") from exc
+                time.sleep(min(wait, left))
+                wait = min(RETRY_CAP, wait * 2)
+                continue
+            if failed_at:
+                log.info("Redis store %s reachable again after %.1f s; commit %d %s", _safe(self.url),
+                         time.monotonic() - failed_at, self.commits, "was applied already" if out == -1 else "applied")
+            return out
 
     def _encode(self, batch: WriteBatch) -> list:
         """`batch` as the lists of COMMIT's third argument (strings, numbers; no bytes: Redis's
@@ -286,7 +340,7 @@ def _check_server(db: Any, url: str, weak: bool) -> None:
         return
     text = f"Redis at {_safe(url)} does not keep every acknowledged message: " + "; ".join(problems)
     if not weak:
-        raise StoreError(text + " (in redis.conf or with CONFIG SET; or accept weaker durability with --weak-durability)")
+        raise StoreError(text + " (in redis.conf or with CONFIG SET; or accept weaker durability with --accept-weak-durability)")
     log.warning("%s. Running with WEAKER DURABILITY than promised: an acknowledged message may be lost if Redis "
                 "or its machine stops", text)
 

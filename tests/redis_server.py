@@ -1,8 +1,9 @@
 """A real `redis-server` for tests (Debian's package; never a fake): started on a free 127.0.0.1
 port in its own directory with the broker's durability settings (`--appendonly yes --appendfsync
 always --save ''`), ready when it answers PING (a deadline poll), with kill9() and restart() on the
-same directory and port. The `redis_server` fixture (tests/conftest.py) skips a test with a one-line
-reason when redis-server is not installed and kills the server at the end of the test, failed or not.
+same directory and port, and a way to make its next start load slowly (slow_load()). The
+`redis_server` fixture (tests/conftest.py) skips a test with a one-line reason when redis-server
+is not installed and kills the server at the end of the test, failed or not.
 """
 
 from __future__ import annotations
@@ -54,15 +55,43 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.dir / "redis.log"
 
-    def start(self) -> None:
-        """Start the server (same directory and port as before) and wait until it answers PING."""
+    def start(self, *extra: str, wait: bool = True) -> None:
+        """Start the server (same directory and port as before, `extra` redis-server arguments)
+        and, with `wait`, wait until it answers PING (while it loads its data it may already)."""
         assert self.proc is None, "already running"
         args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-                "--logfile", str(self.log_path), "--databases", "4"]
+                "--logfile", str(self.log_path), "--databases", "4", *extra]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        self._wait_ready()
+        if wait:
+            self._wait_ready()
+
+    def slow_load(self, keys: int, delay_us: int = 1000) -> tuple[str, ...]:
+        """Make the data's next load take about keys * delay_us microseconds: writes `keys` padding
+        keys (pad:<i>, in database 3, out of the store's way), rewrites the append-only file (its
+        base becomes an RDB file, the part Redis's key-load-delay slows) and waits for the rewrite
+        (a deadline poll). Returns the `extra` arguments for the next start(). Raises
+        AssertionError when the rewrite does not finish within START_TIMEOUT seconds."""
+        import redis
+
+        pad = redis.Redis(host="127.0.0.1", port=self.port, db=3)
+        try:
+            pipe = pad.pipeline(transaction=False)
+            for i in range(keys):
+                pipe.set(f"pad:{i}", b"x" * 64)
+            pipe.execute()
+            pad.bgrewriteaof()
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                info = pad.info("persistence")
+                if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                    break
+                assert time.monotonic() < deadline, "the append-only file was not rewritten in time"
+                time.sleep(0.01)
+        finally:
+            pad.close()
+        return ("--key-load-delay", str(delay_us), "--loading-process-events-interval-bytes", "1024")
 
     def _wait_ready(self) -> None:
         import redis

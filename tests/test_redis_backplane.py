@@ -12,7 +12,6 @@ from typing import Callable
 
 import msgspec
 import pytest
-import redis
 
 from zmq_chat.broker.feed import (
     AckNotice, DupNotice, EpochLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
@@ -216,17 +215,67 @@ def test_the_backplane_reconnects_after_redis_restarts(redis_server, brokers):
     first.events.append((0, _bcast("alice", "before")))
     writer.store.commit(first)
     reader.poll_until(lambda items: len(items) == 1)
+    db = redis_server.client()
     redis_server.kill9()
+    _wait(lambda: reader.backplane.outages == 1, "the reader to notice")
     redis_server.start()
     second = WriteBatch()
     second.events.append((0, _bcast("alice", "after")))
-    deadline = time.monotonic() + 10
-    while True:  # the writer's first command after the restart may meet the dead connection
-        try:
-            writer.store.commit(second)
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    reader.poll_until(lambda items: len(items) == 2)
-    assert [decode_stored_event(x.body).cid for x in reader.of(LogEvent)] == ["before", "after"]
+    writer.store.commit(second)  # (a commit meeting the dead connection retries by itself)
+    reader.poll_until(lambda items: len(items) == 2)  # read on from where it was: nothing twice
+    assert [(x.seq, decode_stored_event(x.body).cid) for x in reader.of(LogEvent)] == [(1, "before"), (2, "after")]
+    _wait(lambda: db.exists(f"zc:broker:{reader.id}"), "the reader's liveness key")
+
+
+def _wait(predicate: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _halt(b: Broker) -> None:
+    """Stop `b`'s backplane thread as if its process froze: its liveness key is no longer refreshed
+    (and not removed); resume with _resume()."""
+    b.backplane._stop.set()
+    assert b.backplane._thread is not None
+    b.backplane._thread.join(timeout=15)
+    b.backplane._thread = None
+
+
+def _resume(b: Broker) -> None:
+    b.backplane._stop.clear()
+    b.backplane.start(lambda: None)  # refreshes its liveness key first, then reads
+
+
+def _online(b: Broker, user: str) -> None:
+    batch = WriteBatch()
+    batch.notices.append(OnlineNotice(user, b.id, T0, False))
+    b.store.commit(batch)
+
+
+def test_a_live_broker_is_not_reaped_because_redis_was_down_longer_than_its_ttl(redis_server, brokers):
+    """A restarted Redis holds the liveness keys with their expiry times: after an outage longer
+    than the ttl every key is gone. A broker reaps only once it has talked to the restarted Redis
+    for REAP_GRACE seconds; a live broker that comes back within that is kept, a dead one reaped."""
+    ttl = 0.6
+    reaper, early_dead = brokers(ttl), brokers(ttl)
+    _halt(early_dead)  # reaped before the outage: the reaper is steady on this Redis run then
+    db = redis_server.client()
+    _wait(lambda: not db.sismember("zc:brokers", early_dead.id), "the first reap")
+    late, dead = brokers(ttl), brokers(ttl)
+    _online(late, "lena")
+    _online(dead, "dora")
+    _halt(late)  # slow to come back after the outage (but within REAP_GRACE)
+    _halt(dead)  # never comes back
+    redis_server.kill9()
+    _wait(lambda: reaper.backplane.outages == 1, "the reaper to notice")
+    time.sleep(ttl)  # the outage: longer than the ttl, so the restarted Redis has every key expired
+    redis_server.start()
+    _wait(lambda: db.exists(f"zc:broker:{reaper.id}"), "the reaper to come back")
+    assert not db.exists(f"zc:broker:{late.id}")  # late is not back yet: without liveness, as dead is
+    _resume(late)
+    _wait(lambda: not db.sismember("zc:brokers", dead.id), "the dead broker to be reaped")
+    assert db.sismember("zc:brokers", late.id) and db.hexists("zc:online", "lena")
+    assert not db.hexists("zc:online", "dora") and reaper.backplane.reaped == 1
+    assert [decode_stored_event(f[b"b"]).user for _, f in db.xrange("zc:log")] == ["dora"]  # dora's `lost` only

@@ -1,13 +1,19 @@
 """RedisStore beyond the store contract (tests/test_store_contract.py runs that on Redis too): the
 durability check, the epoch, two stores (two brokers) on one Redis (send ids, seqs, mail id leases),
-and kill -9 of redis-server itself. Every test runs a real redis-server (tests/redis_server.py)."""
+kill -9 of redis-server itself, and Redis going away under a commit (retried, applied once). Every
+test runs a real redis-server (tests/redis_server.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
+import msgspec
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from zmq_chat.broker import redislua
 from zmq_chat.broker.redisstore import RedisStore
@@ -45,8 +51,9 @@ def _bcast(user: str, cid: str) -> bytes:
 
 def test_a_redis_without_fsync_at_every_write_is_refused_unless_weak_durability_is_accepted(redis_server, caplog):
     redis_server.client().config_set("appendfsync", "everysec")
-    with pytest.raises(StoreError, match="appendfsync is 'everysec', set `appendfsync always`"):
+    with pytest.raises(StoreError, match="appendfsync is 'everysec', set `appendfsync always`") as refused:
         RedisStore(redis_server.url)
+    assert "--accept-weak-durability" in str(refused.value)  # the broker's flag, by its name
     with caplog.at_level(logging.WARNING, logger="zmq_chat.broker.redisstore"):
         store = RedisStore(redis_server.url, weak_durability=True)
     store.close()
@@ -188,3 +195,127 @@ def test_what_a_commit_acknowledged_survives_kill_9_of_redis(redis_server, store
     assert [x.id - base for x in again.mail_after("bob", 0, 100)] == [i for i in range(1, 51) if i % 10 != 9]
     assert [s for s, _ in again.event_bodies_after(0, 100)] == list(range(1, 51))
     assert after.last_mail_id >= before.mail_id_limit  # the lease survived too: no id is handed out twice
+
+
+# -- Redis going away: idempotent commits, retries, fast reads ------------------------------------------
+def _mail_batch(store: RedisStore, i: int, base: int) -> WriteBatch:
+    """Mail alice -> bob number `i` with its send id, a broadcast and a presence event."""
+    batch = WriteBatch()
+    batch.mail.append(m.PrivateMessage(base + i, "alice", "bob", T0 + i, f"message {i}", f"c{i}"))
+    batch.sends.append(SendRecord("alice", f"c{i}", T0 + i, REPLY, base + i))
+    batch.events.append((0, _bcast("alice", f"b{i}")))
+    batch.events.append((0, encode_json(m.Event(0, T0, "presence", "carol", event="login"))))
+    return batch
+
+
+def test_a_commit_whose_reply_was_lost_is_not_written_again_when_retried(stores):
+    store = stores()
+    base = store.load(0.0).last_mail_id
+    batch = _mail_batch(store, 1, base)
+    store.commit(batch)  # commit number 1
+    retried = [store.epoch, store.broker_id, store.commits, msgspec.msgpack.encode(store._encode(batch))]
+    assert store._call(store._commit, retried) == -1  # as a retry after a lost reply sends it: applied already
+    assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1"]
+    assert [s for s, _ in store.event_bodies_after(0, 10)] == [1, 2]
+    snap = store.load(0.0)
+    assert snap.mail_counts == {"bob": 1} and [(x.cid, x.reply) for x in snap.sends] == [("c1", REPLY)]
+    assert [f[b"k"] for _, f in store.db.xrange("zc:feed")] == [b"mail"]  # no dup notice either
+    store.commit(_mail_batch(store, 2, base))  # the next number is written
+    assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1", "message 2"]
+    assert int(store.db.get(f"zc:applied:{store.broker_id}")) == store.commits == 2
+    assert 0 < store.db.ttl(f"zc:applied:{store.broker_id}") <= redislua.APPLIED_TTL
+
+
+def test_a_claim_whose_reply_was_lost_is_still_the_claimers_when_retried(stores):
+    store = stores()
+    record = UserRecord("alice", "$argon2id$salt1$hash", T0)
+    assert store.claim_user(record) is True
+    assert store.claim_user(record) is True  # the same record (same salt): this claim's retry
+    assert store.claim_user(UserRecord("alice", "$argon2id$salt2$hash", T0)) is False
+    assert [f[b"k"] for _, f in store.db.xrange("zc:feed")] == [b"user"]
+
+
+def _commit_in_thread(store: RedisStore, batch: WriteBatch) -> tuple[threading.Thread, list]:
+    """Run store.commit(batch) on a thread (as the broker's writer thread); the list gets its
+    exception, if any."""
+    errors: list = []
+
+    def run() -> None:
+        try:
+            store.commit(batch)
+        except Exception as exc:  # reported to the test through `errors`
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def _wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_commit_waits_while_redis_is_down_and_is_applied_once_it_is_back(redis_server, stores, caplog):
+    store = stores()
+    base = store.load(0.0).last_mail_id
+    store.commit(_mail_batch(store, 1, base))
+    redis_server.kill9()
+    with caplog.at_level(logging.INFO, logger="zmq_chat.broker.redisstore"):
+        thread, errors = _commit_in_thread(store, _mail_batch(store, 2, base))
+        _wait_for(lambda: "unreachable" in caplog.text, "the outage's warning")
+        with pytest.raises(redis.ConnectionError):  # reads fail (the loop answers E_INTERNAL), they do not hang
+            store.mail_after("bob", 0, 10)
+        with pytest.raises(redis.ConnectionError):
+            store.claim_user(UserRecord("dave", "$d", T0))
+        assert thread.is_alive()  # not returned: nothing is acknowledged while Redis is away
+        redis_server.start()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and errors == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "reachable again" in caplog.text
+    assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1", "message 2"]
+    assert [s for s, _ in store.event_bodies_after(0, 10)] == [1, 2, 3, 4]
+    assert store.claim_user(UserRecord("dave", "$d", T0)) is True  # claims work again too
+    store.commit(_mail_batch(store, 3, base))  # and later commits, with no error on the way
+    assert len(store.mail_by_ids("bob", [base + 1, base + 2, base + 3])) == 3
+
+
+def test_a_commit_waits_while_redis_loads_its_data_after_a_restart(redis_server, stores, caplog):
+    store = stores()
+    base = store.load(0.0).last_mail_id
+    extra = redis_server.slow_load(keys=3000)  # about 3 s of loading
+    redis_server.kill9()
+    redis_server.start(*extra, wait=False)
+    probe = redis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0))
+
+    def loading() -> bool:
+        try:
+            probe.get("zc:epoch")
+        except redis.BusyLoadingError:
+            return True
+        except redis.ConnectionError:  # not listening yet
+            pass
+        return False
+
+    try:
+        _wait_for(loading, "Redis to load its data")
+    finally:
+        probe.close()
+    with caplog.at_level(logging.INFO, logger="zmq_chat.broker.redisstore"):
+        store.commit(_mail_batch(store, 1, base))  # meets LOADING, retries until the data is in
+    assert "loading" in caplog.text.lower() and "reachable again" in caplog.text
+    assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1"]
+
+
+def test_a_redis_away_longer_than_the_outage_limit_is_a_store_error(redis_server):
+    store = RedisStore(redis_server.url, outage=0.3)
+    try:
+        store.load(0.0)
+        redis_server.kill9()
+        with pytest.raises(StoreError, match=r"Redis unreachable for 0.3 s"):
+            store.commit(_mail_batch(store, 1, 0))
+    finally:
+        store.close()
