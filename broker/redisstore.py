@@ -214,15 +214,17 @@ class RedisStore:
             self._pruning = None
 
     def _retrying(self, script: Any, args: list) -> Any:
-        """_call(script, args), again and again while Redis is away (_TRANSIENT), for up to
-        self.outage seconds counted from the start of the first failed try. Raises StoreError
-        after that."""
+        """_call(script, args), again and again while Redis is away (_TRANSIENT) or busy with a long
+        script (BUSY), for up to self.outage seconds counted from the start of the first failed
+        try. Raises StoreError after that; other errors at once."""
         failed_at, wait = 0.0, RETRY_FIRST
         while True:
             started = time.monotonic()
             try:
                 out = self._call(script, args)
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, redis.ResponseError) as exc:
+                if isinstance(exc, redis.ResponseError) and not str(exc).startswith("BUSY "):
+                    raise  # (BUSY: a script ran past lua-time-limit, e.g. this commit's try that timed out)
                 if not failed_at:
                     failed_at = started
                     log.warning("Redis store %s unreachable (%s); holding commit %d and the replies that wait "

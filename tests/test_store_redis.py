@@ -319,3 +319,31 @@ def test_a_redis_away_longer_than_the_outage_limit_is_a_store_error(redis_server
             store.commit(_mail_batch(store, 1, 0))
     finally:
         store.close()
+
+
+def test_a_commit_waits_while_redis_is_busy_with_a_long_script(redis_server, stores, caplog):
+    store = stores()
+    base = store.load(0.0).last_mail_id
+    other = redis_server.client()
+    other.config_set("lua-time-limit", 10)  # ms: Redis answers BUSY to others after that
+    long_script = "local t = redis.call('TIME') local stop = t[1] * 1e6 + t[2] + 1.5e6\n" \
+                  "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop return 1"
+    runner = threading.Thread(target=lambda: redis_server.client().eval(long_script, 0), daemon=True)
+    runner.start()
+    _wait_for(lambda: _busy(redis_server), "the script to keep Redis busy")
+    with caplog.at_level(logging.INFO, logger="zmq_chat.broker.redisstore"):
+        store.commit(_mail_batch(store, 1, base))
+    runner.join(timeout=10)
+    assert "BUSY" in caplog.text and "reachable again" in caplog.text
+    assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1"]
+
+
+def _busy(server) -> bool:
+    probe = redis.Redis.from_url(server.url, retry=Retry(NoBackoff(), 0))
+    try:
+        probe.get("zc:epoch")
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY ")
+    finally:
+        probe.close()
+    return False
