@@ -96,6 +96,18 @@ def commit_figures(stages: list[StageReport | None], messages: int) -> tuple[flo
     return median, messages / commits, busy_ms * 1000.0 / messages
 
 
+def redis_warnings(path: Path) -> list[str]:
+    """The warning-level lines (`pid:role date time # text`) of a redis-server log at `path`
+    after its "Ready to accept connections" (the start banner is at that level too); [] when
+    there is no log."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    ready = next((i for i, line in enumerate(lines) if "Ready to accept connections" in line), -1)
+    return [line for line in lines[ready + 1:] if " # " in line]
+
+
 def redis_accounts(url: str, count: int) -> None:
     """Empty the Redis database at `url` (FLUSHDB) and write `count` accounts user_name(PREFIX, i)
     with one minimum-cost argon2id hash, through RedisStore. Raises StoreError, redis errors."""
@@ -122,7 +134,7 @@ def redis_accounts(url: str, count: int) -> None:
 
 
 def start_brokers(store: str, n: int, clients: int, url: str) -> list[SpawnedBroker]:
-    """`n` started brokers (--max-clients 20000, --stage-times in their data directory): one on a
+    """`n` started brokers (--max-clients 1000 or `clients`, --stage-times in their data directory): one on a
     fresh SQLite store holding the accounts, or `n` on the Redis at `url` (emptied, the accounts
     written first), each with its own data directory. Every stderr line is kept. Raises
     BrokerStartError (the brokers already started are stopped)."""
@@ -134,7 +146,7 @@ def start_brokers(store: str, n: int, clients: int, url: str) -> list[SpawnedBro
             data_dir = temp_dir()
             if store == "sqlite":
                 cheap_accounts(data_dir, PREFIX, clients)
-            extra = ["--max-clients", "20000", "--stage-times", str(Path(data_dir) / "stages.json")]
+            extra = ["--max-clients", str(max(1000, clients)), "--stage-times", str(Path(data_dir) / "stages.json")]
             if store == "redis":
                 extra += ["--store", url]
             broker = SpawnedBroker(extra, data_dir=data_dir)
@@ -177,7 +189,8 @@ def run_step(args: argparse.Namespace, store: str, n: int, mode: str, rate: floa
         options = LoadOptions(host=brokers[0].host, port=brokers[0].port, server_key=brokers[0].server_key,
                               brokers=targets if n > 1 else [], clients=args.clients, duration=args.duration,
                               user_prefix=PREFIX, broadcast_ratio=0.0, **kw)
-        roles = {"brokers": [b.pid for b in brokers], "redis-server": [redis.proc.pid] if redis else []}
+        roles = {f"broker {i}": [b.pid] for i, b in enumerate(brokers)}
+        roles["redis-server"] = [redis.proc.pid] if redis else []
         before, started = snapshot(roles), time.monotonic()
         step.res = run_load(options.validate())
         if mode == "closed":
@@ -245,6 +258,15 @@ def store_cost_figures(messages: int) -> None:
                 note(f"{name} {phase}: {rate:,.0f} sends/s in one thread")
 
 
+def cpu_columns(cpu: dict[str, float]) -> tuple[float, float, float, float]:
+    """(all brokers, redis-server, load processes, the rest: this process and "other") from
+    cpu_shares' dict with one "broker <i>" role per broker; NaN for each when `cpu` is empty."""
+    if not cpu:
+        return (float("nan"),) * 4
+    brokers = sum(v for k, v in cpu.items() if k.startswith("broker "))
+    return brokers, cpu.get("redis-server", 0.0), cpu.get("load", 0.0), cpu.get("bench", 0.0) + cpu.get("other", 0.0)
+
+
 def summary_table(steps: list[Step], clients: int) -> list[str]:
     """The steps as one table (lines): per store and broker count, the closed-loop msgs/s and
     p99, the paced p50 and p99 (ms), acknowledged messages lost, the commit p50 (ms) and the CPU
@@ -252,19 +274,20 @@ def summary_table(steps: list[Step], clients: int) -> list[str]:
     def cell(step: Step | None, value) -> str:
         return "-" if step is None or step.res is None else value(step)
 
-    head = (f"{'store':<7}{'brokers':>8}{'clients':>9}{'msgs/s':>9}{'p99':>8}{'paced p50':>10}{'p99':>8}"
-            f"{'lost':>6}{'commit p50':>11}   CPU % of a core: brokers / redis / load / other")
+    head = (f"{'store':<7}{'brokers':>8}{'clients':>9}{'msgs/s':>9}{'p50':>7}{'p99':>7}{'paced p50':>10}{'p99':>7}"
+            f"{'lost':>6}{'commit p50':>11}   CPU % of a core: brokers / redis / load / rest")
     lines = [head]
     for closed in (s for s in steps if s.mode == "closed"):
         paced = next((s for s in steps if s.mode == "paced" and (s.store, s.brokers) == (closed.store, closed.brokers)), None)
         lost = sum(s.res.private.lost for s in (closed, paced) if s is not None and s.res is not None)
         commit = commit_figures(closed.stages, closed.res.private.acked if closed.res else 0)[0]
-        cpu = " / ".join(f"{closed.cpu.get(k, float('nan')):.0f}" for k in ("brokers", "redis-server", "load", "other"))
+        cpu = " / ".join(f"{v:.0f}" for v in cpu_columns(closed.cpu))
         lines.append(f"{closed.store:<7}{closed.brokers:>8}{clients:>9}"
                      f"{cell(closed, lambda s: f'{s.res.private.throughput:,.0f}'):>9}"
-                     f"{cell(closed, lambda s: f'{s.res.private.latency.p99:.1f}'):>8}"
+                     f"{cell(closed, lambda s: f'{s.res.private.latency.p50:.1f}'):>7}"
+                     f"{cell(closed, lambda s: f'{s.res.private.latency.p99:.1f}'):>7}"
                      f"{cell(paced, lambda s: f'{s.res.private.latency.p50:.2f}'):>10}"
-                     f"{cell(paced, lambda s: f'{s.res.private.latency.p99:.2f}'):>8}"
+                     f"{cell(paced, lambda s: f'{s.res.private.latency.p99:.2f}'):>7}"
                      f"{lost:>6}{commit:>11.2f}   {cpu}")
     return lines
 
@@ -281,6 +304,7 @@ def scenario_cluster(args: argparse.Namespace) -> None:
 
     redis = RedisServer(Path(temp_dir()) / "redis")
     steps: list[Step] = []
+    rate = 0.0
     try:
         redis.start()
         steps.append(run_step(args, "redis", 1, "closed", 0.0, redis))
@@ -302,9 +326,10 @@ def scenario_cluster(args: argparse.Namespace) -> None:
             steps += paced
     finally:
         redis.stop()
-        for line in redis.log_path.read_text(errors="replace").splitlines() if redis.log_path.exists() else []:
-            if " # " in line:  # redis-server's warning level
-                note(f"redis-server LOG {line}")
+        for line in redis_warnings(redis.log_path):
+            note(f"redis-server LOG {line}")
+    note(f"summary: {args.clients} clients; closed loop window {CLOSED_WINDOW}; paced at {rate:,.0f} msg/s in all "
+         f"(window {PACED_WINDOW}); latencies in ms; CPU during the closed-loop step")
     for line in summary_table(steps, args.clients):
         note(line)
     if args.store_cost_messages:
@@ -320,6 +345,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=None, help="paced rate in msg/s in all (overrides --share)")
     p.add_argument("--store-cost-messages", type=int, default=20_000,
                    help="sends per phase of the in-process store cost (default 20000; 0: skip)")
+
+
+def defaults(duration: float, quick: bool = False) -> argparse.Namespace:
+    """This scenario's settings at their defaults, with `duration` s per step (bench/run.py's
+    --duration); `quick`: brokers 1,2, 40 clients and a short in-process part."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--brokers", "1,2", "--clients", "40", "--store-cost-messages", "4000"] if quick else [])
+    args.brokers = [int(x) for x in args.brokers.split(",")]
+    args.duration = duration
+    return args
 
 
 def main() -> int:

@@ -10,7 +10,9 @@ subscribers vs a bare PUB at the highest rate it loses nothing at, found by a sw
 (bench/broadcast.py); 4 a login storm (vs argon2id capacity; others' p99 during it); 5
 logged-in idle clients held, up to the most the open-files limit allows (broker memory per
 client vs a bare ROUTER + PUB; bench/held.py); 6 broker start time with 100,000 stored mailbox
-messages. Each figure is printed with its ratio to the baseline and its target (issue #9's); a
+messages; 7 several brokers of one chat on one redis-server (1, 2, 3) against one SQLite broker,
+closed loop and paced, and the cost per message of the Redis path (bench/cluster.py; needs
+redis-server). Each figure is printed with its ratio to the baseline and its target (issue #9's); a
 missed target, or a step that failed (its reason printed, no figure), says MISSED.
 
 Accounts for scenarios 1, 2, 3 and 5 are written into the store beforehand with argon2id hashes at
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import argon2_capacity  # noqa: E402
 from broadcast import scenario_broadcast  # noqa: E402
+from cluster import defaults as cluster_defaults, scenario_cluster  # noqa: E402
 from common import ROWS, broker_with_accounts, cheap_accounts, load, load_in_background, note, row, temp_dir  # noqa: E402
 from held import scenario_held  # noqa: E402
 from relay_baseline import relay_load  # noqa: E402
@@ -189,7 +192,7 @@ def main() -> int:
     p.add_argument("--held", default="1000,5000,10000",
                    help="client counts for scenario 5 (10,000 needs ~20,100 open files in the broker: a hard "
                         "limit below that is raised when the process may, else the most it allows is measured)")
-    p.add_argument("--only", default="123456", help="scenarios to run, e.g. 16")
+    p.add_argument("--only", default="1234567", help="scenarios to run, e.g. 16")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args()
     raise_fd_limit()  # 10,000 clients need ~20,000 descriptors in the broker
@@ -217,6 +220,8 @@ def main() -> int:
         scenario_held(args)
     if "6" in args.only:
         scenario_restart(args)
+    if "7" in args.only:
+        scenario_cluster(cluster_defaults(args.duration, args.quick))
     if args.json:
         Path(args.json).write_text(json.dumps(ROWS, indent=2))
     return 0
