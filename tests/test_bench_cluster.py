@@ -1,5 +1,5 @@
-"""The pure helpers of the several-brokers benchmark (bench/cluster.py, bench/cpushare.py): /proc
-parsing and CPU shares, the broker log lines worth reporting, the commit figures from stage
+"""The pure helpers of the several-brokers benchmark (bench/cluster_report.py, bench/cpushare.py):
+/proc parsing and CPU shares, the broker log lines worth reporting, the commit figures from stage
 times, redis-server's warnings and the summary's CPU columns. No broker, no Redis, no timing."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _load(name: str):
+    if str(BENCH) not in sys.path:  # the bench scripts import their neighbours (common) by name
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -25,7 +27,7 @@ def _load(name: str):
 
 
 cpushare = _load("cpushare")
-cluster = _load("cluster")
+cluster = _load("cluster_report")
 
 # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime ...
 STAT = "4242 (py (worker) x) S 17 4242 4242 0 -1 4194304 10 0 0 0 120 30 7 3 20 0 3 0 100 0 0"
@@ -99,6 +101,12 @@ def test_commit_figures_over_several_brokers():
     assert median == 3.0  # the median of the brokers' p50s, a broker without a report left out
     assert per_commit == 20.0  # 8000 messages in 400 commits
     assert writer_us == pytest.approx((100 * 2.0 + 300 * 4.0) * 1000 / 8000)
+
+
+def test_stage_lines_one_per_broker_with_a_report():
+    figures = {"p50": 1.0, "p90": 2.0, "p99": 3.5, "max": 9.0}
+    report = StageReport(5, {"queued": figures, "total": figures})
+    assert cluster.stage_lines([None, report]) == ["broker 1 stages p50/p99 ms: queued 1.00/3.50, total 1.00/3.50"]
 
 
 def test_commit_figures_unknown_without_reports_or_messages():
