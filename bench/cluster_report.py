@@ -142,16 +142,17 @@ def summary_table(steps: list[Step], clients: int) -> list[str]:
     head = (f"{'store':<7}{'brokers':>8}{'clients':>9}{'msgs/s':>9}{'p50':>7}{'p99':>7}{'paced p50':>10}{'p99':>7}"
             f"{'lost':>6}{'commit p50':>11}   CPU % of a core: brokers / redis / load / rest")
     lines = [head]
-    for closed in (s for s in steps if s.mode == "closed"):
-        paced = next((s for s in steps if s.mode == "paced" and (s.store, s.brokers) == (closed.store, closed.brokers)), None)
+    for store, brokers in dict.fromkeys((s.store, s.brokers) for s in steps):
+        closed, paced = (next((s for s in steps if (s.store, s.brokers, s.mode) == (store, brokers, mode)), None)
+                         for mode in ("closed", "paced"))
         lost = sum(s.res.private.lost for s in (closed, paced) if s is not None and s.res is not None)
-        commit = commit_figures(closed.stages, closed.res.private.acked if closed.res else 0)[0]
-        cpu = " / ".join(f"{v:.0f}" for v in cpu_columns(closed.cpu))
-        lines.append(f"{closed.store:<7}{closed.brokers:>8}{clients:>9}"
+        commit = commit_figures(closed.stages, closed.res.private.acked) if closed and closed.res else (float("nan"),)
+        cpu = " / ".join(f"{v:.0f}" for v in cpu_columns(closed.cpu if closed else {}))
+        lines.append(f"{store:<7}{brokers:>8}{clients:>9}"
                      f"{cell(closed, lambda s: f'{s.res.private.throughput:,.0f}'):>9}"
                      f"{cell(closed, lambda s: f'{s.res.private.latency.p50:.1f}'):>7}"
                      f"{cell(closed, lambda s: f'{s.res.private.latency.p99:.1f}'):>7}"
                      f"{cell(paced, lambda s: f'{s.res.private.latency.p50:.2f}'):>10}"
                      f"{cell(paced, lambda s: f'{s.res.private.latency.p99:.2f}'):>7}"
-                     f"{lost:>6}{commit:>11.2f}   {cpu}")
+                     f"{lost:>6}{commit[0]:>11.2f}   {cpu}")
     return lines

@@ -130,3 +130,22 @@ def test_cpu_columns_add_the_brokers_up():
            "machine": 175.0}
     assert cluster.cpu_columns(cpu) == (70.0, 20.0, 70.0, 15.0)
     assert all(x != x for x in cluster.cpu_columns({}))
+
+
+def _step(store: str, brokers: int, mode: str, rate: float, p99: float):
+    from zmq_chat.loadtest.accounting import Results
+
+    res = Results()
+    res.private.throughput, res.private.latency.p50, res.private.latency.p99 = rate, p99 / 2, p99
+    return cluster.Step(store, brokers, mode, res=res, stages=[_stages(10, 2.0)], cpu={"broker 0": 80.0})
+
+
+def test_summary_one_line_per_store_and_broker_count():
+    steps = [_step("sqlite", 1, "closed", 20000.0, 200.0), _step("redis", 2, "paced", 8000.0, 60.0),
+             cluster.Step("redis", 3, "closed", error="BrokerStartError: no")]
+    head, sqlite, redis2, redis3 = cluster.summary_table(steps, 100)
+    assert head.split()[:4] == ["store", "brokers", "clients", "msgs/s"]
+    assert sqlite.split()[:6] == ["sqlite", "1", "100", "20,000", "100.0", "200.0"]
+    assert sqlite.split()[6:9] == ["-", "-", "0"]  # no paced step of it
+    assert redis2.split()[3:8] == ["-", "-", "-", "30.00", "60.00"]  # paced only
+    assert redis3.split()[3:5] == ["-", "-"]  # failed
