@@ -14,9 +14,10 @@ A lost connection is retried with backoff (0.1 s doubling to BACKOFF_CAP), logge
 (a WARNING when it starts, an INFO when it ends); reading resumes from the last entry ids read (the
 append-only file keeps both streams across a restart of Redis), and the first tick back refreshes
 the liveness key. A restarted Redis may hold every broker's liveness key expired (its TTL ran
-out while Redis was down), so a broker reaps only after it has talked to the same Redis run
-(INFO run_id) without a connection error for REAP_GRACE seconds: time enough for every live
-broker to come back and refresh its key. The loop never waits for any of this: it only calls drain().
+out while Redis was down; a Redis that stalled, e.g. on a slow fsync, expires them as well), so a
+broker reaps only after it has talked to the same Redis run (INFO run_id) without a connection
+error or a stalled command for REAP_GRACE seconds: time enough for every live broker to come back
+and refresh its key. The loop never waits for any of this: it only calls drain().
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ class RedisBackplane:
 
     def _read(self) -> None:
         """One XREAD of both streams; appends what it read and wakes the loop."""
+        started = time.monotonic()
         reply = self._db.xread(self._positions, count=READ_COUNT, block=BLOCK_MS)
+        self._note_stall(started, BLOCK_MS / 1000)
         if not reply:
             return
         items: list[FeedItem] = []
@@ -203,7 +206,9 @@ class RedisBackplane:
         when the epoch is lost (an EpochLost item was pushed)."""
         self._next_tick = time.monotonic() + self.interval
         try:
+            started = time.monotonic()
             dead = self._tick(args=[self.epoch, self.broker_id, max(1, int(self.ttl * 1000))])
+            self._note_stall(started, 0.0)
         except redis.ResponseError as exc:
             if not str(exc).startswith("EPOCH"):
                 raise
@@ -218,9 +223,16 @@ class RedisBackplane:
                 self._reap_one(broker.decode())
         return True
 
+    def _note_stall(self, started: float, expected: float) -> None:
+        """A command begun at `started` (monotonic seconds) that should take `expected` seconds took
+        a tick interval longer: Redis (or this process) stalled, e.g. on a slow fsync or SIGSTOP,
+        and the liveness keys may have expired meanwhile: not steady, as after a lost connection."""
+        if time.monotonic() - started > expected + self.interval:
+            self._run_id = None
+
     def _steady(self) -> bool:
         """True when this broker has talked to the same Redis run (INFO run_id) without a lost
-        connection for REAP_GRACE seconds: every live broker had the time to refresh its liveness
+        connection or a stalled command for REAP_GRACE seconds: every live broker had the time to refresh its liveness
         key since Redis came back (after a restart the keys may all have expired). Measured from
         the first call that saw this run, so a broker just started or reconnected waits too."""
         try:

@@ -1,9 +1,10 @@
 """A real `redis-server` for tests (Debian's package; never a fake): started on a free 127.0.0.1
 port in its own directory with the broker's durability settings (`--appendonly yes --appendfsync
 always --save ''`), ready when it answers PING (a deadline poll), with kill9() and restart() on the
-same directory and port, and a way to make its next start load slowly (slow_load()). The
-`redis_server` fixture (tests/conftest.py) skips a test with a one-line reason when redis-server
-is not installed and kills the server at the end of the test, failed or not.
+same directory and port, pause() and resume() (a stall), and a way to make its next start load
+slowly (slow_load()). The `redis_server` fixture (tests/conftest.py) skips a test with a one-line
+reason when redis-server is not installed and kills the server at the end of the test, failed or
+not.
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ class RedisServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it answers nothing (as in a long stall) until resume()."""
+        assert self.proc is not None, "not running"
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the server after pause()."""
+        assert self.proc is not None, "not running"
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         """kill9() if running, then start() again on the same directory and port."""

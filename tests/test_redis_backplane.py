@@ -5,6 +5,7 @@ with SIGKILL. Every wait is a deadline poll."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -279,3 +280,33 @@ def test_a_live_broker_is_not_reaped_because_redis_was_down_longer_than_its_ttl(
     assert db.sismember("zc:brokers", late.id) and db.hexists("zc:online", "lena")
     assert not db.hexists("zc:online", "dora") and reaper.backplane.reaped + late.backplane.reaped == 1
     assert [decode_stored_event(f[b"b"]).user for _, f in db.xrange("zc:log")] == ["dora"]  # dora's `lost` only
+
+
+def test_a_live_broker_is_not_reaped_because_redis_stalled_longer_than_its_ttl(redis_server, brokers, caplog):
+    """A Redis that answers nothing for a while (SIGSTOP here; a slow fsync in life) lets the
+    liveness keys expire while nobody can refresh them: a broker whose command waited through it
+    counts as not steady and gives the others REAP_GRACE seconds (b, slow to come back, is kept);
+    a broker that really stopped is reaped."""
+    caplog.set_level(logging.INFO, logger="zmq_chat.broker.redisfeed")
+    ttl = 0.6
+    a, b, early_dead = brokers(ttl), brokers(ttl), brokers(ttl)
+    _halt(early_dead)  # reaped before the stall: a and b are steady on this Redis run then
+    db = redis_server.client()
+    _wait(lambda: not db.sismember("zc:brokers", early_dead.id), "the first reap")
+    dead = brokers(ttl)
+    _online(a, "anna")
+    _online(b, "bert")
+    _online(dead, "dora")
+    _halt(dead)
+    _halt(b)  # b will be slow to come back after the stall (a live broker all the same)
+    waiting = "brokers without liveness; reaping them if still so"
+    before = caplog.text.count(waiting)
+    redis_server.pause()
+    time.sleep(2 * ttl)  # the stall: longer than the ttl, so every liveness key expires in it
+    redis_server.resume()
+    _wait(lambda: caplog.text.count(waiting) > before, "a to see b and dead without liveness, and wait")
+    _resume(b)
+    _wait(lambda: not db.sismember("zc:brokers", dead.id), "the dead broker to be reaped")
+    assert db.sismember("zc:brokers", a.id) and db.sismember("zc:brokers", b.id)
+    assert db.hexists("zc:online", "anna") and db.hexists("zc:online", "bert") and not db.hexists("zc:online", "dora")
+    assert [decode_stored_event(f[b"b"]).user for _, f in db.xrange("zc:log")] == ["dora"]
