@@ -96,7 +96,10 @@ def _add_endpoint_flags(p: argparse.ArgumentParser, d: Config) -> None:
                         "always); an ok reply then no longer means the message is on disk (warned at every start)")
     _add_numbers(p, [("--backplane-ttl", _positive(float), d.backplane_ttl,
                       "with --store: seconds after its last heartbeat a broker counts as dead and another broker ends "
-                      "its users' sessions (presence lost) (default 10)")])
+                      "its users' sessions (presence lost) (default 10)"),
+                     ("--store-outage", _positive(float), d.store_outage,
+                      "with --store: seconds a commit waits for an unreachable Redis (replies held meanwhile) before "
+                      "the broker stops with exit status 3 (default 60)")])
     p.add_argument("--sync", choices=["full", "normal"], default=d.sync,
                    help="full (default): every acknowledged message is on disk before the ack (one fsync per batch); "
                         "normal: no fsync per batch, so an ack survives a broker crash but not an OS crash or power loss "
@@ -160,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         port=args.port, pub_port=args.pub_port, bind=args.bind, data_dir=args.data_dir, sync=args.sync,
         store=args.store, weak_durability=args.accept_weak_durability, backplane_ttl=args.backplane_ttl,
+        store_outage=args.store_outage,
         stage_times=args.stage_times,
         min_password_chars=args.min_password_length, max_login_attempts=args.max_login_attempts,
         block_seconds=args.block_seconds, max_message_chars=args.max_message_chars, history=args.history,
@@ -280,7 +284,7 @@ def open_store(config: Config) -> Store:
         raise StoreError(f"--store: expected redis://HOST:PORT/DB, got {config.store!r}")
     from zmq_chat.broker.redisstore import RedisStore
 
-    return RedisStore(config.store, weak_durability=config.weak_durability)
+    return RedisStore(config.store, weak_durability=config.weak_durability, outage=config.store_outage)
 
 
 def _redact(url: str) -> str:

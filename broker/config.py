@@ -22,6 +22,7 @@ class Config:
     store: str = ""  # redis://HOST:PORT/DB: a store shared by several brokers; "" = SQLite under data_dir
     weak_durability: bool = False  # accept a Redis without appendonly yes + appendfsync always (warned each start)
     backplane_ttl: float = 10.0  # seconds after its last heartbeat a broker of a shared store counts as dead
+    store_outage: float = 60.0  # seconds a commit waits for an unreachable shared store before the broker stops
     sync: str = "full"  # SQLite synchronous: full = fsync before every ack; normal = survives a broker crash only
     stage_times: str = ""  # path of a JSON file of per-stage latencies written at exit ("" = not recorded)
     min_password_chars: int = 8

@@ -47,6 +47,8 @@ class SharedIO:
             self.pool.submit(run_read, self.store, job).add_done_callback(self._done)
 
     def _done(self, future: Future[ReadJob]) -> None:  # runs on the reading thread
+        if future.cancelled():  # dropped at close
+            return
         self.results.put(future.result())  # run_read catches what the store raises
         self.wake()
 
