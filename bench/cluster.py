@@ -202,8 +202,9 @@ def scenario_cluster(args: argparse.Namespace) -> None:
         redis.stop()
         for line in redis_warnings(redis.log_path):
             note(f"redis-server LOG {line}")
-    note(f"summary: {args.clients} clients; closed loop window {CLOSED_WINDOW}; paced at {rate:,.0f} msg/s in all "
-         f"(window {PACED_WINDOW}); latencies in ms; CPU during the closed-loop step")
+    paced_at = f"paced at {rate:,.0f} msg/s in all (window {PACED_WINDOW})" if rate > 0 else "no paced steps"
+    note(f"summary: {args.clients} clients; closed loop window {CLOSED_WINDOW}; {paced_at}; latencies in ms; "
+         "CPU during the closed-loop step (login, sending and drain)")
     for line in summary_table(steps, args.clients):
         note(line)
     if args.store_cost_messages:
