@@ -202,7 +202,8 @@ def scenario_cluster(args: argparse.Namespace) -> None:
         redis.stop()
         for line in redis_warnings(redis.log_path):
             note(f"redis-server LOG {line}")
-    paced_at = f"paced at {rate:,.0f} msg/s in all (window {PACED_WINDOW})" if rate > 0 else "no paced steps"
+    paced_at = f"paced at {rate:,.0f} msg/s in all (window {PACED_WINDOW})" if "paced" in args.modes and rate > 0 \
+        else "no paced steps"
     note(f"summary: {args.clients} clients; closed loop window {CLOSED_WINDOW}; {paced_at}; latencies in ms; "
          "CPU during the closed-loop step (login, sending and drain)")
     for line in summary_table(steps, args.clients):
