@@ -213,7 +213,7 @@ def scenario_cluster(args: argparse.Namespace) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of this scenario (also bench/run.py's, prefixed --cluster-... there)."""
+    """The flags of this scenario (bench/run.py takes their defaults: see defaults())."""
     p.add_argument("--brokers", default="1,2,3", help="broker counts on Redis (default 1,2,3)")
     p.add_argument("--clients", type=int, default=100, help="load clients in all, spread over the brokers (100)")
     p.add_argument("--share", type=float, default=0.5,
