@@ -93,6 +93,15 @@ class DupNotice(msgspec.Struct, frozen=True):
     reply: str
 
 
+class FeedLost(msgspec.Struct, frozen=True):
+    """Entries of `stream` (its name) were trimmed before this broker read them (it fell more
+    than the stream's length behind): notices were lost. The broker pushes the mailboxes of its
+    sessions again from their start (what is in flight is skipped) and reloads what it keeps of
+    the others' state (accounts, sessions elsewhere, mailbox sizes: Store.refresh)."""
+
+    stream: str
+
+
 class EpochLost(msgspec.Struct, frozen=True):
     """The shared store no longer holds this broker's epoch (it lost its data or was replaced):
     the broker must stop. reason: for the log."""
@@ -100,7 +109,7 @@ class EpochLost(msgspec.Struct, frozen=True):
     reason: str
 
 
-Notice = Union[MailNotice, AckNotice, UserNotice, SeenNotice, OnlineNotice, OfflineNotice, DupNotice]
+Notice = Union[MailNotice, AckNotice, UserNotice, SeenNotice, OnlineNotice, OfflineNotice, DupNotice, FeedLost]
 FeedItem = Union[LogEvent, Notice, EpochLost]
 
 
