@@ -281,10 +281,12 @@ class BrokerCore(Commands, Accounts, Links, Remote):
         self._links_tick(now)
 
     def prune(self) -> None:
-        """Trim the event log to --history events and forget old send ids (call now and then)."""
+        """Trim the event log to --history events and forget old send ids; with a shared store,
+        reload the others' state (call now and then: the loop does every minute)."""
         before = self.clock() - self.cfg.sends_keep_seconds
         self.sends.prune(before)
         self.batch.prune = (self.cfg.history, before)
+        self.refresh()  # (a shared store: the other brokers' accounts, sessions and mailbox sizes)
 
     def shutdown(self) -> None:
         """Tell every client the broker is stopping and record their last-seen times."""

@@ -19,7 +19,7 @@ from zmq_chat.broker.connections import Conn, ConnTable
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.sendids import SendIds
 from zmq_chat.broker.session import Session
-from zmq_chat.broker.storage import SendRecord, Store, UserRecord, WriteBatch
+from zmq_chat.broker.storage import SendRecord, Snapshot, Store, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
 from zmq_chat.protocol.limits import MAX_COUNTER
@@ -118,6 +118,10 @@ class CoreBase(ABC):
     @abstractmethod
     def _deliver_new(self, rs: Session, msg: m.PrivateMessage) -> None:
         """Push `msg`, new in the mailbox of `rs`, now or through the pump (broker.commands)."""
+
+    @abstractmethod
+    def _refreshed(self, snap: Snapshot) -> None:
+        """Apply a shared store's refresh: accounts, sessions elsewhere, mailbox sizes (broker.remote)."""
 
     @abstractmethod
     def _drop_jobs(self, conn: Conn) -> None:

@@ -35,7 +35,9 @@ class ReadJob:
     kind "pump": args (dropped ids to push again: list[int], the cursor to read beyond or None,
     room: int); result (the dropped ones still stored, up to `room` messages beyond the cursor).
     kind "history": args (after, limit); result [(seq, body)]. kind "ack": args (ids to look up:
-    list[int], ids known to be stored: set[int]); result: the looked-up ones still stored.
+    list[int], ids known to be stored: set[int]); result: the looked-up ones still stored. kind
+    "refresh" (rid b"", no session): result the store's refresh() Snapshot (accounts, sessions
+    elsewhere, mailbox sizes).
     error: the exception of a failed read (result then None).
     """
 
@@ -57,6 +59,8 @@ def run_read(store: Store, job: ReadJob) -> ReadJob:
                           store.mail_after(job.user, cursor, room) if cursor is not None else [])
         elif job.kind == "history":
             job.result = store.event_bodies_after(*job.args)
+        elif job.kind == "refresh":
+            job.result = store.refresh()  # type: ignore[attr-defined]  # (a shared store's)
         else:
             job.result = store.mail_by_ids(job.user, job.args[0])
     except Exception as exc:  # the core answers E_INTERNAL (retry); the broker goes on
@@ -96,6 +100,12 @@ class SharedReads(CoreBase):
     def on_read(self, job: ReadJob) -> None:
         """Finish the request of `job`, whose read is done. Like a request it changes nothing when
         it fails (undone, E_INTERNAL); a session that ended meanwhile gets nothing."""
+        if job.kind == "refresh":
+            if job.error is None:
+                self._refreshed(job.result)
+            else:
+                log.error("store refresh failed: %s", job.error)
+            return
         s = self.sessions.get(job.rid)
         if s is None or s.user != job.user:
             return
@@ -135,13 +145,17 @@ class SharedReads(CoreBase):
                 room -= 1
         if cursor is not None:
             complete = len(beyond) < job.args[2]
-            for msg in beyond:
-                if msg.id <= s.cursor or msg.id in s.inflight or msg.id in acked:
-                    continue  # pushed already, or held as dropped
+            for msg in beyond:  # every row moves the cursor past it or stops the loop: reads progress
+                if msg.id <= s.cursor:
+                    continue  # held as dropped (an id of another broker's lease), or pushed
+                if msg.id in s.inflight or msg.id in acked:
+                    s.cursor = msg.id  # pushed already (the mailbox is pushed again from its start)
+                    continue
                 if room <= 0:
                     complete = False
                     break
                 s.inflight.add(msg.id)
+                s.dropped.discard(msg.id)  # (a mailbox pushed again from its start: FeedLost)
                 s.cursor = msg.id
                 self._out.router.append((s.rid, wire.MSG, wire.encode_json(msg), msg.id))
                 room -= 1

@@ -3,13 +3,16 @@ Backplane), applied to the core's state. A mixin of broker.core.BrokerCore; pure
 
 - LogEvent: every broker publishes every logged event on its own PUB, in seq order (the store
   numbered it at commit); the broadcast of a client of this broker is answered here, numbered.
-- MailNotice, AckNotice: mailbox sizes follow (for --mailbox-quota); new mail for a user in session
-  here is pushed (Commands._deliver_new).
+- MailNotice: new mail for a user in session here is pushed (Commands._deliver_new). Mailbox sizes
+  of everyone (for --mailbox-quota) are reloaded every minute (refresh: Store.refresh on the
+  reading thread), so they may lag the other brokers' sends and acks by that much.
 - UserNotice, SeenNotice: accounts and last-seen times (for login, send, `last`).
 - OnlineNotice, OfflineNotice: who is in session where (`who`, `last`); of two sessions of one user
   the later login stays ((since, broker id) decides), the other ends with `replaced`, as on one broker.
 - DupNotice: a send id was stored by another broker first (a client retried there, then here):
   nothing was stored again; a waiting broadcast is answered with the first reply.
+- FeedLost: notices were trimmed before this broker read them (it fell far behind): every session
+  here has its mailbox pushed again from the start, and the others' state is reloaded.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import msgspec
 
 from zmq_chat.broker.corebase import CoreBase
 from zmq_chat.broker.feed import (
-    AckNotice, DupNotice, FeedItem, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
+    DupNotice, FeedItem, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
 )
+from zmq_chat.broker.reads import ReadJob
+from zmq_chat.broker.storage import Snapshot
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.replies import BroadcastReply
 
@@ -51,8 +56,6 @@ class Remote(CoreBase):
             rs = self.by_user.get(msg.to)
             if rs is not None and msg.id not in rs.inflight:
                 self._deliver_new(rs, msg)
-        elif isinstance(item, AckNotice):
-            self.mail_counts[item.user] = max(0, self.mail_counts.get(item.user, 0) - item.removed)
         elif isinstance(item, UserNotice):
             self.users.setdefault(item.record.name, item.record)
         elif isinstance(item, SeenNotice):
@@ -66,6 +69,8 @@ class Remote(CoreBase):
                 del self.remote[item.user]
         elif isinstance(item, DupNotice):
             self._dup(item)
+        elif isinstance(item, FeedLost):
+            self._resync(item.stream)
 
     def _logged(self, item: LogEvent) -> None:
         """Publish a numbered event on the PUB; answer the broadcast it is, if it was sent here."""
@@ -107,3 +112,32 @@ class Remote(CoreBase):
         fields = msgspec.json.decode(item.reply)
         for rid, req, _ in waiting:
             self._ok(rid, BroadcastReply(req=req, seq=fields.get("seq", 0), ts=fields.get("ts", 0.0), dup=True))
+
+    def _resync(self, stream: str) -> None:
+        """Notices of `stream` were lost: push every local session's mailbox again from its start
+        (what is in flight or acked is skipped) and reload the others' state."""
+        log.warning("backplane: entries of %s were trimmed before this broker read them; pushing the mailboxes "
+                    "of %d sessions again and reloading accounts and sessions elsewhere", stream, len(self.sessions))
+        for s in list(self.sessions.values()):
+            s.cursor = 0
+            s.backlog = True
+            self._pump(s)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload, off the loop, what this broker keeps of the other brokers' state: accounts,
+        sessions elsewhere, mailbox sizes (call every minute and after lost notices)."""
+        if self.shared:
+            self._out.reads.append(ReadJob("refresh", b"", 0, "", ()))
+
+    def _refreshed(self, snap: Snapshot) -> None:
+        """Apply Store.refresh's Snapshot: new accounts and last-seen times, the sessions on other
+        brokers, every mailbox's size (this broker's own changes not yet committed may be missing
+        from it for a minute: the quota is approximate across brokers)."""
+        for name, record in snap.users.items():
+            known = self.users.setdefault(name, record)
+            if known is not record:
+                known.last_seen, known.last_seen_hidden, known.last_seq = \
+                    record.last_seen, record.last_seen_hidden, record.last_seq
+        self.remote = {u: entry for u, entry in snap.online.items() if entry[0] != self.broker_id}
+        self.mail_counts = dict(snap.mail_counts)

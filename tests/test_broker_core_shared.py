@@ -11,7 +11,7 @@ import pytest
 
 from tests.core_harness import PASSWORD, CoreRig, _verifies, fast_hash
 from zmq_chat.broker.commands import content_digest
-from zmq_chat.broker.feed import AckNotice, DupNotice, LogEvent, MailNotice, OfflineNotice, OnlineNotice, UserNotice
+from zmq_chat.broker.feed import DupNotice, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, UserNotice
 from zmq_chat.broker.memstore import MemoryStore
 from zmq_chat.broker.reads import run_read
 from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
@@ -29,6 +29,7 @@ class SharedMemoryStore(MemoryStore):
         super().__init__()
         self.logged: list[LogEvent] = []
         self.claims: list[Any] = []  # what claim_user answers next (True when empty)
+        self.online: dict[str, tuple[str, float, bool]] = {}  # what refresh() says of zc:online
 
     def commit(self, batch: WriteBatch) -> None:
         numbered = []
@@ -48,6 +49,12 @@ class SharedMemoryStore(MemoryStore):
             self.users[record.name] = record
             return True
         return False
+
+    def refresh(self) -> Any:
+        snap = self.load(0.0)
+        snap.sends, snap.last_mail_id, snap.mail_id_limit = [], 0, 0
+        snap.online = dict(self.online)
+        return snap
 
     def sends_of(self, sender: str, since: float) -> list[SendRecord]:
         return [x for x in self.sends.values() if x.sender == sender and x.ts >= since]
@@ -130,8 +137,6 @@ def test_mail_stored_by_another_broker_is_pushed_here_and_counted(rig):
     rig.feed(MailNotice(msg))
     assert [x.text for x in rig.pushes(bob)] == ["from far away"]
     assert rig.core.mail_counts["bob"] == 1
-    rig.feed(AckNotice("bob", 1))
-    assert rig.core.mail_counts["bob"] == 0
 
 
 def test_mail_below_the_cursor_with_a_full_window_is_pushed_after_an_ack(rig):
@@ -221,3 +226,25 @@ def test_a_login_that_replaces_a_session_elsewhere_publishes_no_second_login(rig
     rig.feed(UserNotice(rig.store.users["alice"]))
     assert rig.call(c, "login", user="alice", password=PASSWORD)["status"] == "ok"
     assert [e.user for e in rig.events("presence")] == ["bob"]  # bob's own login only
+
+
+def test_lost_notices_push_every_mailbox_again_from_its_start_without_duplicates(rig):
+    bob, alice = rig.user("bob"), rig.user("alice")
+    rig.core.last_mail_id = 100  # this broker's lease starts above another's
+    first = rig.call(alice, "send", id="s1", to=["bob"], text="pushed and in flight")["ids"]["bob"]
+    missed = m.PrivateMessage(50, "carol", "bob", 5.0, "its notice was trimmed", "c1")
+    rig.store.mail[missed.id] = missed  # stored by another broker; this one never heard of it
+    rig.feed(FeedLost("zc:feed:here"))
+    assert [x.id for x in rig.pushes(bob)] == [first, missed.id]
+
+
+def test_a_refresh_reloads_accounts_sessions_elsewhere_and_mailbox_sizes(rig):
+    alice = rig.user("alice")
+    rig.store.users["zed"] = UserRecord("zed", fast_hash(PASSWORD), 1.0)
+    rig.store.mail[10**12] = m.PrivateMessage(10**12, "zed", "alice", 1.0, "x", "c")
+    rig.store.online = {"zed": ("there", 1.0, False), "alice": ("here", 1.0, False)}
+    rig.core.refresh()
+    rig.take()
+    assert "zed" in rig.core.users and rig.core.remote == {"zed": ("there", 1.0, False)}
+    assert rig.core.mail_counts == {"alice": 1}
+    assert rig.call(alice, "who")["users"] == ["alice", "zed"]
