@@ -1,17 +1,17 @@
 """What brokers sharing one store tell each other (the backplane), as typed records.
 
 With a shared store (broker.redisstore, `--store redis://...`) several brokers are one chat. Each
-broker's commits append, in the same transaction as the writes they describe, entries to two
-streams that every broker reads back (broker.redisfeed.RedisBackplane):
+broker's commits append, in the same transaction as the writes they describe, entries to the
+streams the brokers read back (broker.redisfeed.RedisBackplane):
 
 - the event log: broadcasts and presence with one global, gapless sequence number assigned by the
   store at commit (LogEvent). Every broker publishes every entry on its own PUB, in seq order; the
   broker whose client sent a broadcast answers it when its LogEvent comes back.
-- the feed: notices of what changed elsewhere (the others): new mail for a recipient who may be
-  online here (MailNotice), mailbox counts falling (AckNotice), new accounts (UserNotice), ends
-  of sessions (SeenNotice), sessions starting, hiding, appearing and ending (OnlineNotice,
-  OfflineNotice), and, for the broker that made the commit, a send id found already used by
-  another broker (DupNotice).
+- the feed: notices of what changed elsewhere (the others): new accounts (UserNotice), ends of
+  sessions (SeenNotice), sessions starting, hiding, appearing and ending (OnlineNotice,
+  OfflineNotice), for every broker; new mail for a recipient in session on a broker (MailNotice),
+  for that broker only; and, for the broker that made the commit, a send id found already used by
+  another broker (DupNotice). Mailbox sizes of the others' users are read again (Store.refresh).
 
 Notices whose origin is the reading broker are dropped by the reader, except DupNotice (only for
 its origin). Plain data: no I/O, no zmq, no Redis.
@@ -39,13 +39,6 @@ class MailNotice(msgspec.Struct, frozen=True):
     """A private message stored by another broker (msg.to may be in session here)."""
 
     msg: m.PrivateMessage
-
-
-class AckNotice(msgspec.Struct, frozen=True):
-    """`removed` (int) messages left `user`'s mailbox by an ack on another broker."""
-
-    user: str
-    removed: int
 
 
 class UserNotice(msgspec.Struct, frozen=True):
@@ -109,7 +102,7 @@ class EpochLost(msgspec.Struct, frozen=True):
     reason: str
 
 
-Notice = Union[MailNotice, AckNotice, UserNotice, SeenNotice, OnlineNotice, OfflineNotice, DupNotice, FeedLost]
+Notice = Union[MailNotice, UserNotice, SeenNotice, OnlineNotice, OfflineNotice, DupNotice, FeedLost]
 FeedItem = Union[LogEvent, Notice, EpochLost]
 
 

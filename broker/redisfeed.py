@@ -1,18 +1,25 @@
 """The reading side of the Redis store (broker.feed.Backplane): a daemon thread with its own
-connection that reads the event log (zc:log) and the feed (zc:feed) from where RedisStore.load()
-left them, keeps this broker alive in Redis, watches the epoch, and reaps dead brokers.
+connection that reads the event log (zc:log), the feed every broker reads (zc:feed) and this
+broker's own (zc:feed:<id>: mail for its sessions, dups of its commits) from where
+RedisStore.load() left them, keeps this broker alive in Redis, watches the epoch, and reaps dead
+brokers.
 
-Every read is `XREAD BLOCK 200 COUNT 1000 STREAMS zc:log zc:feed <log pos> <feed pos>`: log
+Every read is `XREAD BLOCK 200 COUNT 1000 STREAMS zc:log zc:feed zc:feed:<id> <positions>`: log
 entries become LogEvents (in seq order), feed entries the broker.feed struct of their kind, less
-this broker's own notices (but only its own DupNotices). Every `interval` seconds (1, or ttl / 3
-when shorter) one script (broker.redislua.TICK) refreshes `zc:broker:<id>` (expires after ttl),
-checks zc:epoch (changed or gone: an EpochLost item, and the thread stops) and names the brokers
-of zc:brokers without a liveness key; each is reaped by broker.redislua.REAP, atomically and once
-across all brokers: its sessions end (presence `lost` unless hidden, last seen, OfflineNotice).
+this broker's own notices from zc:feed. A stream trimmed past the position before it was read (this
+broker fell more than the stream's length behind; or zc:log pruned past it) shows in the first
+entry a read returns: its seq (zc:log) or its number n (the feed streams, numbered 1, 2, 3 ... by
+the scripts) is not the next one. A FeedLost(stream) item goes before that entry, once per gap.
+
+Every `interval` seconds (1, or ttl / 3 when shorter) one script (broker.redislua.TICK) refreshes
+`zc:broker:<id>` (expires after ttl), checks zc:epoch (changed or gone: an EpochLost item, and the
+thread stops) and names the brokers of zc:brokers without a liveness key; each is reaped by
+broker.redislua.REAP, atomically and once across all brokers: its sessions end (presence `lost`
+unless hidden, last seen, OfflineNotice) and its stream zc:feed:<id> is deleted.
 
 A lost connection is retried with backoff (0.1 s doubling to BACKOFF_CAP), logged once per outage
 (a WARNING when it starts, an INFO when it ends); reading resumes from the last entry ids read (the
-append-only file keeps both streams across a restart of Redis), and the first tick back refreshes
+append-only file keeps the streams across a restart of Redis), and the first tick back refreshes
 the liveness key. A restarted Redis may hold every broker's liveness key expired (its TTL ran
 out while Redis was down; a Redis that stalled, e.g. on a slow fsync, expires them as well), so a
 broker reaps only after it has talked to the same Redis run (INFO run_id) without a connection
@@ -34,7 +41,7 @@ from redis.retry import Retry
 
 from zmq_chat.broker import redislua
 from zmq_chat.broker.feed import (
-    AckNotice, DupNotice, EpochLost, FeedItem, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice,
+    DupNotice, EpochLost, FeedItem, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice,
     UserNotice,
 )
 from zmq_chat.broker.redisstore import client
@@ -55,8 +62,7 @@ reaps a broker without a liveness key: more than a live broker needs to refresh 
 Redis answers again (BACKOFF_CAP, plus a tick interval of at most 1 s, plus a BLOCK_MS read)."""
 
 _DECODERS: dict[bytes, msgspec.json.Decoder] = {
-    b"mail": msgspec.json.Decoder(MailNotice), b"ack": msgspec.json.Decoder(AckNotice),
-    b"user": msgspec.json.Decoder(UserNotice), b"seen": msgspec.json.Decoder(SeenNotice),
+    b"mail": msgspec.json.Decoder(MailNotice), b"user": msgspec.json.Decoder(UserNotice), b"seen": msgspec.json.Decoder(SeenNotice),
     b"online": msgspec.json.Decoder(OnlineNotice), b"offline": msgspec.json.Decoder(OfflineNotice),
     b"dup": msgspec.json.Decoder(DupNotice),
 }
@@ -69,15 +75,19 @@ class RedisBackplane:
     Args:
         url: the store's Redis URL. broker_id: this broker's id (RedisStore.broker_id).
         epoch: zc:epoch as loaded. log_seq: the newest seq the Snapshot holds (reading starts
-            after it). feed_id: the feed's newest entry id at load (bytes or str, "0-0" for none).
+            after it). feeds: {"zc:feed": (id, n), "zc:feed:<broker_id>": (id, n)}, each stream's
+            newest entry id at load (bytes or str, "0-0" for none) and its number (0 for none, -1
+            for an entry without one: the first read is then not checked for a gap).
         ttl: seconds this broker's liveness key lives without a refresh (others reap it after).
         clock: seconds since the epoch (time.time), for the reaped sessions' last-seen time.
+        feed_maxlen: entries zc:feed keeps, about (broker.redislua.FEED_MAXLEN; the reaping adds).
     Attributes: reaped (sessions this broker ended by reaping, for tests and the log), outages
         (connection losses seen by the thread, for tests and the log).
     """
 
-    def __init__(self, url: str, broker_id: str, epoch: str, log_seq: int, feed_id: bytes | str, ttl: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, broker_id: str, epoch: str, log_seq: int, feeds: dict[str, tuple[bytes | str, int]],
+                 ttl: float = 10.0, clock: Callable[[], float] = time.time,
+                 feed_maxlen: int = redislua.FEED_MAXLEN) -> None:
         self.broker_id = broker_id
         self.epoch = epoch
         self.ttl = ttl
@@ -87,13 +97,17 @@ class RedisBackplane:
         self.outages = 0
         self._run_id: str | None = None  # the Redis run (INFO run_id) talked to since _steady_since
         self._steady_since = 0.0
-        self._positions: dict[str, bytes | str] = {"zc:log": f"{log_seq}-0", "zc:feed": feed_id}
+        self._own = f"zc:feed:{broker_id}"
+        self._positions: dict[str, bytes | str] = {"zc:log": f"{log_seq}-0"}
+        self._numbers: dict[str, int] = {"zc:log": log_seq}  # per stream, the seq or n of the last entry read
+        for stream in ("zc:feed", self._own):
+            self._positions[stream], self._numbers[stream] = feeds[stream]
         # its own connection (no pool sharing with the store): a blocked XREAD holds it; no retries
         # inside redis-py: _run sees every lost connection (and backs off itself)
         self._db = client(url, socket_connect_timeout=5.0, socket_timeout=BLOCK_MS / 1000 + 10.0,
                           retry=Retry(NoBackoff(), 0))
         self._tick = self._db.register_script(redislua.TICK)
-        self._reap = self._db.register_script(redislua.REAP)
+        self._reap = self._db.register_script(redislua.with_feed_maxlen(redislua.REAP, feed_maxlen))
         self._items: list[FeedItem] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -122,14 +136,15 @@ class RedisBackplane:
         return items
 
     def close(self) -> None:
-        """Stop the thread (within about BLOCK_MS), remove this broker's liveness key and its id
-        from zc:brokers (its sessions are not reaped: the broker ended them itself)."""
+        """Stop the thread (within about BLOCK_MS), remove this broker's liveness key, its id
+        from zc:brokers and its feed stream zc:feed:<id> (its sessions are not reaped: the broker
+        ended them itself; no script writes to the stream of a broker not in zc:brokers)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=BLOCK_MS / 1000 + 12.0)
         try:
-            self._db.delete(f"zc:broker:{self.broker_id}")
             self._db.srem("zc:brokers", self.broker_id)
+            self._db.delete(f"zc:broker:{self.broker_id}", self._own)
         except redis.RedisError as exc:
             log.warning("backplane: could not remove broker %s from Redis at close: %s", self.broker_id, exc)
         self._db.close()
@@ -159,32 +174,37 @@ class RedisBackplane:
                 self._stop.wait(1.0)
 
     def _read(self) -> None:
-        """One XREAD of both streams; appends what it read and wakes the loop."""
+        """One XREAD of the three streams; appends what it read (a FeedLost before the first entry
+        after a gap) and wakes the loop."""
         started = time.monotonic()
         reply = self._db.xread(self._positions, count=READ_COUNT, block=BLOCK_MS)
         self._note_stall(started, BLOCK_MS / 1000)
         if not reply:
             return
         items: list[FeedItem] = []
-        for stream, entries in reply:
-            is_log = stream in (b"zc:log", "zc:log")
-            for entry_id, fields in entries:
-                item = self._log_item(entry_id, fields) if is_log else self._feed_item(fields)
+        for key, entries in reply:
+            stream = key.decode() if isinstance(key, bytes) else key
+            is_log = stream == "zc:log"
+            for i, (entry_id, fields) in enumerate(entries):
+                number = int(entry_id.split(b"-", 1)[0]) if is_log else int(fields.get(b"n", -1))
+                last = self._numbers[stream]
+                if i == 0 and number != last + 1 and last >= 0 and number >= 0:
+                    log.warning("backplane: %s was trimmed past this broker's position (entry %d follows %d): "
+                                "what it held in between is lost", stream, number, last)
+                    items.append(FeedLost(stream))
+                self._numbers[stream] = number
+                item = LogEvent(number, fields[b"b"]) if is_log else self._feed_item(fields, stream == self._own)
                 if item is not None:
                     items.append(item)
-            self._positions["zc:log" if is_log else "zc:feed"] = entries[-1][0]
+            self._positions[stream] = entries[-1][0]
         if items:
             self._push(items)
 
-    @staticmethod
-    def _log_item(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEvent:
-        return LogEvent(int(entry_id.split(b"-", 1)[0]), fields[b"b"])
-
-    def _feed_item(self, fields: dict[bytes, bytes]) -> FeedItem | None:
-        """The notice of one feed entry, or None: this broker's own (but a dup only if its own),
-        or an unknown kind or undecodable body (logged)."""
-        kind, own = fields.get(b"k", b""), fields.get(b"o", b"").decode() == self.broker_id
-        if own != (kind == b"dup"):
+    def _feed_item(self, fields: dict[bytes, bytes], own_stream: bool) -> FeedItem | None:
+        """The notice of one feed entry, or None: this broker's own on zc:feed (everything on its
+        own stream is for it), or an unknown kind or undecodable body (logged)."""
+        kind = fields.get(b"k", b"")
+        if not own_stream and fields.get(b"o", b"").decode() == self.broker_id:
             return None
         decoder = _DECODERS.get(kind)
         try:

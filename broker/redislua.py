@@ -10,7 +10,10 @@ of the store's URL):
 - zc:mbox:<user> (sorted set of mail ids), zc:mail:<user> (hash id -> PrivateMessage JSON),
   zc:mcount (hash user -> messages waiting)
 - zc:sends:<sender> (hash cid -> first reply JSON), zc:sendts (sorted set `<sender>\\n<cid>` by ts)
-- zc:feed (stream, fields k kind, o origin broker id, b notice JSON; MAXLEN ~ FEED_MAXLEN)
+- zc:feed (stream, the notices every broker reads: user, seen, online, offline) and zc:feed:<id>
+  (stream, broker <id>'s own: mail for its sessions, dup for its commits); fields k kind, o origin
+  broker id, n the entry's number in its stream (1, 2, 3 ...: a reader that finds a number
+  skipped knows entries were trimmed before it read them), b notice JSON; MAXLEN ~ FEED_MAXLEN
 - zc:online (hash user -> OnlineNotice JSON), zc:broker:<id> (liveness, expires), zc:brokers (set)
 - zc:applied:<id> (the number of broker <id>'s newest commit applied; expires a day after it)
 
@@ -22,7 +25,8 @@ zc:epoch changed answers the error `EPOCH ...` and writes nothing.
 from __future__ import annotations
 
 FEED_MAXLEN = 100_000
-"""Entries zc:feed keeps (about: XADD MAXLEN ~). A broker that falls further behind loses notices."""
+"""Entries each feed stream (zc:feed, zc:feed:<id>) keeps (about: XTRIM MAXLEN ~). A broker that
+falls further behind loses notices (its backplane reports FeedLost)."""
 
 PRUNE_SENDS = 1000
 """Send ids one commit forgets at most (the rest by the next commits)."""
@@ -33,16 +37,43 @@ if redis.call('GET', 'zc:epoch') ~= ARGV[1] then
 end
 """
 
-_FEED = f"""
-local fed = 0
-local function feed(kind, origin, body)  -- (XADD ... MAXLEN ~ costs 40 % more than one XTRIM per script)
-  redis.call('XADD', 'zc:feed', '*', 'k', kind, 'o', origin, 'b', body)
-  fed = fed + 1
-end
-local function trim_feed()
-  if fed > 0 then redis.call('XTRIM', 'zc:feed', 'MAXLEN', '~', {FEED_MAXLEN}) end
+_MAXLEN_LINE = f"local FEED_MAXLEN = {FEED_MAXLEN}\n"
+
+_LAST = """
+local function last_entry(stream)  -- the id of the newest entry of `stream` and its number n ('0-0', 0: none)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if not last then return '0-0', 0 end
+  local f = last[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'n' then return last[1], tonumber(f[i + 1]) end
+  end
+  return last[1], -1  -- (an entry without a number: written before entries had one)
 end
 """
+
+_FEED = _LAST + _MAXLEN_LINE + """
+local fed = {}  -- stream -> the number of its newest entry, for each stream this script added to
+local function feed(stream, kind, origin, body)  -- (XADD ... MAXLEN ~ costs 40 % more than one XTRIM per script)
+  local n = fed[stream]
+  if not n then
+    local _, last = last_entry(stream)
+    n = math.max(last, 0)
+  end
+  n = n + 1
+  redis.call('XADD', stream, '*', 'k', kind, 'o', origin, 'n', string.format('%d', n), 'b', body)
+  fed[stream] = n
+end
+local function trim_feed()
+  for stream in pairs(fed) do redis.call('XTRIM', stream, 'MAXLEN', '~', FEED_MAXLEN) end
+end
+"""
+
+
+def with_feed_maxlen(script: str, maxlen: int) -> str:
+    """`script` (one of this module's) trimming the feed streams to about `maxlen` entries instead
+    of FEED_MAXLEN (tests make a reader fall behind a short one)."""
+    return script.replace(_MAXLEN_LINE, f"local FEED_MAXLEN = {int(maxlen)}\n", 1)
+
 
 APPLIED_TTL = 86_400
 """Seconds zc:applied:<broker id> lives after the broker's last commit (a day)."""
@@ -58,6 +89,10 @@ COMMIT = _EPOCH + _FEED + f"""
 --   seen    {{name, JSON [when, hidden, last_seq], SeenNotice JSON}}
 --   notices {{kind 'online' or 'offline', user, broker, notice JSON}}
 --   prune   {{}} or {{events to keep, forget send ids with ts below}}
+-- Mail notices go to zc:feed:<b> of the broker b that zc:online names for the recipient, if b is
+-- another live broker (in zc:brokers; a closed or reaped broker's stream is not made again), else
+-- none: the recipient is online nowhere else and its next login reads the mailbox (a login commits
+-- its online notice before it reads). dup notices go to zc:feed:<origin>; the rest to zc:feed.
 -- Returns 1 when send ids older than the prune's time are left (more than {PRUNE_SENDS}), else 0;
 -- -1 when this commit number was applied already (a retry whose first reply was lost): nothing written.
 local origin = ARGV[2]
@@ -77,25 +112,41 @@ local function push(groups, key, x, y)  -- append x, y to the list groups[key]
   g[#g + 1] = x; g[#g + 1] = y
 end
 for _, u in ipairs(b[1]) do
-  if redis.call('HSETNX', 'zc:users', u[1], u[2]) == 1 then feed('user', origin, u[3]) end
+  if redis.call('HSETNX', 'zc:users', u[1], u[2]) == 1 then feed('zc:feed', 'user', origin, u[3]) end
 end
 local dup, times = {{}}, {{}}
 for i, s in ipairs(b[2]) do
   if redis.call('HSETNX', 'zc:sends:' .. s[1], s[2], s[4]) == 0 then
     dup[i] = true
     local stored = redis.call('HGET', 'zc:sends:' .. s[1], s[2])
-    feed('dup', origin, cjson.encode({{sender = s[1], cid = s[2], reply = stored}}))
+    feed('zc:feed:' .. origin, 'dup', origin, cjson.encode({{sender = s[1], cid = s[2], reply = stored}}))
   else
     times[#times + 1] = s[3]; times[#times + 1] = s[1] .. '\\n' .. s[2]
   end
 end
 bulk('ZADD', 'zc:sendts', times)
+local where, live = {{}}, {{}}  -- recipient -> its broker's feed stream or false; broker id -> in zc:brokers
+local function mail_stream(to)
+  local stream = where[to]
+  if stream == nil then
+    stream = false
+    local cur = redis.call('HGET', 'zc:online', to)  -- OnlineNotice JSON: {{"user":..,"broker":"<id>",..}}
+    local broker = cur and string.match(cur, '"broker":"([^"]*)"')
+    if broker and broker ~= origin then  -- (this broker pushes to its own sessions itself)
+      if live[broker] == nil then live[broker] = redis.call('SISMEMBER', 'zc:brokers', broker) == 1 end
+      if live[broker] then stream = 'zc:feed:' .. broker end
+    end
+    where[to] = stream
+  end
+  return stream
+end
 local rows, ids, counts = {{}}, {{}}, {{}}
 for _, x in ipairs(b[3]) do
   if not dup[x[4]] then
     push(rows, x[1], x[2], x[3]); push(ids, x[1], x[2], x[2])
     counts[x[1]] = (counts[x[1]] or 0) + 1
-    feed('mail', origin, '{{"msg":' .. x[3] .. '}}')
+    local stream = mail_stream(x[1])
+    if stream then feed(stream, 'mail', origin, '{{"msg":' .. x[3] .. '}}') end
   end
 end
 for to, n in pairs(counts) do  -- (any order: scripts replicate their effects)
@@ -120,19 +171,19 @@ for _, a in ipairs(b[5]) do  -- the mailbox's sorted set and hash hold the same 
   if removed > 0 then
     bulk('HDEL', 'zc:mail:' .. a[1], a[2])
     if redis.call('HINCRBY', 'zc:mcount', a[1], -removed) <= 0 then redis.call('HDEL', 'zc:mcount', a[1]) end
-    feed('ack', origin, cjson.encode({{user = a[1], removed = removed}}))
   end
 end
 for _, x in ipairs(b[6]) do
   if redis.call('HEXISTS', 'zc:users', x[1]) == 1 then
     redis.call('HSET', 'zc:seen', x[1], x[2])
-    feed('seen', origin, x[3])
+    feed('zc:feed', 'seen', origin, x[3])
   end
 end
 for _, n in ipairs(b[7]) do
-  feed(n[1], origin, n[4])
+  feed('zc:feed', n[1], origin, n[4])
   if n[1] == 'online' then
     redis.call('HSET', 'zc:online', n[2], n[4])
+    redis.call('SADD', 'zc:brokers', origin)  -- (its backplane does too; a login may come first)
   else
     local cur = redis.call('HGET', 'zc:online', n[2])
     if cur and cjson.decode(cur).broker == n[3] then redis.call('HDEL', 'zc:online', n[2]) end
@@ -156,14 +207,20 @@ end
 return 0
 """
 
-LOAD = """
--- ARGV: epoch to set if there is none, mail ids to lease, sends since (seconds), send ids at most
--- Returns {epoch, users (flat hash), seen (flat hash), seq, lease high end, mcount (flat hash),
---          sends {member, ts, reply, ...} newest first, online (flat hash), feed's last entry id}
+_STATE = """
+local function state()  -- {users (flat hash), seen (flat hash), seq, mcount (flat hash), online (flat hash)}
+  return {redis.call('HGETALL', 'zc:users'), redis.call('HGETALL', 'zc:seen'), redis.call('GET', 'zc:seq') or '0',
+          redis.call('HGETALL', 'zc:mcount'), redis.call('HGETALL', 'zc:online')}
+end
+"""
+
+LOAD = _LAST + _STATE + """
+-- ARGV: epoch to set if there is none, mail ids to lease, sends since (seconds), send ids at most,
+--       the loading broker's id
+-- Returns {epoch, state() (see there), lease high end, sends {member, ts, reply, ...} newest first,
+--          {zc:feed's newest entry id, its number, zc:feed:<id>'s newest entry id, its number}}
 redis.call('SET', 'zc:epoch', ARGV[1], 'NX')
-local out = {redis.call('GET', 'zc:epoch'), redis.call('HGETALL', 'zc:users'), redis.call('HGETALL', 'zc:seen'),
-             redis.call('GET', 'zc:seq') or '0', redis.call('INCRBY', 'zc:mailid', ARGV[2]),
-             redis.call('HGETALL', 'zc:mcount')}
+local out = {redis.call('GET', 'zc:epoch'), state(), redis.call('INCRBY', 'zc:mailid', ARGV[2])}
 local ids = redis.call('ZREVRANGEBYSCORE', 'zc:sendts', '+inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
 local sends = {}
 for i = 1, #ids, 2 do
@@ -173,11 +230,16 @@ for i = 1, #ids, 2 do
     sends[#sends + 1] = ids[i]; sends[#sends + 1] = ids[i + 1]; sends[#sends + 1] = reply
   end
 end
-out[7] = sends
-out[8] = redis.call('HGETALL', 'zc:online')
-local last = redis.call('XREVRANGE', 'zc:feed', '+', '-', 'COUNT', 1)
-out[9] = last[1] and last[1][1] or '0-0'
+out[4] = sends
+local feed_id, feed_n = last_entry('zc:feed')
+local own_id, own_n = last_entry('zc:feed:' .. ARGV[5])
+out[5] = {feed_id, feed_n, own_id, own_n}
 return out
+"""
+
+REFRESH = _EPOCH + _STATE + """
+-- ARGV: epoch. Returns state() (see there): what load() reads of the others' state, without a lease.
+return state()
 """
 
 CLAIM_USER = _EPOCH + _FEED + """
@@ -187,7 +249,7 @@ if redis.call('HSETNX', 'zc:users', ARGV[3], ARGV[4]) == 0 then
   if redis.call('HGET', 'zc:users', ARGV[3]) == ARGV[4] then return 1 end
   return 0
 end
-feed('user', ARGV[2], ARGV[5])
+feed('zc:feed', 'user', ARGV[2], ARGV[5])
 trim_feed()
 return 1
 """
@@ -220,7 +282,8 @@ REAP = _EPOCH + _FEED + """
 -- zc:online JSON as read, '1' if hidden else '0', presence `lost` Event JSON (seq 0), OfflineNotice JSON.
 -- Only once per dead broker (it leaves zc:brokers here), only if it is still without liveness, and
 -- only sessions whose zc:online entry is unchanged. Notices go out with the dead broker as origin,
--- so that every live broker (the reaper too) reads them. Returns the sessions ended, or -1.
+-- so that every live broker (the reaper too) reads them; its own stream zc:feed:<dead> is deleted.
+-- Returns the sessions ended, or -1.
 local dead, now = ARGV[2], ARGV[3]
 if redis.call('SISMEMBER', 'zc:brokers', dead) == 0 or redis.call('EXISTS', 'zc:broker:' .. dead) == 1 then
   return -1
@@ -237,13 +300,14 @@ for i = 4, #ARGV, 5 do
       redis.call('XADD', 'zc:log', s .. '-0', 'b', (string.gsub(ARGV[i + 3], '^{"seq":%d+,', '{"seq":' .. s .. ',', 1)))
     end
     redis.call('HSET', 'zc:seen', user, '[' .. now .. ',' .. hidden .. ',' .. seq .. ']')
-    feed('seen', dead, '{"user":' .. cjson.encode(user) .. ',"when":' .. now .. ',"hidden":' .. hidden
+    feed('zc:feed', 'seen', dead, '{"user":' .. cjson.encode(user) .. ',"when":' .. now .. ',"hidden":' .. hidden
          .. ',"last_seq":' .. seq .. '}')
-    feed('offline', dead, ARGV[i + 4])
+    feed('zc:feed', 'offline', dead, ARGV[i + 4])
     n = n + 1
   end
 end
 redis.call('SREM', 'zc:brokers', dead)
+redis.call('DEL', 'zc:feed:' .. dead)
 trim_feed()
 return n
 """

@@ -6,8 +6,10 @@ Every commit is ONE EVALSHA of a Lua script (broker.redislua.COMMIT): atomic, an
 answering). The script numbers the batch's events with the global counter (the core hands them
 over with seq 0), claims send ids against every broker's (a send id found stored is a duplicate:
 none of its mail or event is stored, a `dup` notice tells this broker), and appends the notices
-the other brokers read back through broker.redisfeed.RedisBackplane (the feed) in the same
-transaction. Mail ids come from a lease taken at load(). The keys are listed in broker.redislua.
+the other brokers read back through broker.redisfeed.RedisBackplane in the same transaction: to
+zc:feed what every broker keeps (accounts, sessions, last seen), to zc:feed:<id> of the broker a
+recipient is in session on its new mail. Mail ids come from a lease taken at load(); what the
+others change is read again with refresh(). The keys are listed in broker.redislua.
 
 Threads: commit() runs on the broker's writer thread, claim_user() and sends_of() on a hashing
 thread, the reads on the loop thread; redis-py's connection pools make that safe.
@@ -92,6 +94,8 @@ class RedisStore:
         lease: mail ids leased per load() (LEASE).
         outage: seconds commit() keeps retrying while Redis is unreachable or loading before it
             raises StoreError (default OUTAGE, 60).
+        feed_maxlen: entries each feed stream keeps, about (broker.redislua.FEED_MAXLEN; tests
+            make a backplane fall behind a short one).
     Attributes: broker_id (uuid4 hex[:12], the origin of this broker's notices), epoch (zc:epoch as
     loaded), url, commits (the number of the newest commit sent).
     Raises StoreError: Redis unreachable, older than 6.2, or not durable (the message names the
@@ -100,8 +104,10 @@ class RedisStore:
 
     shared = True  # several brokers: the store numbers events, the backplane publishes them
 
-    def __init__(self, url: str, *, weak_durability: bool = False, lease: int = LEASE, outage: float = OUTAGE) -> None:
+    def __init__(self, url: str, *, weak_durability: bool = False, lease: int = LEASE, outage: float = OUTAGE,
+                 feed_maxlen: int = redislua.FEED_MAXLEN) -> None:
         self.url = url
+        self.feed_maxlen = feed_maxlen
         self.lease = lease
         self.outage = outage
         self.commits = 0
@@ -121,22 +127,48 @@ class RedisStore:
         except StoreError:
             self.close()
             raise
-        self._commit = self.db.register_script(redislua.COMMIT)
+        self._commit = self.db.register_script(redislua.with_feed_maxlen(redislua.COMMIT, feed_maxlen))
         self._load = self.db.register_script(redislua.LOAD)
-        self._claim = self.reader.register_script(redislua.CLAIM_USER)
+        self._refresh = self.reader.register_script(redislua.REFRESH)
+        self._claim = self.reader.register_script(redislua.with_feed_maxlen(redislua.CLAIM_USER, feed_maxlen))
         self._mail_after = self.reader.register_script(redislua.MAIL_AFTER)
         self._pruning: tuple[int, float] | None = None  # a prune still to finish (writer thread's)
-        self._positions: tuple[int, bytes] | None = None  # (log seq, feed entry id) at load()
+        self._positions: tuple[int, list] | None = None  # (log seq, feed positions) at load()
 
     # -- start ----------------------------------------------------------------------------------
     def load(self, sends_since: float) -> Snapshot:
         """Everything the core keeps in memory, read in one atomic script, with a fresh lease of
-        mail ids. Remembers where the log and the feed stood, for backplane(). Raises StoreError
-        when the lease would pass protocol.limits.MAX_COUNTER; redis.RedisError on a Redis error."""
-        out = self._call(self._load, [uuid.uuid4().hex, self.lease, repr(float(sends_since)), MAX_IDS])
-        epoch, users_flat, seen_flat, seq_text, high, counts_flat, sends_flat, online_flat, feed_id = out
+        mail ids. Remembers where the log and the feed streams stood, for backplane(). Raises
+        StoreError when the lease would pass protocol.limits.MAX_COUNTER; redis.RedisError on a
+        Redis error."""
+        out = self._call(self._load, [uuid.uuid4().hex, self.lease, repr(float(sends_since)), MAX_IDS, self.broker_id])
+        epoch, state, high, sends_flat, feeds = out
         if high > MAX_COUNTER:
             raise StoreError(f"the mail ids of the Redis store are used up (zc:mailid {high} > {MAX_COUNTER})")
+        users, seq, counts, online = self._state(state)
+        sends = []
+        for i in range(len(sends_flat) - 3, -1, -3):  # newest first in the reply: oldest first here
+            sender, _, cid = sends_flat[i].decode().partition("\n")
+            sends.append(SendRecord(sender, cid, float(sends_flat[i + 1]), sends_flat[i + 2]))
+        self.epoch = epoch.decode()
+        self._positions = (seq, feeds)
+        return Snapshot(users, seq, high - self.lease, counts, sends, self.epoch, high, online)
+
+    def refresh(self) -> Snapshot:
+        """What load() reads of the state every broker changes, read again in one atomic script:
+        users (with last_* merged), online (the sessions on other brokers than this one), mail_counts
+        and seq; no lease (last_mail_id and mail_id_limit 0) and no send ids. Changes neither the
+        epoch nor the positions that commits and the backplane use. The core calls it on its reading
+        thread (every minute, and after a broker.feed.FeedLost). Raises StoreError when zc:epoch is
+        not this store's; redis.RedisError on a Redis error (quickly while Redis is away)."""
+        users, seq, counts, online = self._state(self._call(self._refresh, [self.epoch]))
+        return Snapshot(users=users, seq=seq, last_mail_id=0, mail_counts=counts, sends=[], epoch=self.epoch,
+                        mail_id_limit=0, online=online)
+
+    def _state(self, state: list) -> tuple[dict[str, UserRecord], int, dict[str, int], dict[str, tuple[str, float, bool]]]:
+        """(users with last_* merged, seq, mail counts, sessions on other brokers) of the reply of
+        the Lua state() (broker.redislua)."""
+        users_flat, seen_flat, seq_text, counts_flat, online_flat = state
         users = {}
         for i in range(1, len(users_flat), 2):
             record = _users.decode(users_flat[i])
@@ -147,18 +179,12 @@ class RedisStore:
                 known.last_seen, known.last_seen_hidden, known.last_seq = _seen.decode(seen_flat[i + 1])
         counts = {counts_flat[i].decode(): int(counts_flat[i + 1]) for i in range(0, len(counts_flat), 2)
                   if int(counts_flat[i + 1]) > 0}
-        sends = []
-        for i in range(len(sends_flat) - 3, -1, -3):  # newest first in the reply: oldest first here
-            sender, _, cid = sends_flat[i].decode().partition("\n")
-            sends.append(SendRecord(sender, cid, float(sends_flat[i + 1]), sends_flat[i + 2]))
         online = {}
         for i in range(1, len(online_flat), 2):
             n = _online.decode(online_flat[i])
-            online[n.user] = (n.broker, n.since, n.hidden)
-        self.epoch = epoch.decode()
-        seq = int(seq_text)
-        self._positions = (seq, feed_id)
-        return Snapshot(users, seq, high - self.lease, counts, sends, self.epoch, high, online)
+            if n.broker != self.broker_id:
+                online[n.user] = (n.broker, n.since, n.hidden)
+        return users, int(seq_text), counts, online
 
     def claim_user(self, record: UserRecord) -> bool:
         """Store a new account if the name is free (HSETNX) and tell the other brokers, atomically.
@@ -186,14 +212,15 @@ class RedisStore:
 
     def backplane(self, ttl: float = 10.0) -> Any:
         """This broker's broker.redisfeed.RedisBackplane, reading from where load() left the log
-        and the feed; ttl: seconds this broker stays alive in Redis without refreshing (the others
-        reap its sessions after that). Raises RuntimeError before load()."""
+        and the feed streams; ttl: seconds this broker stays alive in Redis without refreshing (the
+        others reap its sessions after that). Raises RuntimeError before load()."""
         from zmq_chat.broker.redisfeed import RedisBackplane
 
         if self._positions is None:
             raise RuntimeError("RedisStore.backplane() needs load() first (the log and feed positions)")
-        seq, feed_id = self._positions
-        return RedisBackplane(self.url, self.broker_id, self.epoch, seq, feed_id, ttl)
+        seq, (feed_id, feed_n, own_id, own_n) = self._positions
+        feeds = {"zc:feed": (feed_id, feed_n), f"zc:feed:{self.broker_id}": (own_id, own_n)}
+        return RedisBackplane(self.url, self.broker_id, self.epoch, seq, feeds, ttl, feed_maxlen=self.feed_maxlen)
 
     # -- commit ---------------------------------------------------------------------------------
     def commit(self, batch: WriteBatch) -> None:

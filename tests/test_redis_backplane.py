@@ -1,5 +1,6 @@
 """RedisBackplane (broker.redisfeed): brokers on one real redis-server read each other's log entries
-and notices, reap a dead broker's sessions exactly once, and stop on a lost epoch. Each "broker" is
+and notices (mail only where its recipient is in session), reap a dead broker's sessions exactly
+once, report streams trimmed before they were read, and stop on a lost epoch. Each "broker" is
 a RedisStore with its backplane (the core is not involved); the one that dies is a subprocess killed
 with SIGKILL. Every wait is a deadline poll."""
 
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 
 from zmq_chat.broker.feed import (
-    AckNotice, DupNotice, EpochLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
+    DupNotice, EpochLost, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, SeenNotice, UserNotice,
 )
 from zmq_chat.broker.redisstore import RedisStore
 from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
@@ -29,14 +30,15 @@ REPLY = b'{"status":"ok","digest":5,"ids":{},"ts":1.0,"busy":[]}'
 
 
 class Broker:
-    """A RedisStore, loaded, with its backplane started (ttl seconds); `items` collects what
-    its backplane delivered (call poll())."""
+    """A RedisStore, loaded, with its backplane started (ttl seconds; unless not `start`: then
+    call backplane.start() later); `items` collects what its backplane delivered (call poll())."""
 
-    def __init__(self, url: str, ttl: float = 3.0) -> None:
-        self.store = RedisStore(url)
+    def __init__(self, url: str, ttl: float = 3.0, start: bool = True, **store_kw) -> None:
+        self.store = RedisStore(url, **store_kw)
         self.snap = self.store.load(0.0)
         self.backplane = self.store.backplane(ttl=ttl)
-        self.backplane.start(lambda: None)
+        if start:
+            self.backplane.start(lambda: None)
         self.items: list = []
         self.id = self.store.broker_id
 
@@ -62,8 +64,8 @@ class Broker:
 def brokers(redis_server):
     made: list[Broker] = []
 
-    def make(ttl: float = 3.0) -> Broker:
-        b = Broker(redis_server.url, ttl)
+    def make(ttl: float = 3.0, **kw) -> Broker:
+        b = Broker(redis_server.url, ttl, **kw)
         made.append(b)
         return b
 
@@ -76,20 +78,31 @@ def _bcast(user: str, cid: str) -> bytes:
     return encode_json(m.Event(0, T0, "bcast", user, text="hello", cid=cid))
 
 
-def test_a_broker_reads_the_others_log_in_seq_order_and_their_notices_but_not_its_own(brokers):
+def _kinds(db, stream: str) -> list[tuple[bytes, bytes]]:
+    """(kind, origin broker id) of each entry of a feed stream, oldest first."""
+    return [(f[b"k"], f[b"o"]) for _, f in db.xrange(stream)]
+
+
+def test_a_broker_reads_the_others_log_in_seq_order_and_their_notices_but_not_its_own(redis_server, brokers):
+    """Every broker reads the whole log and every other broker's account and session notices; mail
+    notices go only to the broker its recipient is in session on (none for its own sessions, none
+    for a recipient online nowhere: its next login reads the mailbox), a dup notice only to the
+    broker whose commit found the send id taken."""
     a, b = brokers(), brokers()
     assert a.store.claim_user(UserRecord("alice", "$a", T0)) and a.store.claim_user(UserRecord("bob", "$b", T0))
+    here = WriteBatch()
+    here.notices.append(OnlineNotice("bob", b.id, T0 + 1, True))
+    b.store.commit(here)
     first = WriteBatch()
     first.users.append(UserRecord("carol", "$c", T0))
     mail = m.PrivateMessage(a.snap.last_mail_id + 1, "alice", "bob", T0, "hi bob", "p1")
-    first.mail.append(mail)
+    first.mail += [mail, m.PrivateMessage(a.snap.last_mail_id + 2, "alice", "carol", T0, "hi carol", "p1")]
     first.sends.append(SendRecord("alice", "p1", T0, REPLY, mail.id))
     first.events += [(0, _bcast("alice", "b1")), (0, _bcast("alice", "b2"))]
     first.notices.append(OnlineNotice("alice", a.id, T0, False))
     a.store.commit(first)
     own = WriteBatch()  # b's own commit: its event is in the log for everyone, its notices are not for b
     own.events.append((0, _bcast("bob", "b3")))
-    own.notices.append(OnlineNotice("bob", b.id, T0 + 1, True))
     own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 1, "bob", "alice", T0, "hi alice", "p2"))
     own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 2, "alice", "bob", T0, "retried", "p1"))
     own.sends.append(SendRecord("bob", "p2", T0, REPLY, b.snap.last_mail_id + 1))
@@ -97,21 +110,69 @@ def test_a_broker_reads_the_others_log_in_seq_order_and_their_notices_but_not_it
     b.store.commit(own)
     later = WriteBatch()
     later.events.append((0, _bcast("alice", "b4")))
+    later.mail.append(m.PrivateMessage(a.snap.last_mail_id + 3, "bob", "alice", T0, "to a's own session", "p3"))
     later.acks.append(("bob", [mail.id]))
     later.last_seen.append(("alice", T0 + 9, False, 4))
     later.notices.append(OfflineNotice("alice", a.id))
     a.store.commit(later)
-    b.poll_until(lambda items: any(isinstance(x, OfflineNotice) for x in items) and len(b.of(LogEvent)) == 4)
+    b.poll_until(lambda items: any(isinstance(x, OfflineNotice) for x in items) and len(b.of(LogEvent)) == 4
+                 and len(b.of(DupNotice)) == 1)
     assert [(x.seq, decode_stored_event(x.body).cid) for x in b.of(LogEvent)] == [
         (1, "b1"), (2, "b2"), (3, "b3"), (4, "b4")]
-    notices = [x for x in b.items if not isinstance(x, LogEvent)]
-    assert notices == [UserNotice(UserRecord("alice", "$a", T0)), UserNotice(UserRecord("bob", "$b", T0)),
-                       UserNotice(UserRecord("carol", "$c", T0)), MailNotice(mail),
-                       OnlineNotice("alice", a.id, T0, False), DupNotice("alice", "p1", REPLY.decode()),
-                       AckNotice("bob", 1), SeenNotice("alice", T0 + 9, False, 4), OfflineNotice("alice", a.id)]
-    a.poll_until(lambda items: any(isinstance(x, OnlineNotice) for x in items) and len(a.of(LogEvent)) == 4)
+    everyones = [x for x in b.items if isinstance(x, (UserNotice, SeenNotice, OnlineNotice, OfflineNotice))]
+    assert everyones == [UserNotice(UserRecord("alice", "$a", T0)), UserNotice(UserRecord("bob", "$b", T0)),
+                         UserNotice(UserRecord("carol", "$c", T0)), OnlineNotice("alice", a.id, T0, False),
+                         SeenNotice("alice", T0 + 9, False, 4), OfflineNotice("alice", a.id)]
+    assert [x for x in b.items if isinstance(x, (MailNotice, DupNotice))] == [
+        MailNotice(mail), DupNotice("alice", "p1", REPLY.decode())]
+    a.poll_until(lambda items: any(isinstance(x, OnlineNotice) for x in items) and len(a.of(LogEvent)) == 4
+                 and len(a.of(MailNotice)) == 1)
     assert not a.of(DupNotice) and [x.msg.text for x in a.of(MailNotice)] == ["hi alice"]  # b's dup is b's
     assert a.of(OnlineNotice) == [OnlineNotice("bob", b.id, T0 + 1, True)]
+    db = redis_server.client()
+    assert _kinds(db, f"zc:feed:{a.id}") == [(b"mail", b.id.encode())]  # none for carol, none for a's own alice
+    assert _kinds(db, f"zc:feed:{b.id}") == [(b"mail", a.id.encode()), (b"dup", b.id.encode())]
+    assert b"ack" not in {k for k, _ in _kinds(db, "zc:feed")} and b"mail" not in {k for k, _ in _kinds(db, "zc:feed")}
+
+
+def test_a_backplane_that_fell_behind_a_short_stream_reports_each_lost_stream_once(redis_server, brokers):
+    """A reader that starts after more notices than a stream keeps (here 50, about) were added to
+    it, and after the log was pruned past its position, gets one FeedLost per stream before what
+    is left of it, and reads on from there; later entries bring no second FeedLost."""
+    reader = brokers(start=False)
+    writer = brokers(feed_maxlen=50)
+    here = WriteBatch()
+    here.notices.append(OnlineNotice("bob", reader.id, T0, False))
+    reader.store.commit(here)
+    base, total = writer.snap.last_mail_id, 500
+    for first in range(0, total, 50):
+        batch = WriteBatch()
+        for i in range(first, first + 50):
+            batch.mail.append(m.PrivateMessage(base + i + 1, "alice", "bob", T0, f"m{i}", f"c{i}"))
+            batch.users.append(UserRecord(f"user{i}", "$u", T0))
+            batch.events.append((0, _bcast("alice", f"b{i}")))
+        batch.prune = (10, 0.0)  # the log keeps 10 events
+        writer.store.commit(batch)
+    db = redis_server.client()
+    assert db.xlen(f"zc:feed:{reader.id}") < total and db.xlen("zc:feed") < total  # trimmed
+    assert db.xlen("zc:log") == 10
+    reader.backplane.start(lambda: None)
+    items = reader.poll_until(lambda items: len(reader.of(MailNotice)) == db.xlen(f"zc:feed:{reader.id}")
+                              and len(reader.of(LogEvent)) == 10 and len(reader.of(UserNotice)) == db.xlen("zc:feed"))
+    streams = ["zc:log", "zc:feed", f"zc:feed:{reader.id}"]
+    assert sorted(x.stream for x in reader.of(FeedLost)) == sorted(streams)
+    for stream, kind in zip(streams, (LogEvent, UserNotice, MailNotice), strict=True):
+        lost = items.index(FeedLost(stream))
+        assert lost < min(i for i, x in enumerate(items) if isinstance(x, kind))  # the gap, then what is left
+    assert reader.of(MailNotice)[-1].msg.text == f"m{total - 1}" and reader.of(LogEvent)[-1].seq == total
+    more = WriteBatch()
+    more.mail.append(m.PrivateMessage(base + total + 1, "alice", "bob", T0, "after", "c-after"))
+    more.users.append(UserRecord("late", "$l", T0))
+    more.events.append((0, _bcast("alice", "after")))
+    writer.store.commit(more)
+    reader.poll_until(lambda items: reader.of(MailNotice)[-1].msg.text == "after" and len(reader.of(LogEvent)) == 11
+                      and reader.of(UserNotice)[-1].record.name == "late")
+    assert len(reader.of(FeedLost)) == 3  # read on from what was left: no gap, no second report
 
 
 def _dying_broker(url: str) -> subprocess.Popen:
@@ -145,10 +206,14 @@ def test_a_dead_brokers_sessions_are_reaped_exactly_once_by_the_survivors(redis_
         while db.hlen("zc:online") < 2:
             assert dying.poll() is None and time.monotonic() < deadline, "the dying broker never came online"
             time.sleep(0.01)
+        dead = msgspec.json.decode(db.hget("zc:online", "alice"))["broker"]
+        mail = WriteBatch()  # for alice, in session on the dying broker: a notice in its stream
+        mail.mail.append(m.PrivateMessage(survivors[0].snap.last_mail_id + 1, "bob", "alice", T0, "hi", "c1"))
+        survivors[0].store.commit(mail)
+        assert _kinds(db, f"zc:feed:{dead}") == [(b"mail", survivors[0].id.encode())]
     finally:
         dying.kill()
         dying.wait(timeout=10)
-    dead = msgspec.json.decode(db.hget("zc:online", "alice"))["broker"]
     for b in survivors:
         b.poll_until(lambda items: len([x for x in items if isinstance(x, OfflineNotice)]) == 2)
     deadline = time.monotonic() + 10
@@ -156,6 +221,7 @@ def test_a_dead_brokers_sessions_are_reaped_exactly_once_by_the_survivors(redis_
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert sum(b.backplane.reaped for b in survivors) == 2 and db.hlen("zc:online") == 0
+    assert not db.exists(f"zc:feed:{dead}")  # its stream went with it
     log = [decode_stored_event(f[b"b"]) for _, f in db.xrange("zc:log")]
     assert [(e.seq, e.user, e.event) for e in log] == [(1, "alice", "lost")]  # none for hidden bob
     feed = [(f[b"k"], msgspec.json.decode(f[b"b"]).get("user")) for _, f in db.xrange("zc:feed") if f[b"o"] == dead.encode()]
@@ -172,16 +238,26 @@ def test_a_dead_brokers_sessions_are_reaped_exactly_once_by_the_survivors(redis_
 
 def test_a_broker_that_closes_leaves_nothing_to_reap(redis_server, brokers):
     """close() takes the broker out of zc:brokers, the only ids a survivor reaps (the broker
-    ended its sessions itself; an entry it left in zc:online stays, not ended a second time)."""
+    ended its sessions itself; an entry it left in zc:online stays, not ended a second time), and
+    deletes its feed stream, which no later commit makes again."""
     leaving = brokers(ttl=1.0)
     online = WriteBatch()
     online.notices.append(OnlineNotice("alice", leaving.id, T0, False))
     leaving.store.commit(online)
-    db = redis_server.client()
-    assert db.sismember("zc:brokers", leaving.id) and db.exists(f"zc:broker:{leaving.id}")
-    leaving.backplane.close()
-    assert not db.sismember("zc:brokers", leaving.id) and not db.exists(f"zc:broker:{leaving.id}")
     survivor = brokers()
+    db = redis_server.client()
+
+    def mail_alice(i: int) -> None:
+        batch = WriteBatch()
+        batch.mail.append(m.PrivateMessage(survivor.snap.last_mail_id + i, "bob", "alice", T0, "hi", f"c{i}"))
+        survivor.store.commit(batch)
+
+    mail_alice(1)
+    assert db.sismember("zc:brokers", leaving.id) and db.exists(f"zc:broker:{leaving.id}", f"zc:feed:{leaving.id}") == 2
+    leaving.backplane.close()
+    assert not db.sismember("zc:brokers", leaving.id) and not db.exists(f"zc:broker:{leaving.id}", f"zc:feed:{leaving.id}")
+    mail_alice(2)
+    assert not db.exists(f"zc:feed:{leaving.id}") and db.zcard("zc:mbox:alice") == 2  # stored, for her next login
     assert survivor.store._call(survivor.backplane._reap, [survivor.snap.epoch, leaving.id, "1.0"]) == -1
     assert db.hexists("zc:online", "alice") and db.xlen("zc:log") == 0
 

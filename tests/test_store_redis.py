@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from zmq_chat.broker import redislua
+from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.redisstore import RedisStore
 from zmq_chat.broker.storage import SendRecord, StoreError, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
@@ -97,6 +98,8 @@ def test_a_store_whose_epoch_is_gone_writes_nothing(redis_server, stores):
         old.commit(batch)
     with pytest.raises(StoreError, match="another epoch"):
         old.claim_user(UserRecord("bob", "$b", T0))
+    with pytest.raises(StoreError, match="another epoch"):
+        old.refresh()
     snap = new.load(0.0)
     assert snap.users == {} and snap.seq == 0
 
@@ -113,8 +116,9 @@ def test_a_send_id_stored_by_one_broker_is_a_duplicate_for_another(stores):
         assert [x.text for x in store.mail_after("bob", 0, 10)] == ["first"]
         snap = store.load(0.0)
         assert snap.mail_counts == {"bob": 1} and [(x.cid, x.reply) for x in snap.sends] == [("c1", REPLY)]
-    entries = a.db.xrange("zc:feed")
-    assert [(f[b"k"], f[b"o"].decode()) for _, f in entries] == [(b"mail", a.broker_id), (b"dup", b.broker_id)]
+    assert a.db.xlen("zc:feed") == 0  # bob is online nowhere: no mail notice (his next login reads the mailbox)
+    entries = a.db.xrange(f"zc:feed:{b.broker_id}")  # the dup notice: for b only
+    assert [(f[b"k"], f[b"o"].decode()) for _, f in entries] == [(b"dup", b.broker_id)]
 
 
 def test_two_brokers_committing_at_once_get_one_gapless_sequence(stores):
@@ -140,6 +144,34 @@ def test_two_brokers_committing_at_once_get_one_gapless_sequence(stores):
     for tag in ("user0", "user1"):  # each broker's events in its commit order
         assert [e.cid for e in events if e.user == tag] == [f"{tag}{r}-{k}" for r in range(rounds) for k in range(3)]
     assert brokers[1].load(0.0).seq == total
+
+
+def test_refresh_reads_the_others_state_again_without_a_lease_and_leaves_the_positions(stores):
+    a, b = stores(), stores()
+    mine = WriteBatch()
+    mine.notices.append(OnlineNotice("dora", b.broker_id, T0, False))
+    b.commit(mine)
+    positions = b._positions
+    base = a.load(0.0).last_mail_id
+    batch = WriteBatch()
+    batch.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
+    batch.mail += [m.PrivateMessage(base + i, "alice", "bob", T0, f"m{i}", f"c{i}") for i in (1, 2)]
+    batch.sends.append(SendRecord("alice", "c1", T0, REPLY, base + 1))
+    batch.events.append((0, _bcast("alice", "b1")))
+    batch.last_seen.append(("alice", T0 + 5, True, 1))
+    batch.notices.append(OnlineNotice("carol", a.broker_id, T0 + 1, True))
+    a.commit(batch)
+    acked = WriteBatch()
+    acked.acks.append(("bob", [base + 1]))
+    a.commit(acked)
+    mail_ids = int(b.db.get("zc:mailid"))  # (a's load took a lease)
+    fresh = b.refresh()
+    assert fresh.users.keys() == {"alice", "bob"} and fresh.seq == 1 and fresh.mail_counts == {"bob": 1}
+    alice = fresh.users["alice"]
+    assert (alice.last_seen, alice.last_seen_hidden, alice.last_seq) == (T0 + 5, True, 1)
+    assert fresh.online == {"carol": (a.broker_id, T0 + 1, True)}  # b's own dora is not "elsewhere"
+    assert (fresh.last_mail_id, fresh.mail_id_limit, fresh.sends, fresh.epoch) == (0, 0, [], b.epoch)
+    assert b._positions == positions and int(b.db.get("zc:mailid")) == mail_ids  # no lease, same positions
 
 
 def test_the_mail_id_leases_of_two_brokers_do_not_overlap(stores):
@@ -209,7 +241,10 @@ def _mail_batch(store: RedisStore, i: int, base: int) -> WriteBatch:
 
 
 def test_a_commit_whose_reply_was_lost_is_not_written_again_when_retried(stores):
-    store = stores()
+    store, bobs = stores(), stores()
+    online = WriteBatch()  # bob is in session on the other broker: it gets a notice of his mail
+    online.notices.append(OnlineNotice("bob", bobs.broker_id, T0, False))
+    bobs.commit(online)
     base = store.load(0.0).last_mail_id
     batch = _mail_batch(store, 1, base)
     store.commit(batch)  # commit number 1
@@ -219,7 +254,8 @@ def test_a_commit_whose_reply_was_lost_is_not_written_again_when_retried(stores)
     assert [s for s, _ in store.event_bodies_after(0, 10)] == [1, 2]
     snap = store.load(0.0)
     assert snap.mail_counts == {"bob": 1} and [(x.cid, x.reply) for x in snap.sends] == [("c1", REPLY)]
-    assert [f[b"k"] for _, f in store.db.xrange("zc:feed")] == [b"mail"]  # no dup notice either
+    assert [f[b"k"] for _, f in store.db.xrange(f"zc:feed:{bobs.broker_id}")] == [b"mail"]  # once
+    assert not store.db.exists(f"zc:feed:{store.broker_id}")  # no dup notice either
     store.commit(_mail_batch(store, 2, base))  # the next number is written
     assert [x.text for x in store.mail_after("bob", 0, 10)] == ["message 1", "message 2"]
     assert int(store.db.get(f"zc:applied:{store.broker_id}")) == store.commits == 2
