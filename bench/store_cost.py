@@ -182,7 +182,8 @@ def measure(args: argparse.Namespace, profile: cProfile.Profile | None) -> list[
     rows = []
     for group in (1, 3):
         with tempfile.TemporaryDirectory(prefix="store_cost_") as tmp, _server(args.store, Path(tmp)) as url:
-            rig = Rig(Path(tmp), args.pairs, group, args.sync.upper(), args.per_wakeup, 3600.0, args.prune_every, url)
+            rig = _rig_class(url)(Path(tmp), args.pairs, group, args.sync.upper(), args.per_wakeup, 3600.0,
+                                  args.prune_every, url)
             for rep in range(args.warmup):  # the tables hold rows, the code paths are warm
                 rig.run(rig.mixed(rig.sends(args.messages // 10, group, f"w{rep}-"), args.ack_ids))
             if profile:
@@ -203,6 +204,17 @@ def measure(args: argparse.Namespace, profile: cProfile.Profile | None) -> list[
             assert sum(rig.core.mail_counts.values()) == 0, "every message was acked"
             rig.store.close()
     return rows
+
+
+def _rig_class(store: str) -> type[Rig]:
+    """Rig for SQLite; for a Redis store bench/cluster_cost.py's ReadingRig, whose logins run the
+    shared store's mailbox reads (broker/reads.py) as the loop would (Rig drops them: nothing would
+    be pushed)."""
+    if store == "sqlite":
+        return Rig
+    from cluster_cost import ReadingRig  # (it imports this module: imported here, not at the top)
+
+    return ReadingRig
 
 
 @contextlib.contextmanager
