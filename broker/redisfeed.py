@@ -62,7 +62,8 @@ reaps a broker without a liveness key: more than a live broker needs to refresh 
 Redis answers again (BACKOFF_CAP, plus a tick interval of at most 1 s, plus a BLOCK_MS read)."""
 
 _DECODERS: dict[bytes, msgspec.json.Decoder] = {
-    b"mail": msgspec.json.Decoder(MailNotice), b"user": msgspec.json.Decoder(UserNotice), b"seen": msgspec.json.Decoder(SeenNotice),
+    b"mail": msgspec.json.Decoder(MailNotice), b"user": msgspec.json.Decoder(UserNotice),
+    b"seen": msgspec.json.Decoder(SeenNotice),
     b"online": msgspec.json.Decoder(OnlineNotice), b"offline": msgspec.json.Decoder(OfflineNotice),
     b"dup": msgspec.json.Decoder(DupNotice),
 }
