@@ -161,7 +161,7 @@ def _free_port() -> int:
 def test_unreachable_broker_is_one_line_exit_2(tmp_path):
     began = time.monotonic()
     key = zmq.curve_keypair()[0].decode()
-    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2", "--duration", "1", "--server-key", key],
+    proc = subprocess.run([*CLI, "--port", str(_free_port()), "--clients", "2", "--duration", "1", f"--server-key={key}"],
                           capture_output=True, text=True, timeout=15, env=_env(), cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
