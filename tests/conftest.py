@@ -4,6 +4,7 @@ in-process broker core (`rig`; a module sets RIG_CONFIG to change its settings).
 from __future__ import annotations
 
 import itertools
+import signal
 import uuid
 
 import pytest
@@ -35,6 +36,8 @@ def cluster(tmp_path, redis_server):
 
     yield start
     for b in brokers:
+        if b.proc is not None and b.proc.poll() is None:
+            b.proc.send_signal(signal.SIGCONT)  # (a test that failed with a broker stopped by SIGSTOP)
         b.stop()
 
 

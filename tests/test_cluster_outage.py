@@ -16,47 +16,18 @@ import time
 
 import msgspec
 import pytest
-import zmq
 
 from tests.harness import Broker, Peer, ok
 
 pytestmark = pytest.mark.timeout(180)
 
-TTL = "1.5"
-"""--backplane-ttl of these brokers (seconds)."""
 OUTAGE = 2.0
-"""Seconds Redis stays down: longer than TTL, so the restarted Redis holds every liveness key expired."""
+"""Seconds Redis stays down: longer than the brokers' --backplane-ttl (1.5 s, the cluster fixture's), so
+the restarted Redis holds every liveness key expired."""
 ROUND = 20
 """Requests each sender pipelines per round (private sends and broadcasts, alternating)."""
 
 _req = itertools.count(50_000)
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture
-def cluster(tmp_path, redis_server):
-    """start(n) -> n brokers (insecure, on 127.0.0.1, ephemeral ports) sharing redis_server (as in
-    tests/test_cluster.py), with sessions that outlive a quiet test (--heartbeat-timeout 120)."""
-    brokers: list[Broker] = []
-
-    def start(n: int = 2) -> list[Broker]:
-        for _ in range(n):
-            b = Broker(tmp_path / f"b{len(brokers)}", "--insecure", "--store", redis_server.url,
-                       "--backplane-ttl", TTL, "--heartbeat-timeout", "120")
-            brokers.append(b)
-        return brokers[-n:]
-
-    yield start
-    for b in brokers:
-        if b.proc is not None and b.proc.poll() is None:
-            b.proc.send_signal(signal.SIGCONT)  # (a test that failed with a broker stopped)
-        b.stop()
 
 
 def peer(ctx, broker: Broker, user: str) -> Peer:
@@ -100,7 +71,7 @@ class Sender:
 
 
 def test_kill_9_of_redis_under_load_loses_and_duplicates_nothing_acknowledged(ctx, cluster, redis_server):
-    a, b, c = cluster(3)
+    a, b, c = cluster(3, "--heartbeat-timeout", "120")  # sessions outlive a quiet test
     sam, ann = peer(ctx, a, "sam"), peer(ctx, a, "ann")
     ben, rita = peer(ctx, b, "ben"), peer(ctx, b, "rita")
     peer(ctx, c, "carl")  # on the broker that dies while Redis is down
