@@ -85,6 +85,10 @@ class AuthJob:
     sends: list[SendRecord] | None = None
 
 
+FETCHED_SEND_IDS = 1000
+"""A user's newest send ids a login learns from a shared store (a client retries its last few)."""
+
+
 def claim_name(store: Any, job: AuthJob) -> None:
     """A registration's step on the hashing thread (AuthJob.after): fill in the hash and store the
     account unless the name is taken (store.claim_user of a shared store). Sets job.claimed."""
@@ -97,7 +101,7 @@ def fetch_send_ids(store: Any, since: float, job: AuthJob) -> None:
     """A login's step on the hashing thread (AuthJob.after): with the right password, the user's
     send ids stored at or after `since` (seconds) by any broker (store.sends_of). Sets job.sends."""
     if job.result is True:
-        job.sends = store.sends_of(job.user, since)
+        job.sends = store.sends_of(job.user, since)[-FETCHED_SEND_IDS:]
 
 
 class Accounts(CoreBase):
@@ -341,6 +345,8 @@ class Accounts(CoreBase):
         if not job.result:
             self._wrong_password(job, now)
             return
+        if job.after is not None and job.sends is None:  # a shared store did not say which sends it has
+            raise ProtocolError(ErrorCode.INTERNAL, "the store could not be reached; retry in a moment")
         self.guard.succeed(job.user, job.ip)  # (the account throttle stays: an attack goes on)
         for record in job.sends or ():  # sends stored through another broker: their retries are replays here
             if self.sends.get(record.sender, record.cid) is None:

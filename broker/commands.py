@@ -30,6 +30,9 @@ BUSY_TEXT_BUDGET = 2000
 """Characters of auto-reply text one `send` reply carries in all: with many busy recipients each
 text is shortened to its share, so a reply stays a few KiB (docs 6.1)."""
 
+MAX_WAITING = 8
+"""Retries of one broadcast answered when its log entry comes back (shared store); older ones go."""
+
 ACK_IDS_PER_TOKEN = 100
 """An `ack` of up to 100 ids is free of flood control; a bigger one takes a token per 100 ids."""
 
@@ -124,6 +127,8 @@ class Commands(SharedReads):
         waiting = self._pending_bcasts.get((s.user, cid))
         fields = msgspec.json.decode(stored.reply)
         if waiting is not None and fields.get("digest", digest) == digest:  # not numbered yet (shared store)
+            if len(waiting) >= MAX_WAITING:  # (bounded: a client retrying in a loop keeps its newest tries)
+                del waiting[0]
             waiting.append((s.rid, req, True))  # answered with the first when it is
             return
         if fields.pop("digest", digest) != digest:
@@ -147,7 +152,7 @@ class Commands(SharedReads):
             return
         self._publish(event)
         if self.shared:  # answered with its number when it comes back from the log (Remote._logged)
-            self._pending_bcasts.setdefault((s.user, r.id), []).append((s.rid, r.req, False))
+            self._pending_bcasts[(s.user, r.id)] = [(s.rid, r.req, False)]
         else:
             self._ok(s.rid, BroadcastReply(req=r.req, seq=event.seq, ts=event.ts, dup=False))
 
@@ -245,6 +250,7 @@ class Commands(SharedReads):
             self._pump(rs)
             return
         rs.inflight.add(msg.id)
+        rs.dropped.discard(msg.id)  # (a shared store's notice may come after a push of it was dropped)
         rs.cursor = max(rs.cursor, msg.id)
         self._out.router.append((rs.rid, wire.MSG, wire.encode_json(msg), msg.id))  # _push of wire.encode_msg
 
@@ -296,22 +302,27 @@ class Commands(SharedReads):
         others = sorted(wanted - known)  # pushed in an earlier session: the store knows
         s.inflight.difference_update(r.ids)
         s.dropped.difference_update(r.ids)
-        if others and self.shared:  # the loop does not wait on a shared store: answered when read
-            self._read(ReadJob("ack", s.rid, r.req, s.user, (others, known)))
+        if others and self.shared:  # the loop does not wait on a shared store: the others are read first
+            self._delete_acked(s, known)  # (what was in flight goes now, whatever the read does)
+            self._read(ReadJob("ack", s.rid, r.req, s.user, (others, len(known)), session=s))
             return
         if others:
             known.update(x.id for x in self._mail_by_ids(s.user, others))
         self._finish_ack(s, r.req, known)
 
-    def _finish_ack(self, s: Session, req: int, known: set[int]) -> None:
+    def _finish_ack(self, s: Session, req: int, known: set[int], counted: int = 0) -> None:
         """Delete the acked mail ids `known` (all in `s.user`'s mailbox) with the batch, answer
-        request `req` with how many, push more."""
+        request `req` with how many (plus `counted` deleted before), push more."""
+        self._delete_acked(s, known)
+        self._ok(s.rid, AckReply(req=req, removed=len(known) + counted))
+        self._pump(s)
+
+    def _delete_acked(self, s: Session, known: set[int]) -> None:
+        """Delete the mail ids `known` of `s.user`'s mailbox with the batch; count them down."""
         if known:
             self.batch.acks.append((s.user, sorted(known)))
             self.mail_counts[s.user] = max(0, self.mail_counts.get(s.user, 0) - len(known))
             self._req_mail.append((s.user, -len(known)))
-        self._ok(s.rid, AckReply(req=req, removed=len(known)))
-        self._pump(s)
 
     def _busy(self, s: Session, r: m.Busy) -> None:
         if len(r.text) > self.cfg.max_message_chars:
@@ -352,7 +363,7 @@ class Commands(SharedReads):
         --reply-bytes of event JSON (at least one event); `complete` tells whether they reach `seq`."""
         limit = min(r.limit, self.cfg.history)
         if r.after < self.seq and self.shared:  # the loop does not wait on a shared store: answered when read
-            self._read(ReadJob("history", s.rid, r.req, s.user, (r.after, limit)))
+            self._read(ReadJob("history", s.rid, r.req, s.user, (r.after, limit), session=s))
             return
         rows = self._event_bodies_after(r.after, limit) if r.after < self.seq else []
         self._history_reply(s, r.req, r.after, rows)

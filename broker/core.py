@@ -279,6 +279,8 @@ class BrokerCore(Commands, Accounts, Links, Remote):
         self._purge_guards(now)
         self.user_buckets.purge(now)
         self._links_tick(now)
+        if self.shared:
+            self._repump()
 
     def prune(self) -> None:
         """Trim the event log to --history events and forget old send ids; with a shared store,

@@ -124,6 +124,10 @@ class CoreBase(ABC):
         """Apply a shared store's refresh: accounts, sessions elsewhere, mailbox sizes (broker.remote)."""
 
     @abstractmethod
+    def _answer_logged(self, replies: dict[tuple[str, str], bytes]) -> None:
+        """Answer broadcasts waiting for their log entry from their stored replies (broker.remote)."""
+
+    @abstractmethod
     def _drop_jobs(self, conn: Conn) -> None:
         """Drop the waiting argon2id jobs of connection `conn`, unrun (broker.accounts)."""
 

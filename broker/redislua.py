@@ -181,8 +181,14 @@ for _, x in ipairs(b[6]) do
 end
 for _, n in ipairs(b[7]) do
   feed('zc:feed', n[1], origin, n[4])
-  if n[1] == 'online' then
-    redis.call('HSET', 'zc:online', n[2], n[4])
+  if n[1] == 'online' then  -- the later login stays, by (since, broker) as in broker.remote
+    local cur = redis.call('HGET', 'zc:online', n[2])
+    local older = false
+    if cur then
+      local c, new = cjson.decode(cur), cjson.decode(n[4])
+      older = c.broker ~= new.broker and (c.since > new.since or (c.since == new.since and c.broker > new.broker))
+    end
+    if not older then redis.call('HSET', 'zc:online', n[2], n[4]) end
     redis.call('SADD', 'zc:brokers', origin)  -- (its backplane does too; a login may come first)
   else
     local cur = redis.call('HGET', 'zc:online', n[2])

@@ -94,7 +94,9 @@ class Remote(CoreBase):
     def _online_elsewhere(self, item: OnlineNotice) -> None:
         """`item.user` is in session on another broker: remember where; end the session here if
         that login is the later one (the same rule as two logins on one broker: the newer wins)."""
-        self.remote[item.user] = (item.broker, item.since, item.hidden)
+        known = self.remote.get(item.user)
+        if known is None or known[0] == item.broker or (item.since, item.broker) > (known[1], known[0]):
+            self.remote[item.user] = (item.broker, item.since, item.hidden)  # (an older login's notice: not)
         s = self.by_user.get(item.user)
         if s is not None and (item.since, item.broker) > (s.since, self.broker_id):
             log.info("session replaced user=%s (logged in on broker %s)", s.user, item.broker)
@@ -121,8 +123,30 @@ class Remote(CoreBase):
         for s in list(self.sessions.values()):
             s.cursor = 0
             s.backlog = True
+            s.pump_gen += 1  # a read in flight reads again from the start when it is back
             self._pump(s)
         self.refresh()
+        if self._pending_bcasts:  # their log entries may be among the lost: answer from the stored replies
+            self._out.reads.append(ReadJob("bcasts", b"", 0, "", tuple(self._pending_bcasts)))
+
+    def _answer_logged(self, replies: dict[tuple[str, str], bytes]) -> None:
+        """Answer the broadcasts waiting for their log entry whose stored first reply (`replies`:
+        (sender, send id) -> JSON) is numbered already (after lost notices: the entry may never come)."""
+        for key, reply in replies.items():
+            fields = msgspec.json.decode(reply)
+            if key not in self._pending_bcasts or not fields.get("seq"):
+                continue
+            record = self.sends.get(*key)
+            if record is not None:
+                record.reply = reply
+            for rid, req, dup in self._pending_bcasts.pop(key):
+                self._ok(rid, BroadcastReply(req=req, seq=fields["seq"], ts=fields.get("ts", 0.0), dup=dup))
+
+    def _repump(self) -> None:
+        """Read again the mailboxes whose read failed (a shared store: call every tick)."""
+        for s in self.sessions.values():
+            if not s.reading and (s.backlog or s.dropped) and not s.busy and not s.detached:
+                self._pump(s)
 
     def refresh(self) -> None:
         """Reload, off the loop, what this broker keeps of the other brokers' state: accounts,

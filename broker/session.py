@@ -21,7 +21,7 @@ class Session:
     dropped: ids whose push was dropped (EAGAIN, or the connection closed): pushed again first.
     cursor: highest mailbox id sent in this session; backlog: the mailbox may hold more beyond it.
     reading: a shared store's read of its mailbox is in flight (broker.reads); repump: a pump was
-    asked for meanwhile.
+    asked for meanwhile; pump_gen: counts restarts of the pushing from the mailbox's start.
     """
 
     user: str
@@ -45,3 +45,4 @@ class Session:
     backlog: bool = True
     reading: bool = False
     repump: bool = False
+    pump_gen: int = 0

@@ -33,12 +33,19 @@ class SharedMemoryStore(MemoryStore):
 
     def commit(self, batch: WriteBatch) -> None:
         numbered = []
+        replies = {(x.sender, x.cid): x for x in batch.sends if not x.mail_id}
         for _, body in batch.events:
             self.seq += 1
             body = re.sub(rb'^\{"seq":\d+,', b'{"seq":%d,' % self.seq, bytes(body))
             numbered.append((self.seq, body))
             self.logged.append(LogEvent(self.seq, body))
+            event = json.loads(body)
+            record = replies.get((event["user"], event.get("cid", "")))
+            if record is not None:  # a broadcast's first reply gets its number, as the commit script does
+                replies[(record.sender, record.cid)] = SendRecord(
+                    record.sender, record.cid, record.ts, record.reply.replace(b'"seq":0,', b'"seq":%d,' % self.seq))
         batch.events = numbered
+        batch.sends = [replies.get((x.sender, x.cid), x) if not x.mail_id else x for x in batch.sends]
         super().commit(batch)
 
     def claim_user(self, record: UserRecord) -> bool:
@@ -248,3 +255,93 @@ def test_a_refresh_reloads_accounts_sessions_elsewhere_and_mailbox_sizes(rig):
     assert "zed" in rig.core.users and rig.core.remote == {"zed": ("there", 1.0, False)}
     assert rig.core.mail_counts == {"alice": 1}
     assert rig.call(alice, "who")["users"] == ["alice", "zed"]
+
+
+def _step(rig: SharedRig) -> Any:
+    """Drain and commit, keep the output, return the reads without running them (no log fed)."""
+    out = rig.core.drain()
+    rig.store.commit(out.writes)
+    rig.out.router.extend(out.router)
+    rig.out.pub.extend(out.pub)
+    return out
+
+
+def _run_reads(rig: SharedRig, reads: list[Any]) -> int:
+    """Run `reads` and every read they lead to; returns how many ran (at most 50)."""
+    ran = 0
+    while reads and ran < 50:
+        job = reads.pop(0)
+        rig.core.on_read(run_read(rig.store, job))
+        reads += _step(rig).reads
+        ran += 1
+    return ran
+
+
+def test_lost_notices_during_a_pump_read_still_push_the_mailbox_from_its_start(tmp_path):
+    rig = SharedRig(tmp_path, mail_window=3)
+    bob, alice = rig.user("bob"), rig.user("alice")
+    rig.core.last_mail_id = 100
+    ids = [rig.call(alice, "send", id=f"s{i}", to=["bob"], text=f"t{i}")["ids"]["bob"] for i in range(5)]
+    rig.send(bob, "ack", ids=[ids[0]])
+    (in_flight,) = _step(rig).reads  # a pump read beyond ids[2]
+    missed = m.PrivateMessage(50, "carol", "bob", 5.0, "its notice was trimmed", "c1")
+    rig.store.mail[missed.id] = missed
+    rig.core.on_backplane([FeedLost("zc:feed:here")])
+    _run_reads(rig, _step(rig).reads + [in_flight])
+    assert missed.id in [x.id for x in rig.pushes(bob)]
+
+
+def test_a_read_of_an_ended_session_is_not_applied_to_the_next_on_the_same_connection(tmp_path):
+    rig = SharedRig(tmp_path, mail_window=3)
+    alice, bob = rig.user("alice"), rig.user("bob")
+    ids = [rig.call(alice, "send", id=f"s{i}", to=["bob"], text=f"t{i}")["ids"]["bob"] for i in range(5)]
+    rig.send(bob, "ack", ids=[ids[0]])
+    (old,) = _step(rig).reads
+    rig.call(bob, "logout")
+    before = len(rig.pushes(bob))
+    rig.call(bob, "login", user="bob", password=PASSWORD)  # (its own read ran: ids 2, 3, 4 pushed)
+    _run_reads(rig, [old])
+    assert sorted(x.id for x in rig.pushes(bob)[before:]) == ids[1:4]
+
+
+def test_a_failed_pump_read_is_read_again_at_the_next_tick(tmp_path):
+    rig = SharedRig(tmp_path, mail_window=3)
+    alice, bob = rig.user("alice"), rig.user("bob")
+    ids = [rig.call(alice, "send", id=f"s{i}", to=["bob"], text=f"t{i}")["ids"]["bob"] for i in range(5)]
+    rig.send(bob, "ack", ids=ids[:3])
+    (failed,) = _step(rig).reads
+    failed.error = OSError("read timed out")
+    rig.core.on_read(failed)
+    rig.clock.advance(1.0)
+    rig.core.tick()
+    assert _run_reads(rig, _step(rig).reads) >= 1
+    assert [x.id for x in rig.pushes(bob)][3:] == ids[3:]
+
+
+def test_a_broadcast_whose_log_entry_was_trimmed_is_answered_from_its_stored_reply(tmp_path):
+    rig = SharedRig(tmp_path)
+    alice = rig.user("alice")
+    req = rig.send(alice, "broadcast", id="b1", text="hi")
+    _step(rig)
+    rig.fed = len(rig.store.logged)  # its entry is trimmed before this broker reads it
+    seq = rig.store.seq
+    rig.core.on_backplane([FeedLost("zc:log")])
+    _run_reads(rig, _step(rig).reads)
+    reply = next(r for r in _bodies(rig, alice) if r["req"] == req)
+    assert (reply["seq"], reply["dup"]) == (seq, False) and not rig.core._pending_bcasts
+
+
+def test_a_late_notice_of_a_dropped_push_does_not_make_reads_spin(tmp_path):
+    rig = SharedRig(tmp_path, mail_window=3)
+    bob = rig.user("bob")
+    far = m.PrivateMessage(10**12 + 1, "carol", "bob", 5.0, "from far", "c1")
+    rig.store.mail[far.id] = far
+    rig.core.on_backplane([MailNotice(far)])
+    _step(rig)
+    rig.core.on_push_dropped(bob[0], far.id)
+    s = rig.core.by_user["bob"]
+    s.backlog = False
+    rig.core.on_backplane([MailNotice(far)])  # its notice again (late, or after lost notices)
+    _step(rig)
+    rig.core._pump(s)
+    assert _run_reads(rig, _step(rig).reads) == 0 and far.id in s.inflight and not s.dropped

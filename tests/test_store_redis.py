@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from zmq_chat.broker import redislua
-from zmq_chat.broker.feed import OnlineNotice
+from zmq_chat.broker.feed import OfflineNotice, OnlineNotice
 from zmq_chat.broker.redisstore import RedisStore
 from zmq_chat.broker.storage import SendRecord, StoreError, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
@@ -383,3 +383,15 @@ def _busy(server) -> bool:
     finally:
         probe.close()
     return False
+
+
+def test_the_later_login_keeps_its_online_entry_whichever_commits_first(stores, redis_server):
+    c, d, e = stores(), stores(), stores()
+    r = redis_server.client()
+    r.sadd("zc:brokers", c.broker_id, d.broker_id)
+    d.commit(WriteBatch(notices=[OnlineNotice("u", d.broker_id, 200.0, False)]))  # the later login, committed first
+    c.commit(WriteBatch(notices=[OnlineNotice("u", c.broker_id, 100.0, False)]))  # the earlier one, committed after
+    c.commit(WriteBatch(notices=[OfflineNotice("u", c.broker_id)]))  # C ends its session, replaced
+    assert msgspec.json.decode(r.hget("zc:online", "u"))["broker"] == d.broker_id
+    e.commit(WriteBatch(mail=[m.PrivateMessage(3 * 2**40, "x", "u", 1.0, "t", "k")]))
+    assert [f[b"k"] for _, f in r.xrange(f"zc:feed:{d.broker_id}")] == [b"mail"]  # u's broker hears of it
