@@ -334,10 +334,13 @@ class BrokerLoop:
         if not held:
             return 0
         durable = self.writer.settle()
+        dups = self.writer.take_dups() if self.shared else None  # (sends another broker stored first)
         sent = 0
         while held and held[0][0] <= durable:
             _, out, token = held.popleft()
             released = time.monotonic() if token else 0.0
+            if dups and self.shared:
+                self.shared.drop_unstored(out, dups, self.core)
             self._send(out)
             sent += 1
             if token and self.stages:

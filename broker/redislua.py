@@ -93,11 +93,13 @@ COMMIT = _EPOCH + _FEED + f"""
 -- another live broker (in zc:brokers; a closed or reaped broker's stream is not made again), else
 -- none: the recipient is online nowhere else and its next login reads the mailbox (a login commits
 -- its online notice before it reads). dup notices go to zc:feed:<origin>; the rest to zc:feed.
--- Returns 1 when send ids older than the prune's time are left (more than {PRUNE_SENDS}), else 0;
--- -1 when this commit number was applied already (a retry whose first reply was lost): nothing written.
+-- Returns {{more, dup...}}: more 1 when send ids older than the prune's time are left (more than
+-- {PRUNE_SENDS}), else 0, or -1 when this commit number was applied already (a retry whose first
+-- reply was lost): nothing written; then the 1-based indexes (in b[2]) of the sends found stored
+-- already (by another broker: none of their mail or events was written).
 local origin = ARGV[2]
 local applied_key = 'zc:applied:' .. origin
-if tonumber(redis.call('GET', applied_key) or '0') >= tonumber(ARGV[3]) then return -1 end
+if tonumber(redis.call('GET', applied_key) or '0') >= tonumber(ARGV[3]) then return {{-1}} end
 local b = cmsgpack.unpack(ARGV[4])
 local function bulk(cmd, key, args)  -- cmd key args... in calls of at most 1000 args (pairs stay whole)
   local n = 0
@@ -114,10 +116,11 @@ end
 for _, u in ipairs(b[1]) do
   if redis.call('HSETNX', 'zc:users', u[1], u[2]) == 1 then feed('zc:feed', 'user', origin, u[3]) end
 end
-local dup, times = {{}}, {{}}
+local dup, times, result = {{}}, {{}}, {{0}}
 for i, s in ipairs(b[2]) do
   if redis.call('HSETNX', 'zc:sends:' .. s[1], s[2], s[4]) == 0 then
     dup[i] = true
+    result[#result + 1] = i
     local stored = redis.call('HGET', 'zc:sends:' .. s[1], s[2])
     feed('zc:feed:' .. origin, 'dup', origin, cjson.encode({{sender = s[1], cid = s[2], reply = stored}}))
   else
@@ -208,9 +211,9 @@ if p[1] then
     redis.call('HDEL', 'zc:sends:' .. string.sub(member, 1, nl - 1), string.sub(member, nl + 1))
     redis.call('ZREM', 'zc:sendts', member)
   end
-  if #old == {PRUNE_SENDS} then return 1 end
+  if #old == {PRUNE_SENDS} then result[1] = 1 end
 end
-return 0
+return result
 """
 
 _STATE = """

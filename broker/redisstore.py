@@ -223,22 +223,25 @@ class RedisStore:
         return RedisBackplane(self.url, self.broker_id, self.epoch, seq, feeds, ttl, feed_maxlen=self.feed_maxlen)
 
     # -- commit ---------------------------------------------------------------------------------
-    def commit(self, batch: WriteBatch) -> None:
+    def commit(self, batch: WriteBatch) -> set[tuple[str, str]] | None:
         """Apply `batch` in one EVALSHA (see broker.redislua.COMMIT), with a bounded step of a
         pending prune; durable on return under appendfsync always. An empty batch with no prune
         pending is not sent. While Redis is unreachable or loading, the same commit (same number:
         applied at most once) is retried for up to `outage` seconds (a WARNING when that starts, an
-        INFO when it ends). Raises StoreError when zc:epoch is not this store's (the data was lost
-        or replaced: nothing was written) or Redis stayed away `outage` seconds; redis.RedisError
-        for any other Redis error (nothing acknowledged either way)."""
+        INFO when it ends). Returns the (sender, send id) of the batch's sends found stored already
+        by another broker (none of their mail or events was written), or None. Raises StoreError
+        when zc:epoch is not this store's (the data was lost or replaced: nothing was written) or
+        Redis stayed away `outage` seconds; redis.RedisError for any other Redis error (nothing
+        acknowledged either way)."""
         if batch.prune is not None:
             self._pruning = batch.prune
         if not batch and self._pruning is None:
-            return
+            return None
         self.commits += 1
-        more = self._retrying(self._commit, [self.epoch, self.broker_id, self.commits, _pack(self._encode(batch))])
+        more, *dups = self._retrying(self._commit, [self.epoch, self.broker_id, self.commits, _pack(self._encode(batch))])
         if more != 1:  # 0: the prune is done; -1: applied already (the prune goes on at the next one)
             self._pruning = None
+        return {(batch.sends[i - 1].sender, batch.sends[i - 1].cid) for i in dups} or None
 
     def _retrying(self, script: Any, args: list) -> Any:
         """_call(script, args), again and again while Redis is away (_TRANSIENT) or busy with a long

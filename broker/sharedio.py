@@ -65,6 +65,21 @@ class SharedIO:
                 return lost
             core.on_read(job)
 
+    @staticmethod
+    def drop_unstored(out: Any, dups: set[tuple[str, str]], core: Any) -> None:
+        """Take out of `out` (a durable broker.corebase.Output) the pushes of mail its commit did
+        not store: retried sends (`dups`: (sender, send id)) that another broker stored first, whose
+        recipients get that copy. Their window slots are freed as for a dropped push (core:
+        BrokerCore.on_push_dropped; the next pump finds the ids gone). The sender's ok reply stays."""
+        unstored = {x.id for x in out.writes.mail if (x.sender, x.cid) in dups}
+        if not unstored:
+            return
+        log.info("dropped %d pushes of sends another broker had stored", len(unstored))
+        for rid, _, _, mail_id in out.router:
+            if mail_id in unstored:
+                core.on_push_dropped(rid, mail_id)
+        out.router = [x for x in out.router if x[3] not in unstored]
+
     def close(self) -> None:
         """Stop the reads (unstarted ones are dropped) and the backplane."""
         self.pool.shutdown(wait=True, cancel_futures=True)

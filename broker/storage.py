@@ -195,8 +195,10 @@ class Store(Protocol):
         `sends_since` (seconds since the epoch)."""
         ...
 
-    def commit(self, batch: WriteBatch) -> None:
-        """Apply `batch` in one transaction; durable (per the store's sync setting) on return."""
+    def commit(self, batch: WriteBatch) -> set[tuple[str, str]] | None:
+        """Apply `batch` in one transaction; durable (per the store's sync setting) on return.
+        A shared store returns the (sender, send id) of the batch's sends another broker stored
+        first (none of their mail or events was written: the loop drops their pushes); else None."""
         ...
 
     def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:

@@ -51,6 +51,7 @@ class CommitWriter:
         self._unsettled: collections.deque[tuple[int, WriteBatch]] = collections.deque()  # loop thread only
         self._queue: list[tuple[int, WriteBatch]] = []
         self._durable = 0
+        self._dups: set[tuple[str, str]] = set()  # sends another broker stored first (take_dups)
         self._error: BaseException | None = None
         self._closing = False
         self._cond = threading.Condition()
@@ -90,6 +91,13 @@ class CommitWriter:
             self._queue.append(entry)
             self._cond.notify()
         return self.submitted
+
+    def take_dups(self) -> set[tuple[str, str]]:
+        """The (sender, send id) of sends that durable commits found stored by another broker (a
+        shared store's commit result), since the last call: their mail was not stored."""
+        with self._cond:
+            dups, self._dups = self._dups, set()
+        return dups
 
     def settle(self) -> int:
         """The newest durable ticket; forgets the settled batches (their rows are readable from
@@ -176,7 +184,7 @@ class CommitWriter:
                     batch.extend(later)
             started = time.monotonic()
             try:
-                self.store.commit(batch)
+                dups = self.store.commit(batch)
             except BaseException as exc:  # the loop re-raises it; nothing later is committed
                 log.critical("store commit failed: %s", exc)
                 with self._cond:
@@ -187,6 +195,8 @@ class CommitWriter:
             if self.commits is not None and len(self.commits) < 1_000_000:
                 self.commits.append((time.monotonic() - started, len(entries)))
             with self._cond:
+                if dups:
+                    self._dups |= dups
                 self._durable = entries[-1][0]
                 self._cond.notify_all()
             self.on_durable()

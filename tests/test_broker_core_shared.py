@@ -14,6 +14,7 @@ from zmq_chat.broker.commands import content_digest
 from zmq_chat.broker.feed import DupNotice, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, UserNotice
 from zmq_chat.broker.memstore import MemoryStore
 from zmq_chat.broker.reads import run_read
+from zmq_chat.broker.sharedio import SharedIO
 from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
@@ -345,3 +346,15 @@ def test_a_late_notice_of_a_dropped_push_does_not_make_reads_spin(tmp_path):
     _step(rig)
     rig.core._pump(s)
     assert _run_reads(rig, _step(rig).reads) == 0 and far.id in s.inflight and not s.dropped
+
+
+def test_pushes_of_a_send_another_broker_stored_first_are_dropped_before_they_leave(rig):
+    bob, alice = rig.user("bob"), rig.user("alice")
+    rig.send(alice, "send", id="c1", to=["bob"], text="retried here, stored elsewhere")
+    out = rig.core.drain()
+    pushed = [x for x in out.router if x[3]]
+    assert [x[0] for x in pushed] == [bob[0]]
+    SharedIO.drop_unstored(out, {("alice", "c1")}, rig.core)
+    assert not [x for x in out.router if x[3]] and [x[0] for x in out.router] == [alice[0]]  # the reply stays
+    s = rig.core.by_user["bob"]
+    assert not s.inflight and s.dropped == {pushed[0][3]}  # the next pump finds it gone
