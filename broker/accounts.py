@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from zmq_chat.broker.authjob import AuthJob, claim_name, fetch_send_ids
 from zmq_chat.broker.authqueue import AuthQueue
 from zmq_chat.broker.connections import Conn
 from zmq_chat.broker.corebase import CoreBase
@@ -30,7 +30,7 @@ from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.lockout import AccountThrottle, LoginGuard
 from zmq_chat.broker.ratelimit import KeyedBuckets
 from zmq_chat.broker.session import Session
-from zmq_chat.broker.storage import SendRecord, UserRecord
+from zmq_chat.broker.storage import UserRecord
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError
 from zmq_chat.protocol.replies import ErrorReply, HelloReply, LoginReply, LogoutReply, PingReply, RegisterReply
@@ -49,59 +49,6 @@ PER_ACCOUNT = 4
 """Logins of one account that may wait for argon2id (those from its known addresses excepted)."""
 OVERLOADED_RETRY = 1.0
 """retry_after (seconds) of E_OVERLOADED for a full login queue."""
-
-
-@dataclass
-class AuthJob:
-    """One argon2id task. kind "verify": check `password` against `pwhash` (result bool);
-    kind "hash": hash `password` for a new account (result: the argon2id string, str).
-
-    With a shared store, `after` runs on the hashing thread once the hashing is done, so the loop
-    never waits on the store: a registration carries `record` (the new account, hash "") and
-    claims the name (claim_name: `claimed` True, the account is stored; False, another broker's
-    registration took it; None, the store failed); a login with the right password fetches the
-    user's recent send ids (fetch_send_ids: `sends`, None when the store failed).
-
-    rid (bytes, ROUTER routing id), req (request id), ip (peer address), key (the client's CURVE
-    key, Z85), fd and conn (its connection and that connection's record, broker.connections.Conn,
-    compared by identity since an fd number is reused) say where the answer goes and what the
-    session binds to.
-    """
-
-    kind: str
-    rid: bytes
-    req: int
-    user: str
-    password: str = field(repr=False)
-    pwhash: str = field(default="", repr=False)
-    ip: str = ""
-    key: str = ""
-    fd: int = -1
-    result: bool | str | None = None
-    conn: Conn | None = field(default=None, repr=False)
-    after: Callable[[AuthJob], None] | None = field(default=None, repr=False)
-    record: UserRecord | None = None
-    claimed: bool | None = None
-    sends: list[SendRecord] | None = None
-
-
-FETCHED_SEND_IDS = 1000
-"""A user's newest send ids a login learns from a shared store (a client retries its last few)."""
-
-
-def claim_name(store: Any, job: AuthJob) -> None:
-    """A registration's step on the hashing thread (AuthJob.after): fill in the hash and store the
-    account unless the name is taken (store.claim_user of a shared store). Sets job.claimed."""
-    if job.record is not None and isinstance(job.result, str):
-        job.record.hash = job.result
-        job.claimed = store.claim_user(job.record)
-
-
-def fetch_send_ids(store: Any, since: float, job: AuthJob) -> None:
-    """A login's step on the hashing thread (AuthJob.after): with the right password, the user's
-    send ids stored at or after `since` (seconds) by any broker (store.sends_of). Sets job.sends."""
-    if job.result is True:
-        job.sends = store.sends_of(job.user, since)[-FETCHED_SEND_IDS:]
 
 
 class Accounts(CoreBase):

@@ -63,7 +63,7 @@ import threading
 import weakref
 from multiprocessing.connection import Connection
 
-from zmq_chat.broker.accounts import AuthJob
+from zmq_chat.broker.authjob import AuthJob
 from zmq_chat.broker.hasher import IDLE, hash_password, verify_password
 
 __all__ = ["AuthJob", "HasherProcess", "close_hashers", "current_hasher", "hash_password",
