@@ -13,10 +13,7 @@ Every wait has a deadline; subprocesses are killed in finally.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -26,6 +23,7 @@ import pytest
 import zmq
 
 from tests.harness import Broker, Peer
+from tests.pty_client import client_factory, transcript
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -75,17 +73,6 @@ class Forwarder:
             sock.close()
 
 
-class _Transcript:
-    def __init__(self, parts: list[str]) -> None:
-        self.parts = parts
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-
-    def flush(self) -> None:
-        pass
-
-
 @pytest.fixture
 def broker(tmp_path):
     b = Broker(tmp_path / "data", "--heartbeat-timeout", "3")
@@ -97,32 +84,10 @@ def broker(tmp_path):
 
 @pytest.fixture
 def spawn(tmp_path):
-    """spawn(*flags) -> a chat-client in a pseudo-terminal; its known-brokers file lives in this test's
-    config dir (XDG_CONFIG_HOME)."""
-    made: list[pexpect.spawn] = []
+    """spawn(*flags) -> a chat-client in a pseudo-terminal (tests/pty_client.py)."""
+    with client_factory(tmp_path / "config") as make:
+        yield lambda *flags: make(list(flags), timeout=20)
 
-    def make(*flags: str) -> pexpect.spawn:
-        env = {**os.environ, "TERM": "dumb", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
-               "XDG_CONFIG_HOME": str(tmp_path / "config")}
-        env.pop("CHAT_SERVER_KEY", None)
-        child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", *flags], encoding="utf-8", env=env,
-                              timeout=20, dimensions=(50, 200))
-        child.transcript = []  # type: ignore[attr-defined]
-        child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
-        made.append(child)
-        return child
-
-    try:
-        yield make
-    finally:
-        for child in made:
-            if child.isalive():
-                child.kill(signal.SIGKILL)
-            child.close(force=True)
-
-
-def transcript(child: pexpect.spawn) -> str:
-    return "".join(child.transcript)  # type: ignore[attr-defined]
 
 
 def register(broker: Broker, *names: str) -> None:

@@ -4,10 +4,7 @@ programs in pseudo-terminals (pexpect). Every wait has a deadline; subprocesses 
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import sys
 import time
 import uuid
 
@@ -19,6 +16,7 @@ from zmq_chat.broker.launch import LaunchedBroker
 from zmq_chat.client.trust import key_fingerprint
 from zmq_chat.protocol import wire
 from tests.harness import FakeRouter
+from tests.pty_client import client_factory, transcript
 from zmq_chat.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,44 +45,10 @@ def broker(tmp_path):
 @pytest.fixture
 def clients(tmp_path):
     """A factory of client programs in pseudo-terminals: clients(port, term="dumb", host, *flags)
-    -> spawn. Their known-brokers file lives in this test's own config dir (XDG_CONFIG_HOME)."""
-    made: list[pexpect.spawn] = []
-
-    def make(port: int, term: str = "dumb", host: str = "127.0.0.1", *flags: str) -> pexpect.spawn:
-        env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
-               "XDG_CONFIG_HOME": str(tmp_path / "config")}
-        env.pop("CHAT_SERVER_KEY", None)
-        child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", "--host", host, "--port", str(port), *flags],
-                              encoding="utf-8", env=env, timeout=15, dimensions=(50, 200))
-        child.transcript = []  # type: ignore[attr-defined]
-        child.logfile_read = _Transcript(child.transcript)  # type: ignore[attr-defined]
-        made.append(child)
-        return child
-
-    try:
-        yield make
-    finally:
-        for child in made:
-            if child.isalive():
-                child.kill(signal.SIGKILL)
-            child.close(force=True)
-
-
-class _Transcript:
-    """pexpect logfile that keeps everything the client printed (for 'never echoed' checks)."""
-
-    def __init__(self, parts: list[str]) -> None:
-        self.parts = parts
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-
-    def flush(self) -> None:
-        pass
-
-
-def transcript(child: pexpect.spawn) -> str:
-    return "".join(child.transcript)  # type: ignore[attr-defined]
+    -> spawn (tests/pty_client.py)."""
+    with client_factory(tmp_path / "config") as make:
+        yield lambda port, term="dumb", host="127.0.0.1", *flags: make(
+            ["--host", host, "--port", str(port), *flags], term)
 
 
 def wait_exit(child: pexpect.spawn, timeout: float = 10) -> int:
