@@ -229,8 +229,9 @@ class Commands(SharedReads):
         """Write the message of send `r` (at `now`, seconds) to each recipient's mailbox under its
         mail id (`ids`: name -> id); push it to the recipients online, not busy and attached."""
         mail, counts, changes, by_user = self.batch.mail, self.mail_counts, self._req_mail, self.by_user
+        group = list(ids) if len(ids) > 1 else []  # (one list for all: the messages are never changed)
         for name, mid in ids.items():
-            msg = m.PrivateMessage(mid, sender, name, now, r.text, r.id)
+            msg = m.PrivateMessage(mid, sender, name, now, r.text, r.id, group)
             mail.append(msg)
             counts[name] = counts.get(name, 0) + 1
             changes.append((name, 1))

@@ -40,7 +40,7 @@ from zmq_chat.protocol import messages as m
 AUTOCHECKPOINT_PAGES = 4096
 """WAL pages (4 KiB each) past which a commit checkpoints by itself: a backstop behind
 broker.checkpoint, which copies the pages in the background and keeps this checkpoint short."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PRUNE_ROWS = 4000
 """Rows (for the mailbox: mail ids) one commit's prune step goes through per table at most, plus
@@ -95,7 +95,11 @@ INSERT INTO sends SELECT ts, sender, cid, reply FROM sends_v1;
 DROP TABLE sends_v1;
 """
 
-_MARK = "UPDATE mailbox SET acked = 1, text = '' WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0"
+_V3 = """
+ALTER TABLE mailbox ADD COLUMN grp TEXT;  -- a group message's recipients, comma-separated (NULL: one)
+"""
+
+_MARK = "UPDATE mailbox SET acked = 1, text = '', grp = NULL WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0"
 _DELETE = "DELETE FROM mailbox WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0"
 _ids_json = msgspec.json.Encoder().encode
 
@@ -153,7 +157,10 @@ class SqliteStore:
             raise StoreError(f"schema version {version} is newer than this broker's {SCHEMA_VERSION}")
         if version == SCHEMA_VERSION:
             return
-        script = _TABLES_V2 + _V2_PARTS if version == 0 else _MIGRATE_V1
+        if version == 2:  # (its `swept` is there already)
+            self.db.executescript("BEGIN;" + _V3 + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            return
+        script = (_TABLES_V2 + _V2_PARTS if version == 0 else _MIGRATE_V1) + _V3
         # rows below `swept` are never marked acked: in schema 1 every stored row is still waiting
         swept = "INSERT INTO meta VALUES ('swept', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'), 0) + 1);"
         if version == 0:
@@ -227,9 +234,9 @@ class SqliteStore:
         first_rows = {x.mail_id: x for x in batch.sends if x.mail_id}
         if batch.mail:
             take = first_rows.pop
-            db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                           [(x.id, x.to, x.sender, x.ts, x.text, x.cid, r.reply if (r := take(x.id, None)) else None)
-                            for x in batch.mail])
+            db.executemany("INSERT INTO mailbox VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                           [(x.id, x.to, x.sender, x.ts, x.text, x.cid, r.reply if (r := take(x.id, None)) else None,
+                             ",".join(x.group) if x.group else None) for x in batch.mail])
         alone = [x for x in batch.sends if not x.mail_id] + list(first_rows.values())  # broadcasts, strays
         if alone:
             db.executemany("INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?)",
@@ -295,20 +302,20 @@ class SqliteStore:
     def mail_after(self, recipient: str, after_id: int, limit: int) -> list[m.PrivateMessage]:
         """Up to `limit` messages of `recipient`'s mailbox with id > after_id, oldest first."""
         rows = self.reader.execute(
-            "SELECT id, sender, ts, text, cid FROM mailbox WHERE recipient = ? AND id > ? AND acked = 0"
+            "SELECT id, sender, ts, text, cid, grp FROM mailbox WHERE recipient = ? AND id > ? AND acked = 0"
             " ORDER BY id LIMIT ?", (recipient, after_id, limit),
         ).fetchall()
-        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
+        return [_message(r, recipient) for r in rows]
 
     def mail_by_ids(self, recipient: str, ids: list[int]) -> list[m.PrivateMessage]:
         """The messages of `recipient`'s mailbox among `ids` (at most 1000), oldest first."""
         if not ids:
             return []
         rows = self.reader.execute(
-            "SELECT id, sender, ts, text, cid FROM mailbox WHERE id IN (SELECT value FROM json_each(?))"
+            "SELECT id, sender, ts, text, cid, grp FROM mailbox WHERE id IN (SELECT value FROM json_each(?))"
             " AND recipient = ? AND acked = 0 ORDER BY id", (_ids_json(ids).decode(), recipient),
         ).fetchall()
-        return [m.PrivateMessage(r[0], r[1], recipient, r[2], r[3], r[4]) for r in rows]
+        return [_message(r, recipient) for r in rows]
 
     def event_bodies_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` logged events with seq > after, oldest first, as (seq, JSON body bytes)."""
@@ -343,3 +350,8 @@ def _lock_dir(path: Path) -> int:
         os.close(fd)
         raise StoreError(f"the store in {path} is in use by another process (another broker?)") from None
     return fd
+
+
+def _message(row: tuple, recipient: str) -> m.PrivateMessage:
+    """A mailbox row (id, sender, ts, text, cid, grp) of `recipient` as the `msg` push it is."""
+    return m.PrivateMessage(row[0], row[1], recipient, row[2], row[3], row[4], row[5].split(",") if row[5] else [])

@@ -131,7 +131,9 @@ class PrivateMessage(msgspec.Struct, omit_defaults=True):
     """Push `msg` (broker to client on ROUTER): one private message from a mailbox; ack its `id`.
 
     Fields: id (int, broker-unique, increasing), sender (JSON name "from"), to (str), ts (float
-    seconds since the epoch, when the broker stored it), text (str), cid (the sender's send id).
+    seconds since the epoch, when the broker stored it), text (str), cid (the sender's send id),
+    group (list of str: every recipient of a message sent to several, in the sender's order, this
+    one included; absent (empty) for a message to one).
     """
 
     id: int
@@ -140,6 +142,7 @@ class PrivateMessage(msgspec.Struct, omit_defaults=True):
     ts: float = 0.0
     text: str = ""
     cid: str = ""
+    group: list[str] = msgspec.field(default_factory=list)
 
 
 class End(msgspec.Struct):

@@ -100,7 +100,7 @@ def test_send_stores_pushes_and_counts_duplicate_names_once(rig):
     reply = ok(rig.call(a, "send", id="s1", to=["bob", "alice", "bob"], text="hi"), "send", "ids", "ts", "busy", "dup")
     assert reply | {"req": 0} == {"req": 0, "status": "ok", "ids": {"bob": 1, "alice": 2}, "ts": rig.clock.now,
                                   "busy": [], "dup": False}
-    assert rig.pushes(b) == [m.PrivateMessage(1, "alice", "bob", rig.clock.now, "hi", "s1")]
+    assert rig.pushes(b) == [m.PrivateMessage(1, "alice", "bob", rig.clock.now, "hi", "s1", ["bob", "alice"])]
     assert [p.id for p in rig.pushes(a)] == [2]  # sending to oneself is allowed
     assert rig.store.mail_by_ids("bob", [1]) == rig.pushes(b)  # stored until acked
     assert rig.events("bcast") == []
@@ -207,3 +207,11 @@ def test_every_request_kind_is_answered_once_with_its_req(rig):
     reqs = [rig.call(a, kind, **fields)["req"] for kind, fields in kinds.items()]
     replies = [json.loads(b) for rid, k, b, _ in rig.out.router if rid == a[0] and k == b"reply"]
     assert sorted(r["req"] for r in replies if r["req"] in reqs) == sorted(reqs)
+
+
+def test_a_message_to_several_names_every_recipient_in_each_copy(rig):
+    alice, bob, carol = rig.user("alice"), rig.user("bob"), rig.user("carol")
+    rig.call(alice, "send", id="g1", to=["bob", "carol", "nobody1"], text="team meeting")  # nobody1: unknown
+    rig.call(alice, "send", id="p1", to=["bob"], text="just you")
+    assert [(x.text, x.group) for x in rig.pushes(bob)] == [("team meeting", ["bob", "carol"]), ("just you", [])]
+    assert [x.group for x in rig.pushes(carol)] == [["bob", "carol"]]

@@ -119,6 +119,18 @@ def test_mail_after_pages_one_recipients_mailbox_oldest_first(store):
     assert store.mail_after("bob", 4, 10) == [] and store.mail_after("carol", 0, 10) == []
 
 
+def test_a_group_messages_recipients_come_back_with_each_copy(store):
+    _seed(store)
+    base = store.load(0.0).last_mail_id
+    group = ["bob", "carol"]
+    batch = WriteBatch()
+    batch.mail += [m.PrivateMessage(base + 1 + i, "alice", to, T0, "team", "g1", group) for i, to in enumerate(group)]
+    store.commit(batch)
+    copies = store.mail_after("bob", base, 10) + store.mail_by_ids("carol", [base + 2])
+    assert [(x.to, x.group) for x in copies] == [("bob", group), ("carol", group)]
+    assert all(x.group == [] for x in store.mail_after("bob", 0, 10) if x.id <= base)  # a message to one: none
+
+
 def test_mail_by_ids_returns_only_the_recipients_own_messages(store):
     _seed(store)
     assert [x.id for x in store.mail_by_ids("bob", [4, 3, 1, 99])] == [1, 4]  # 3 is alice's, 99 unknown

@@ -61,11 +61,31 @@ def _sent(mid: int, ts: float) -> SendRecord:
     return SendRecord("alice", f"s{mid}", ts, REPLY, mid)
 
 
+def test_a_version_2_directory_gets_the_group_column_and_keeps_its_rows(tmp_path):
+    store = SqliteStore(tmp_path)
+    batch = WriteBatch()
+    batch.mail.append(_mail(1, T0))
+    store.commit(batch)
+    store.db.execute("ALTER TABLE mailbox DROP COLUMN grp")  # as schema 2 left it
+    store.db.execute("PRAGMA user_version=2")
+    store.close()
+    store = SqliteStore(tmp_path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.mail_after("bob", 0, 10) == [_mail(1, T0)]
+        batch = WriteBatch()
+        batch.mail.append(m.PrivateMessage(2, "alice", "bob", T0, "team", "g", ["bob", "carol"]))
+        store.commit(batch)
+        assert [x.group for x in store.mail_after("bob", 0, 10)] == [[], ["bob", "carol"]]
+    finally:
+        store.close()
+
+
 def test_a_version_1_directory_is_migrated_and_keeps_its_state(tmp_path):
     _write_v1(tmp_path)
     store = SqliteStore(tmp_path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         snap = store.load(0.0)
         assert set(snap.users) == {"alice", "bob"} and snap.seq == 2 and snap.last_mail_id == 3
         assert snap.mail_counts == {"bob": 2}
