@@ -20,6 +20,7 @@ from zmq_chat.client.connection import Connection
 from zmq_chat.client.core import BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, SessionEnded
 from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
 from zmq_chat.client.failover import BrokerSet, FailoverOutcome
+from zmq_chat.client.lines import expand_alias
 from zmq_chat.client.login import LoginFlow
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol import messages as m
@@ -136,7 +137,7 @@ class ChatSession:
             if not line.strip():
                 continue
             try:
-                cmd = parse_command(line, self.session.max_message_chars)
+                cmd = parse_command(expand_alias(line), self.session.max_message_chars)
             except UsageError as exc:
                 print(f"{exc.message}" + (f"\nusage: {exc.usage}" if exc.usage else ""))
                 continue

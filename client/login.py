@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from zmq_chat.client import view
 from zmq_chat.client.connection import Connection
+from zmq_chat.client.lines import expand_alias
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol.commands import Credentials, Reg, Simple, parse_command
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
@@ -43,7 +44,7 @@ class LoginFlow:
         (Ctrl+C, Ctrl+D or `logout`). Raises RequestTimeout when the broker stops answering."""
         while True:
             try:
-                answer = (await self.prompter.line("new user? [y/N] ")).strip()
+                answer = (await self.prompter.line("new user? [y/N] ", remember=False)).strip()
             except (Interrupted, EOFError):
                 return False
             try:
@@ -74,7 +75,7 @@ class LoginFlow:
         if low in ("", "n", "no"):
             return await self._existing_user() or None
         try:
-            cmd = parse_command(answer)
+            cmd = parse_command(expand_alias(answer))
         except UsageError as exc:
             print(f"{exc.message}" + (f" (usage: {exc.usage})" if exc.usage else ""))
             return None
@@ -97,7 +98,7 @@ class LoginFlow:
         if self.preset_user:
             user, self.preset_user = self.preset_user, None
         else:
-            user = (await self.prompter.line("username: ")).strip()
+            user = (await self.prompter.line("username: ", remember=False)).strip()
         try:
             validate_username(user)
         except ProtocolError as exc:

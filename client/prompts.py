@@ -14,8 +14,11 @@ import termios
 from typing import Iterator
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.utils import is_dumb_terminal
+
+from zmq_chat.client.history import SafeHistory
 
 
 class Interrupted(Exception):
@@ -27,18 +30,25 @@ class Prompter:
     """Line and password input. Both methods raise Interrupted on Ctrl+C and EOFError on Ctrl+D at
     an empty line."""
 
-    def __init__(self) -> None:
-        self._lines: PromptSession[str] = PromptSession()
+    def __init__(self, completer: Completer | None = None) -> None:
+        self.history = SafeHistory()
+        self._lines: PromptSession[str] = PromptSession(history=self.history, completer=completer,
+                                                         complete_while_typing=False)
 
-    async def line(self, message: str) -> str:
-        """Show `message` and return the typed line (str, without the newline; kept in history)."""
+    async def line(self, message: str, remember: bool = True) -> str:
+        """Show `message` and return the typed line (str, without the newline). It is kept in the
+        Up-arrow history when `remember` and it carries no password (client.history)."""
+        self.history.recording = remember
         try:
             return await self._lines.prompt_async(message, handle_sigint=False)
         except KeyboardInterrupt:
             raise Interrupted() from None
+        finally:
+            self.history.recording = True
 
     async def password(self, message: str) -> str:
-        """Show `message` and return the typed password; it is never echoed nor kept in history."""
+        """Show `message` and return the typed password; it is never echoed nor kept in any history
+        (a throw-away PromptSession each time)."""
         try:
             if is_dumb_terminal():
                 with _no_echo():  # before the prompt shows: what is typed at once is not echoed either

@@ -1,0 +1,42 @@
+"""End-to-end tests of the terminal client's irssi/weechat habits (issue 11): a real broker and
+`python -m zmq_chat.client` programs in pseudo-terminals (pexpect). Every wait has a deadline."""
+
+from __future__ import annotations
+
+import pexpect
+import pytest
+
+from tests.pty_client import transcript
+from tests.test_client_pty import broker, clients, fresh_name, wait_exit  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.timeout(60)
+
+UP = "\x1b[A"
+
+
+def start(clients, broker, term="dumb", *flags) -> pexpect.spawn:  # noqa: F811
+    """A client of `broker` at its first question."""
+    return clients(broker.port, term, "127.0.0.1", *broker.key_args(), *flags)
+
+
+def new_account(clients, broker, user, password="secret123", term="dumb") -> pexpect.spawn:  # noqa: F811
+    """A client logged in as the new account `user`."""
+    child = start(clients, broker, term)
+    child.expect_exact("new user? [y/N]")
+    child.sendline(f"newuser {user} {password}")
+    child.expect_exact(f"logged in as {user}")
+    return child
+
+
+def test_password_lines_never_enter_the_history(broker, clients):  # noqa: F811
+    user = fresh_name("carol")
+    a = new_account(clients, broker, user, term="xterm")
+    a.sendline(f"login {user} Carolpw123")
+    a.expect_exact("use dereg first")
+    a.sendline("status")
+    a.expect_exact("logged in since")
+    a.send(UP + UP + UP + "\r")  # the oldest line kept is `status`: it runs again
+    a.expect_exact("logged in since")
+    a.sendline("logout")
+    assert wait_exit(a) == 0
+    assert transcript(a).count("use dereg first") == 1
