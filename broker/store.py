@@ -99,7 +99,8 @@ _V3 = """
 ALTER TABLE mailbox ADD COLUMN grp TEXT;  -- a group message's recipients, comma-separated (NULL: one)
 """
 
-_MARK = "UPDATE mailbox SET acked = 1, text = '', grp = NULL WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0"
+_MARK = ("UPDATE mailbox SET acked = 1, text = '', grp = NULL"
+         " WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0")
 _DELETE = "DELETE FROM mailbox WHERE id IN (SELECT value FROM json_each(?)) AND recipient = ? AND acked = 0"
 _ids_json = msgspec.json.Encoder().encode
 
