@@ -37,7 +37,8 @@ class ReadJob:
     room: int, the session's pump generation: a result of an older one is read again); result
     (the dropped ones still stored, up to `room` messages beyond the cursor).
     kind "history": args (after, limit); result [(seq, body)]. kind "ack": args (ids to look up:
-    list[int], ids known to be stored: set[int]); result: the looked-up ones still stored. kind
+    list[int], how many in-flight ids the ack deleted at once: int); result: the looked-up ones
+    still stored. kind
     "refresh" (rid b"", no session): result the store's refresh() Snapshot (accounts, sessions
     elsewhere, mailbox sizes). kind "bcasts" (no session): args [(sender, send id)] of broadcasts
     waiting for their log entry; result {(sender, send id): stored first reply JSON}.
