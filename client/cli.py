@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "list for several brokers of one chat (the client fails over between them)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="broker port of every --host without one (default %(default)s)")
-    parser.add_argument("--user", help="username to log in or register as")
+    parser.add_argument("--user", help="username to log in as: asks the password at once; an unknown name "
+                        "is offered registration")
     parser.add_argument("--server-key", action="append",
                         help=f"the broker's public key (40 Z85 characters, from chat-broker --print-key); one key for "
                         f"every broker, or a comma-separated list (or repeated option) with one per --host; "

@@ -1,5 +1,6 @@
-"""The pre-login dialogue: "new user? [y/N]", registration with a confirmed hidden password, login
-with retries after a wrong password; also the typed commands `login <user> <password>`,
+"""The pre-login dialogue: with --user the password at once (an unknown name is offered "create
+it? [y/N]"), else "new user? [y/N]"; registration with a confirmed hidden password, login with
+retries after a wrong password; also the typed commands `login <user> <password>`,
 `newuser <user> <password>` and `reg <user>`.
 """
 
@@ -41,7 +42,16 @@ class LoginFlow:
 
     async def run(self) -> bool:
         """Ask until logged in. Returns True with a session open, False when the user quits
-        (Ctrl+C, Ctrl+D or `logout`). Raises RequestTimeout when the broker stops answering."""
+        (Ctrl+C, Ctrl+D or `logout`). Raises RequestTimeout when the broker stops answering.
+
+        With --user the password is asked at once (an unknown name is offered registration);
+        otherwise, or after that fails, the "new user? [y/N]" question."""
+        if self.preset_user:
+            try:
+                if await self._existing_user():
+                    return True
+            except (Interrupted, EOFError):
+                print()
         while True:
             try:
                 answer = (await self.prompter.line("new user? [y/N] ", remember=False)).strip()
@@ -110,12 +120,32 @@ class LoginFlow:
         """Log in as the user asked for; the password is asked again after a wrong one."""
         user = await self._ask_user()
         while user is not None:
-            error = await self._login(user, await self.prompter.password("password: "))
-            if error is None:
+            password = await self.prompter.password("password: ")
+            reply = await self.conn.login(user, password)
+            if not isinstance(reply, ErrorReply):
                 return True
-            if error.code != ErrorCode.BAD_CREDENTIALS:
+            if reply.code == ErrorCode.UNKNOWN_USER:
+                return await self._offer_register(user, password)
+            self._show_login_error(reply)
+            if reply.code != ErrorCode.BAD_CREDENTIALS:
                 break
         return False
+
+    async def _offer_register(self, user: str, password: str) -> bool:
+        """`user` has no account: offer to create it with the password just typed (confirmed, or
+        a new one when the broker would refuse it), then log in. Returns True when logged in."""
+        answer = await self.prompter.line(f"no account named {user}; create it? [y/N] ", remember=False)
+        if answer.strip().lower() not in ("y", "yes"):
+            return False
+        try:
+            validate_password(password, self.min_password)
+        except ProtocolError as exc:
+            print(exc.message)
+            return await self._register_and_login(user, await self._new_password())
+        if await self.prompter.password("confirm password: ") != password:
+            print("the passwords do not match; try again")
+            password = await self._new_password()
+        return await self._register_and_login(user, password)
 
     async def _new_user(self) -> bool:
         """Register the user asked for with a new, confirmed password, then log in."""

@@ -40,3 +40,27 @@ def test_password_lines_never_enter_the_history(broker, clients):  # noqa: F811
     a.sendline("logout")
     assert wait_exit(a) == 0
     assert transcript(a).count("use dereg first") == 1
+
+
+def test_user_flag_goes_straight_to_the_password(broker, clients):  # noqa: F811
+    user, pw = fresh_name("dave"), "Davepw2024"
+    a = start(clients, broker, "dumb", "--user", user)
+    a.expect_exact("password:")
+    a.sendline(pw)
+    a.expect_exact(f"no account named {user}; create it? [y/N]")
+    a.sendline("y")
+    a.expect_exact("confirm password:")
+    a.sendline(pw)
+    a.expect_exact(f"account {user} created")
+    a.expect_exact(f"logged in as {user}")
+    a.sendline("logout")
+    assert wait_exit(a) == 0
+    b = start(clients, broker, "dumb", "--user", user)
+    b.expect_exact("password:")
+    b.sendline(pw)
+    b.expect_exact(f"logged in as {user}")
+    b.sendline("logout")
+    assert wait_exit(b) == 0
+    for child in (a, b):
+        assert "new user?" not in transcript(child)
+        assert pw not in transcript(child), "the password was echoed"
