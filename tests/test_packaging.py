@@ -19,7 +19,7 @@ def test_the_broker_imports_nothing_of_the_client_and_loadtest_extras():
 
 
 def test_every_extra_is_installed_in_the_test_environment():
-    assert {extra: entry.missing_modules(extra) for extra in entry.EXTRAS} == {"client": [], "loadtest": []}
+    assert {extra: entry.missing_modules(extra) for extra in entry.EXTRAS} == {"client": [], "loadtest": [], "web": []}
 
 
 def test_a_script_whose_extra_is_missing_names_the_extra(monkeypatch, capsys):

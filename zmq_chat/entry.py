@@ -13,6 +13,7 @@ import sys
 EXTRAS = {
     "client": ("prompt_toolkit",),
     "loadtest": ("prompt_toolkit", "rich", "hdrh"),
+    "web": ("aiohttp",),
 }
 """Extra name -> the top-level modules it provides."""
 
@@ -49,5 +50,13 @@ def loadtest() -> int:
     """`chat-loadtest` (needs the `loadtest` extra)."""
     _require("chat-loadtest", "loadtest")
     from zmq_chat.loadtest.cli import main
+
+    return main()
+
+
+def web() -> int:
+    """`chat-web` (needs the `web` extra)."""
+    _require("chat-web", "web")
+    from zmq_chat.web.cli import main
 
     return main()

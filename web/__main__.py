@@ -1,0 +1,7 @@
+"""`python -m zmq_chat.web`: chat-web."""
+
+import sys
+
+from zmq_chat.web.cli import main
+
+sys.exit(main())
