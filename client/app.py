@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -23,10 +22,11 @@ from zmq_chat.client.failover import BrokerSet, FailoverOutcome
 from zmq_chat.client.lines import expand_alias
 from zmq_chat.client.login import LoginFlow
 from zmq_chat.client.prompts import Interrupted, Prompter
+from zmq_chat.client.sending import Sender
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.commands import Broadcast, Busy, Command, Credentials, Last, Reg, Send, help_text, parse_command
-from zmq_chat.protocol.errors import ErrorCode, UsageError
-from zmq_chat.protocol.replies import UNSET, BroadcastReply, ErrorReply, IdleReply, Reply, SendReply, StatusReply
+from zmq_chat.protocol.errors import UsageError
+from zmq_chat.protocol.replies import ErrorReply, IdleReply, Reply, StatusReply
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ class _Stop(Exception):
         self.result = result
 
 
-class ChatSession:
+class ChatSession(Sender):
     """One logged-in session at the terminal.
 
     Args:
@@ -270,59 +270,6 @@ class ChatSession:
         held_events, self._held = self._held, []
         for event in held_events:
             print(view.event_line(event))
-
-    async def _send(self, to: list[str] | None, text: str) -> None:
-        """Broadcast (to None) or send privately; one retry with the same id after a timeout, and
-        up to three after E_RATE_LIMITED, each after its retry_after (at most 5 s)."""
-        cid = uuid.uuid4().hex
-        self._sent_ids.add(cid)
-        msg: m.Request = m.Broadcast(req=0, id=cid, text=text) if to is None else m.Send(req=0, id=cid, to=to, text=text)
-        reply = await self._send_request(msg)
-        for _ in range(3):
-            if not isinstance(reply, ErrorReply) or reply.code != ErrorCode.RATE_LIMITED:
-                break
-            wait = reply.retry_after
-            if wait is UNSET or wait > 5:
-                break
-            await asyncio.sleep(wait)
-            reply = await self._send_request(msg)
-        if isinstance(reply, (BroadcastReply, SendReply)):
-            print(view.sent_line(reply.ts, to, text))
-        elif isinstance(reply, ErrorReply):
-            print(view.error_line(reply))
-            if reply.code in (ErrorCode.UNKNOWN_USER, ErrorCode.MAILBOX_FULL):
-                if reply.unknown:
-                    print(f"unknown: {', '.join(map(view.safe, reply.unknown))}")
-                if reply.full:
-                    print(f"mailbox full: {', '.join(map(view.safe, reply.full))}")
-                got = list(reply.ids or {})
-                ts = 0.0 if reply.ts is UNSET else reply.ts
-                print(view.sent_line(ts, got, text) if got else "nobody got it")
-        busy = reply.busy if isinstance(reply, (SendReply, ErrorReply)) and reply.busy else []
-        for entry in busy:
-            auto = view.safe(entry.text)
-            print(f"{view.safe(entry.user)} is busy" + (f": {auto}" if auto else ""))
-
-    async def _send_request(self, msg: m.Request) -> Reply:
-        """Send a broadcast or send `msg` and return its reply: after a timeout once more with the
-        same id (stored once, docs 9.2); then, with several brokers, fail over and send it again,
-        same id, on the broker that took the session (at most once per broker). Raises
-        RequestTimeout / ConnectionClosed (no failover) or _Stop (the failover failed)."""
-        timeout = max(1.0, self.session.heartbeat_timeout / 2)
-        retried, failovers = False, 0
-        while True:
-            switches = self._switches
-            await self._settled()
-            try:
-                return await self.conn.request(msg, timeout)
-            except (RequestTimeout, ConnectionClosed) as exc:
-                if isinstance(exc, RequestTimeout) and not retried:
-                    retried = True
-                    continue
-                if self.brokers is None or failovers >= len(self.brokers):
-                    raise
-            await self._recover(switches)
-            retried, failovers = False, failovers + 1
 
     async def _print_events(self) -> None:
         """Print what arrives; end the session on SessionEnded / BrokerLost (fail over instead

@@ -7,6 +7,7 @@ could fake a line from someone else) are replaced by U+FFFD, tabs by a space.
 
 from __future__ import annotations
 
+import logging
 import time
 import unicodedata
 from typing import Iterable
@@ -64,8 +65,24 @@ def sent_line(ts: float, to: Iterable[str] | None, text: str) -> str:
 
 
 def error_line(reply: ErrorReply) -> str:
-    """An error reply as "error: <message> [<code>]"."""
-    return f"error: {safe(reply.message)} [{safe(reply.code)}]"
+    """An error reply as "error: <message>", the broker's prose; its code ("error: <message>
+    [E_CODE]") only when the client logs at DEBUG (--log-level DEBUG)."""
+    line = f"error: {safe(reply.message)}"
+    if logging.getLogger("zmq_chat.client").isEnabledFor(logging.DEBUG):
+        line += f" [{safe(reply.code)}]"
+    return line
+
+
+def partly_sent_line(ts: float, got: list[str], text: str, unknown: list[str], full: list[str]) -> str:
+    """One line for a send that some recipients did not get: "[HH:MM:SS] you to bob: text (no
+    such user: zed)", or "not sent: no such user: zed" when nobody got it; "mailbox full: x" alike."""
+    reasons = []
+    if unknown:
+        reasons.append(f"no such user: {', '.join(map(safe, unknown))}")
+    if full:
+        reasons.append(f"mailbox full: {', '.join(map(safe, full))}")
+    why = "; ".join(reasons) or "not delivered"
+    return f"{sent_line(ts, got, text)} ({why})" if got else f"not sent: {why}"
 
 
 def users_line(users: Iterable[str], me: str) -> str:

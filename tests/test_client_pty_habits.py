@@ -64,3 +64,25 @@ def test_user_flag_goes_straight_to_the_password(broker, clients):  # noqa: F811
     for child in (a, b):
         assert "new user?" not in transcript(child)
         assert pw not in transcript(child), "the password was echoed"
+
+
+def test_errors_speak_human_and_codes_show_at_debug(broker, clients):  # noqa: F811
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    a = new_account(clients, broker, alice)
+    b = new_account(clients, broker, bob)
+    a.sendline(f"send ({bob} zed{bob}) team meeting")
+    a.expect(rf"\[\d\d:\d\d:\d\d\] you to {bob}: team meeting \(no such user: zed{bob}\)\r\n")
+    b.expect_exact("team meeting")
+    a.sendline(f"send zed{bob} hello?")
+    a.expect_exact(f"not sent: no such user: zed{bob}")
+    a.sendline("status")
+    a.expect_exact("logged in since")
+    assert "[E_" not in transcript(a) and "unknown:" not in transcript(a)
+
+    d = start(clients, broker, "dumb", "--user", bob, "--log-level", "debug")
+    d.expect_exact("password:")
+    d.sendline("not-the-password")
+    d.expect(r"error: .+ \[E_BAD_CREDENTIALS\]")
+    for child in (a, b):
+        child.sendline("logout")
+        assert wait_exit(child) == 0
