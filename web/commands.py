@@ -16,7 +16,7 @@ from typing import Any
 
 from zmq_chat.client.errors import ClientError, ConnectionClosed, RequestTimeout
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.replies import ErrorReply, IdleReply, StatusReply, UsersReply
+from zmq_chat.protocol.replies import ErrorReply, IdleReply, Reply, StatusReply, UsersReply
 from zmq_chat.web.ackcore import BrowserAckCore
 from zmq_chat.web.items import Item, error_text, notice, sent_item
 from zmq_chat.web.session import WebSession
@@ -160,7 +160,15 @@ async def _state_command(session: WebSession, name: str, text: str) -> bool:
     assert conn is not None
     request: m.Request = {"busy": m.Busy(req=0, text=text), "idle": m.Idle(req=0), "hide": m.Hide(req=0),
                           "appear": m.Appear(req=0), "status": m.Status(req=0)}[name]
-    reply = await conn.request(request)
+    session.gate.clear()  # idle's held messages are pushed right after its reply: they follow its notice
+    try:
+        reply = await conn.request(request)
+        return await _say_state(session, name, text, reply)
+    finally:
+        session.gate.set()
+
+
+async def _say_state(session: WebSession, name: str, text: str, reply: Reply) -> bool:
     if isinstance(reply, ErrorReply):
         await session.emit(notice(error_text(reply), "error"))
         return False

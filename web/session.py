@@ -71,6 +71,8 @@ class WebSession:
         self._on_gone = on_gone
         self._lock = asyncio.Lock()
         self._pump: asyncio.Task[None] | None = None
+        self.gate = asyncio.Event()  # cleared: what arrives waits (e.g. held messages behind idle's notice)
+        self.gate.set()
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -160,6 +162,7 @@ class WebSession:
         try:
             while True:
                 item = await conn.next_event()
+                await self.gate.wait()
                 if isinstance(item, (SessionEnded, BrokerLost)):
                     reason = item.reason if isinstance(item, SessionEnded) else "lost"
                     message = item.message if isinstance(item, SessionEnded) else ""
