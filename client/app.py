@@ -21,6 +21,7 @@ from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
 from zmq_chat.client.failover import BrokerSet, FailoverOutcome
 from zmq_chat.client.lines import expand_alias
 from zmq_chat.client.login import LoginFlow
+from zmq_chat.client.paint import say
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.client.sending import Sender
 from zmq_chat.protocol import messages as m
@@ -139,12 +140,12 @@ class ChatSession(Sender):
             try:
                 cmd = parse_command(expand_alias(line), self.session.max_message_chars)
             except UsageError as exc:
-                print(f"{exc.message}" + (f"\nusage: {exc.usage}" if exc.usage else ""))
+                say(f"{exc.message}" + (f"\nusage: {exc.usage}" if exc.usage else ""), "error")
                 continue
             try:
                 result = await self._run(cmd)
             except RequestTimeout:
-                print(LOST)
+                say(LOST, "error")
                 return 1
             except ConnectionClosed:
                 return 1
@@ -192,10 +193,10 @@ class ChatSession(Sender):
         except Exception as exc:  # noqa: BLE001 - one line for the user, never a traceback
             outcome = FailoverOutcome("", f"failover failed: {exc!r}")
         if not outcome.address:
-            print(f"connection to {old} lost; {outcome.problem}")
+            say(f"connection to {old} lost; {outcome.problem}", "error")
             self._finish(1)
             return False
-        print(f"connection to {old} lost; now on {outcome.address}")
+        say(f"connection to {old} lost; now on {outcome.address}", "error")
         assert self.conn.core.session is not None
         self.session = self.conn.core.session
         with contextlib.suppress(RequestTimeout, ConnectionClosed):
@@ -229,7 +230,7 @@ class ChatSession(Sender):
             print(f"logged out {self.me}")
             return SwitchUser(cmd.user, password)
         elif isinstance(cmd, Credentials):
-            print(f"you are logged in as {self.me}; use dereg first")
+            say(f"you are logged in as {self.me}; use dereg first", "error")
         elif word == "who":
             reply = await self.conn.request(m.Who)
             self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me)}")
@@ -256,12 +257,15 @@ class ChatSession(Sender):
     @staticmethod
     def _show(reply: Reply, ok_line: Callable[[Any], str]) -> None:
         """Print `ok_line(reply)` for an ok reply (its typed Struct), the error line otherwise."""
-        print(view.error_line(reply) if isinstance(reply, ErrorReply) else ok_line(reply))
+        if isinstance(reply, ErrorReply):
+            say(view.error_line(reply), "error")
+        else:
+            say(ok_line(reply))
 
     async def _idle(self) -> None:
         reply = await self.conn.request(m.Idle)
         if isinstance(reply, ErrorReply):
-            print(view.error_line(reply))
+            say(view.error_line(reply), "error")
             return
         assert isinstance(reply, IdleReply)  # the ok reply to `idle` (protocol.replies.REPLY_TYPES)
         self.busy = False
@@ -269,7 +273,7 @@ class ChatSession(Sender):
         print(f"you are available; {held} held private message(s) follow" if held else "you are available")
         held_events, self._held = self._held, []
         for event in held_events:
-            print(view.event_line(event))
+            say(view.event_line(event), view.event_kind(event))
 
     async def _print_events(self) -> None:
         """Print what arrives; end the session on SessionEnded / BrokerLost (fail over instead
@@ -289,18 +293,18 @@ class ChatSession(Sender):
         """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
         if isinstance(item, MessageReceived):
             prefix = view.CATCHUP_PREFIX if item.message.ts < self.session.since_ts else ""
-            print(prefix + view.private_line(item.message))
+            say(prefix + view.private_line(item.message), view.message_kind(item.message))
         elif isinstance(item, EventReceived):
             self._show_event(item)
         elif isinstance(item, EpochChanged):
-            print(view.EPOCH_LOST)
+            say(view.EPOCH_LOST, "error")
         elif isinstance(item, EventsMissed):
-            print(f"(events {item.after + 1} to {item.resumed - 1} are no longer available)")
+            say(f"(events {item.after + 1} to {item.resumed - 1} are no longer available)", "error")
         elif isinstance(item, SessionEnded):
             print(item.message or f"session ended ({item.reason})")
             self._finish(None if item.reason == "not_logged_in" else 0)
         elif isinstance(item, BrokerLost):
-            print(LOST)
+            say(LOST, "error")
             self._finish(1)
 
     def _show_event(self, item: EventReceived) -> None:
@@ -312,7 +316,7 @@ class ChatSession(Sender):
         if self.busy and event.kind == "bcast" and not item.catchup:
             self._held.append(event)
             return
-        print(view.event_line(event, item.catchup))
+        say(view.event_line(event, item.catchup), view.event_kind(event))
 
 
 _CONTINUE = object()

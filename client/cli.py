@@ -30,6 +30,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.utils import is_dumb_terminal
 
 from zmq_chat import __version__
+from zmq_chat.client import paint
 from zmq_chat.client.app import run_app
 from zmq_chat.client.brokers import parse_hosts, spread_keys
 from zmq_chat.client.connection import Connection
@@ -127,7 +128,9 @@ async def run(args: argparse.Namespace) -> int:
             await brokers.learn_keys(conn, say=print)
         # patch_stdout keeps the input line below arriving messages; a dumb terminal cannot redraw
         # it anyway, and there the proxy's background flushing would only reorder the output.
-        with contextlib.nullcontext() if is_dumb_terminal() else patch_stdout():
+        # raw: the colours of client.paint pass; text from others is already safe (client.view).
+        paint.configure()
+        with contextlib.nullcontext() if is_dumb_terminal() else patch_stdout(raw=True):
             return await run_app(conn, args.user, brokers)
     finally:
         await conn.close(linger=linger_ok)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from zmq_chat.client import view
 from zmq_chat.client.connection import Connection
 from zmq_chat.client.lines import expand_alias
+from zmq_chat.client.paint import say
 from zmq_chat.client.prompts import Interrupted, Prompter
 from zmq_chat.protocol.commands import Credentials, Reg, Simple, parse_command
 from zmq_chat.protocol.errors import ErrorCode, ProtocolError, UsageError
@@ -87,7 +88,7 @@ class LoginFlow:
         try:
             cmd = parse_command(expand_alias(answer))
         except UsageError as exc:
-            print(f"{exc.message}" + (f" (usage: {exc.usage})" if exc.usage else ""))
+            say(f"{exc.message}" + (f" (usage: {exc.usage})" if exc.usage else ""), "error")
             return None
         if isinstance(cmd, Credentials) and cmd.word == "login":
             return await self.login_as(cmd.user, cmd.password) or None
@@ -173,7 +174,7 @@ class LoginFlow:
             return False
         reply = await self.conn.register(user, password)
         if isinstance(reply, ErrorReply):
-            print(view.error_line(reply))
+            say(view.error_line(reply), "error")
             return False
         print(f"account {user} created")
         return await self.login_as(user, password)
@@ -185,5 +186,5 @@ class LoginFlow:
         if reply.code == ErrorCode.BLOCKED and retry is not UNSET:
             if f"{retry:.0f} s" not in line:  # the broker's message usually says it already
                 line += f" (retry after {retry:.0f} s)"
-        print(line)
+        say(line, "error")
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from zmq_chat.client import view
 from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
+from zmq_chat.client.paint import say
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.errors import ErrorCode
 from zmq_chat.protocol.replies import UNSET, BroadcastReply, ErrorReply, Reply, SendReply
@@ -53,12 +54,13 @@ class Sender:
             await asyncio.sleep(wait)
             reply = await self._send_request(msg)
         if isinstance(reply, (BroadcastReply, SendReply)):
-            print(view.sent_line(reply.ts, to, text))
+            say(view.sent_line(reply.ts, to, text), "own")
         elif isinstance(reply, ErrorReply) and reply.code in (ErrorCode.UNKNOWN_USER, ErrorCode.MAILBOX_FULL):
             ts = 0.0 if reply.ts is UNSET else reply.ts
-            print(view.partly_sent_line(ts, list(reply.ids or {}), text, reply.unknown or [], reply.full or []))
+            got = list(reply.ids or {})
+            say(view.partly_sent_line(ts, got, text, reply.unknown or [], reply.full or []), "own" if got else "error")
         elif isinstance(reply, ErrorReply):
-            print(view.error_line(reply))
+            say(view.error_line(reply), "error")
         busy = reply.busy if isinstance(reply, (SendReply, ErrorReply)) and reply.busy else []
         for entry in busy:
             auto = view.safe(entry.text)

@@ -12,6 +12,7 @@ import time
 import unicodedata
 from typing import Iterable
 
+from zmq_chat.client.lines import ACTION_PREFIX
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.replies import ErrorReply, StatusReply
 
@@ -43,9 +44,34 @@ def safe(text: str) -> str:
     )
 
 
+def group_of(msg: m.PrivateMessage) -> list[str]:
+    """All recipients of a message sent to several users (its `group` field), else []."""
+    return list(getattr(msg, "group", None) or [])
+
+
+def message_kind(msg: m.PrivateMessage) -> str:
+    """The colour kind (client.paint) of a received message: "group" or "private"."""
+    return "group" if len(group_of(msg)) > 1 else "private"
+
+
+def event_kind(event: m.Event) -> str:
+    """The colour kind (client.paint) of an event: "bcast" or "presence"."""
+    return "bcast" if event.kind == "bcast" else "presence"
+
+
+def action_text(user: str, text: str) -> str | None:
+    """"* alice waves" for a text sent with /me ("/me waves"), else None."""
+    if text.startswith(ACTION_PREFIX) and text[len(ACTION_PREFIX):].strip():
+        return f"* {safe(user)} {safe(text[len(ACTION_PREFIX):])}"
+    return None
+
+
 def private_line(msg: m.PrivateMessage) -> str:
-    """A received private message: "[HH:MM:SS] alice: text"."""
-    return f"[{clock(msg.ts)}] {safe(msg.sender)}: {safe(msg.text)}"
+    """A received private message: "[HH:MM:SS] alice: text"; a group message names every
+    recipient: "[HH:MM:SS] alice to bob, carol: text"."""
+    group = group_of(msg)
+    to = f" to {', '.join(map(safe, group))}" if len(group) > 1 else ""
+    return f"[{clock(msg.ts)}] {safe(msg.sender)}{to}: {safe(msg.text)}"
 
 
 def event_line(event: m.Event, catchup: bool = False) -> str:
@@ -53,6 +79,9 @@ def event_line(event: m.Event, catchup: bool = False) -> str:
     prefixed with "(while you were away) " when `catchup`."""
     prefix = CATCHUP_PREFIX if catchup else ""
     if event.kind == "bcast":
+        action = action_text(event.user, event.text)
+        if action:
+            return f"{prefix}[{clock(event.ts)}] {action}"
         return f"{prefix}[{clock(event.ts)}] {safe(event.user)} to all: {safe(event.text)}"
     what = PRESENCE_WORDS.get(event.event, safe(event.event) or "changed")
     return f"{prefix}[{clock(event.ts)}] * {safe(event.user)} {what}"
@@ -61,6 +90,9 @@ def event_line(event: m.Event, catchup: bool = False) -> str:
 def sent_line(ts: float, to: Iterable[str] | None, text: str) -> str:
     """What you sent: "[HH:MM:SS] you to bob, carol: text"; `to` None means a broadcast ("all")."""
     names = "all" if to is None else ", ".join(to)
+    action = action_text("you", text) if to is None else None
+    if action:
+        return f"[{clock(ts)}] {action}"
     return f"[{clock(ts)}] you to {names}: {safe(text)}"
 
 

@@ -34,14 +34,18 @@ def transcript(child: pexpect.spawn) -> str:
 
 @contextlib.contextmanager
 def client_factory(config_dir: Path) -> Iterator[Callable[..., pexpect.spawn]]:
-    """A context of make(argv, term="dumb", timeout=15 seconds) -> a chat-client started with
-    `argv` (CHAT_SERVER_KEY unset); every client made is killed when the context ends."""
+    """A context of make(argv, term="dumb", timeout=15 seconds, env_extra=None) -> a chat-client
+    started with `argv` (CHAT_SERVER_KEY and NO_COLOR unset, then `env_extra` added); every client
+    made is killed when the context ends."""
     made: list[pexpect.spawn] = []
 
-    def make(argv: list[str], term: str = "dumb", timeout: float = 15) -> pexpect.spawn:
+    def make(argv: list[str], term: str = "dumb", timeout: float = 15, env_extra: dict[str, str] | None = None,
+             ) -> pexpect.spawn:
         env = {**os.environ, "TERM": term, "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1",
                "XDG_CONFIG_HOME": str(config_dir)}
         env.pop("CHAT_SERVER_KEY", None)
+        env.pop("NO_COLOR", None)
+        env.update(env_extra or {})
         child = pexpect.spawn(sys.executable, ["-m", "zmq_chat.client", *argv], encoding="utf-8", env=env,
                               timeout=timeout, dimensions=(50, 200))
         child.transcript = []  # type: ignore[attr-defined]

@@ -3,15 +3,25 @@
 
 from __future__ import annotations
 
+import re
+
 import pexpect
 import pytest
 
-from tests.pty_client import transcript
+from tests.pty_client import client_factory, transcript
 from tests.test_client_pty import broker, clients, fresh_name, wait_exit  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
 UP = "\x1b[A"
+TIME = r"\[\d\d:\d\d:\d\d\]"
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """make(argv, term, timeout, env_extra) -> a client program (tests/pty_client.py)."""
+    with client_factory(tmp_path / "config") as make:
+        yield make
 
 
 def start(clients, broker, term="dumb", *flags) -> pexpect.spawn:  # noqa: F811
@@ -84,5 +94,56 @@ def test_errors_speak_human_and_codes_show_at_debug(broker, clients):  # noqa: F
     d.sendline("not-the-password")
     d.expect(r"error: .+ \[E_BAD_CREDENTIALS\]")
     for child in (a, b):
+        child.sendline("logout")
+        assert wait_exit(child) == 0
+
+
+def _sgr_before(text: str, line_re: str) -> str:
+    """The last SGR escape sequence ("0;32" of ESC[0;32m) right before the line matching `line_re`."""
+    found = re.search(r"\x1b\[([0-9;]*)m(?:\x1b\[\?7h)?" + line_re, text)
+    assert found, f"no colour before {line_re!r}"
+    return found.group(1)
+
+
+def test_colours_per_kind_and_plain_for_no_color_and_dumb(broker, spawn):  # noqa: F811
+    alice, bob, carol = fresh_name("alice"), fresh_name("bob"), fresh_name("carol")
+    args = ["--host", "127.0.0.1", "--port", str(broker.port), *broker.key_args()]
+    kids = {}
+    for name, term, env in ((alice, "xterm", {}), (bob, "xterm", {}), (carol, "xterm", {"NO_COLOR": "1"})):
+        kids[name] = child = spawn(args, term, env_extra=env)
+        child.expect_exact("new user? [y/N]")
+        child.sendline(f"newuser {name} secret123")
+        child.expect_exact(f"logged in as {name}")
+    a, b, c = kids[alice], kids[bob], kids[carol]
+    b.expect_exact(f"* {carol} logged in")
+    a.sendline(f"send {bob} private words")
+    b.expect_exact("private words")
+    a.sendline("broadcast public words")
+    b.expect_exact("public words")
+    c.expect_exact("public words")
+    b.sendline(f"send zed{bob} anyone?")
+    b.expect_exact(f"not sent: no such user: zed{bob}")
+    b.sendline(f"send {alice} my reply")
+    b.expect_exact(f"you to {alice}: my reply")
+    seen = transcript(b)
+    kinds = {
+        "presence": _sgr_before(seen, rf"{TIME} \* {carol} logged in"),
+        "private": _sgr_before(seen, rf"{TIME} {alice}: private words"),
+        "bcast": _sgr_before(seen, rf"{TIME} {alice} to all: public words"),
+        "error": _sgr_before(seen, "not sent: no such user"),
+        "own": _sgr_before(seen, rf"{TIME} you to {alice}: my reply"),
+    }
+    assert len(set(kinds.values())) == len(kinds), kinds
+    assert all(re.search(r"(^|;)[39]\d(;|$)", code) for code in kinds.values()), kinds  # a foreground each
+    assert not re.search(r"\x1b\[[0-9;]*;[39]\d[;m]", transcript(c)), "NO_COLOR got colours"
+
+    d = spawn(args, "dumb")
+    d.expect_exact("new user? [y/N]")
+    d.sendline(f"newuser {fresh_name('dave')} secret123")
+    d.expect_exact("logged in as")
+    a.sendline("broadcast more words")
+    d.expect_exact("more words")
+    assert not re.search(r"\x1b\[[0-9;]*m", transcript(d)), "a dumb terminal got colours"
+    for child in (a, b, c, d):
         child.sendline("logout")
         assert wait_exit(child) == 0
