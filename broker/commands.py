@@ -84,22 +84,31 @@ class Commands(SharedReads):
         self._names_reply(s, r.req, names)
 
     def _names_reply(self, s: Session, req: int, names: set[str]) -> None:
-        """`users` sorted; cut to what fits in --reply-bytes (then `truncated` is true)."""
+        """`users` sorted, and `busy` (those of them online and busy, visible); cut to what fits in
+        --reply-bytes (then `truncated` is true)."""
         users = sorted(names)
+        busy_now = self._busy_names()
         budget = self.cfg.reply_bytes - 200
-        cost = sum(len(u) + 3 for u in users)
+        cost = sum((len(u) + 3) * (2 if u in busy_now else 1) for u in users)
         truncated = cost > budget
         if truncated:
             kept, used = [], 0
             for u in users:
-                used += len(u) + 3
+                used += (len(u) + 3) * (2 if u in busy_now else 1)
                 if used > budget:
                     break
                 kept.append(u)
             users = kept
         if cost > 16 * 1024 and self._refuse_large(s, cost):
             return
-        self._ok(s.rid, UsersReply(req=req, users=users, truncated=truncated))
+        self._ok(s.rid, UsersReply(req=req, users=users, busy=[u for u in users if u in busy_now], truncated=truncated))
+
+    def _busy_names(self) -> set[str]:
+        """Visible users online and busy: here, and (a shared store) on other brokers as their
+        presence events said (broker.remote keeps `remote_busy`)."""
+        names = {o.user for o in self.sessions.values() if o.busy and not o.hidden}
+        names.update(u for u in self.remote_busy if u in self.remote and not self.remote[u][2])
+        return names
 
     def _refuse_large(self, s: Session, size: int) -> bool:
         """Whether a large reply of `size` bytes must wait (then E_OVERLOADED is queued): more than
@@ -329,7 +338,9 @@ class Commands(SharedReads):
         if len(r.text) > self.cfg.max_message_chars:
             raise ProtocolError(ErrorCode.MESSAGE_TOO_LONG, f"an auto-reply has at most {self.cfg.max_message_chars} characters")
         if not s.busy:
-            s.busy_seq = self.seq
+            s.busy = True
+            self._presence(s, "busy")
+            s.busy_seq = self.seq  # (a catch-up after a session that ended busy starts past that event)
             s.auto_replied = set()
         s.busy = True
         s.busy_text = r.text
@@ -338,6 +349,8 @@ class Commands(SharedReads):
     def _idle(self, s: Session, r: m.Idle) -> None:
         # every message up to the cursor was pushed in this session: unacked, it is in flight or dropped
         held = max(0, self.mail_counts.get(s.user, 0) - len(s.inflight) - len(s.dropped))
+        if s.busy:
+            self._presence(s, "available")
         s.busy = False
         s.busy_text = ""
         s.auto_replied = set()

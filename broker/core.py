@@ -89,6 +89,7 @@ class BrokerCore(Commands, Accounts, Links, Remote):
         self.epoch = snap.epoch
         self.mail_id_limit = snap.mail_id_limit
         self.remote = dict(snap.online)
+        self.remote_busy = set()
         self._pending_bcasts = {}
         self.stopping = False
         self._current_req = None

@@ -71,7 +71,8 @@ class CoreBase(ABC):
 
     With a shared store (shared True, docs/scaling.md): broker_id names this broker in the
     backplane; epoch is the log's id (login reply); mail ids stay <= mail_id_limit (this broker's
-    lease); remote holds the sessions on other brokers (user -> (broker id, since, hidden));
+    lease); remote holds the sessions on other brokers (user -> (broker id, since, hidden)),
+    remote_busy those of them busy, as their presence events said;
     _pending_bcasts the broadcasts waiting for their log entry ((sender, send id) -> [(routing id,
     req, a retry)]): the store numbers events, so a broadcast is answered when it comes back numbered.
     """
@@ -97,6 +98,7 @@ class CoreBase(ABC):
     epoch: str
     mail_id_limit: int
     remote: dict[str, tuple[str, float, bool]]
+    remote_busy: set[str]
     _pending_bcasts: dict[tuple[str, str], list[tuple[bytes, int, bool]]]
     _current_req: int | None
     _out: Output

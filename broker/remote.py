@@ -82,6 +82,8 @@ class Remote(CoreBase):
         self.seq = item.seq
         event = _event.decode(item.body)
         self._out.pub.append((event.kind.encode("ascii"), item.body))
+        if event.kind == "presence":  # (who is busy on the other brokers, for `who`)
+            (self.remote_busy.add if event.event == "busy" else self.remote_busy.discard)(event.user)
         if event.kind != "bcast" or not event.cid:
             return
         waiting = self._pending_bcasts.pop((event.user, event.cid), None)

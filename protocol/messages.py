@@ -162,8 +162,8 @@ class Event(msgspec.Struct, omit_defaults=True):
 
     Fields: seq (int, broker-wide sequence number, 1, 2, 3, ... with no gaps), ts (float seconds),
     kind ("bcast" or "presence"), user (sender of a broadcast, or the user whose presence changed),
-    text (broadcast text; "" for presence), event (for presence: "login", "logout", "timeout" or
-    "lost"; "" for broadcasts), cid (the sender's send id of a broadcast).
+    text (broadcast text; "" for presence), event (for presence: "login", "logout", "timeout",
+    "lost", "busy" or "available"; "" for broadcasts), cid (the sender's send id of a broadcast).
     """
 
     seq: int
@@ -175,7 +175,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     cid: str = ""
 
 
-PRESENCE_EVENTS = ("login", "logout", "timeout", "lost")
+PRESENCE_EVENTS = ("login", "logout", "timeout", "lost", "busy", "available")
 
 
 class PubMark(msgspec.Struct):

@@ -136,10 +136,11 @@ class LogoutReply(Reply, kw_only=True):
 
 
 class UsersReply(Reply, kw_only=True):
-    """Ok `who` and `last` (6.1): users (list of str, sorted in code point order), truncated
-    (bool: the list was cut to fit 256 KiB)."""
+    """Ok `who` and `last` (6.1): users (list of str, sorted in code point order), busy (list of
+    str: those of `users` online and busy, sorted), truncated (bool: the list was cut to fit 256 KiB)."""
 
     users: list[str]
+    busy: list[str]
     truncated: bool
 
 

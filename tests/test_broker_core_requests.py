@@ -73,7 +73,7 @@ def test_logout_ends_the_session_and_publishes_presence(rig):
 def test_who_lists_visible_users_and_the_caller_sorted(rig):
     b, a, c = rig.user("bob"), rig.user("alice"), rig.user("carol")
     rig.call(c, "hide")
-    reply = ok(rig.call(a, "who"), "who", "users", "truncated")
+    reply = ok(rig.call(a, "who"), "who", "users", "busy", "truncated")
     assert reply["users"] == ["alice", "bob"] and reply["truncated"] is False
     assert rig.call(c, "who")["users"] == ["alice", "bob", "carol"]  # the hidden caller sees itself
     rig.call(b, "logout")
@@ -82,7 +82,7 @@ def test_who_lists_visible_users_and_the_caller_sorted(rig):
 
 def test_last_reply_fields(rig):
     a = rig.user("alice")
-    reply = ok(rig.call(a, "last", minutes=60), "last", "users", "truncated")
+    reply = ok(rig.call(a, "last", minutes=60), "last", "users", "busy", "truncated")
     assert reply["users"] == ["alice"] and reply["truncated"] is False
 
 
@@ -215,3 +215,16 @@ def test_a_message_to_several_names_every_recipient_in_each_copy(rig):
     rig.call(alice, "send", id="p1", to=["bob"], text="just you")
     assert [(x.text, x.group) for x in rig.pushes(bob)] == [("team meeting", ["bob", "carol"]), ("just you", [])]
     assert [x.group for x in rig.pushes(carol)] == [["bob", "carol"]]
+
+
+def test_busy_and_back_are_presence_events_and_who_marks_the_busy(rig):
+    alice, bob = rig.user("alice"), rig.user("bob")
+    rig.call(bob, "busy", text="in a meeting")
+    rig.call(bob, "busy", text="still")  # a new text is no new event
+    assert rig.call(alice, "who")["busy"] == ["bob"]
+    rig.call(bob, "idle")
+    assert rig.call(alice, "who")["busy"] == []
+    assert [(e.user, e.event) for e in rig.events("presence")][-2:] == [("bob", "busy"), ("bob", "available")]
+    rig.call(bob, "hide")
+    rig.call(bob, "busy")
+    assert rig.events("presence")[-1].event == "available" and rig.call(alice, "who")["busy"] == []  # hidden: none

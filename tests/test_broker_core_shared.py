@@ -358,3 +358,13 @@ def test_pushes_of_a_send_another_broker_stored_first_are_dropped_before_they_le
     assert not [x for x in out.router if x[3]] and [x[0] for x in out.router] == [alice[0]]  # the reply stays
     s = rig.core.by_user["bob"]
     assert not s.inflight and s.dropped == {pushed[0][3]}  # the next pump finds it gone
+
+
+def test_who_marks_the_busy_on_other_brokers_from_their_presence_events(rig):
+    alice = rig.user("alice")
+    rig.feed(OnlineNotice("bob", "there", 1.0, False))
+    nxt = rig.core.seq + 1
+    rig.feed(LogEvent(nxt, b'{"seq":%d,"ts":1.0,"kind":"presence","user":"bob","event":"busy"}' % nxt))
+    assert rig.call(alice, "who")["busy"] == ["bob"]
+    rig.feed(LogEvent(nxt + 1, b'{"seq":%d,"ts":1.0,"kind":"presence","user":"bob","event":"available"}' % (nxt + 1)))
+    assert rig.call(alice, "who")["busy"] == []

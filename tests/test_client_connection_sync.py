@@ -45,7 +45,7 @@ def test_malformed_broker_messages_are_counted_and_skipped(ctx):
         assert router.poll(10_000), "the hello did not arrive"
         rid, kind, body = router.recv_multipart()
         assert kind == b"hello" and wire.decode_request([kind, body])[1].req == req
-        stray = encode_reply(UsersReply(req=req + 100, users=[], truncated=False))
+        stray = encode_reply(UsersReply(req=req + 100, users=[], busy=[], truncated=False))
         for frames in (
             [b"bogus", b"{}"],  # unknown kind
             [wire.REPLY, b"not json"],  # a body that is not a JSON object

@@ -347,7 +347,7 @@ def test_lost_history_request_is_asked_again():
     ((_, hist),) = sent(core)
     req = core.request(m.Who(req=0))
     sent(core)
-    core.receive_dealer(wire.encode_ok(req, {"users": [], "truncated": False}))
+    core.receive_dealer(wire.encode_ok(req, {"users": [], "busy": [], "truncated": False}))
     ((kind, again),) = sent(core)
     assert kind == b"history" and again.after == hist.after and again.req != hist.req
 
@@ -357,7 +357,7 @@ def test_any_request_postpones_the_ping():
     clock.advance(4)
     req = core.request(m.Who(req=0))
     core.data_to_send()
-    core.receive_dealer(wire.encode_ok(req, {"users": [], "truncated": False}))
+    core.receive_dealer(wire.encode_ok(req, {"users": [], "busy": [], "truncated": False}))
     clock.advance(4)
     assert not core.ping_due()
     clock.advance(1)

@@ -21,8 +21,8 @@ from zmq_chat.protocol.wire import decode_event, decode_events, decode_stored_ev
 # -- PUB events ---------------------------------------------------------------------------------------
 
 
-def test_presence_events_are_the_specified_four():
-    assert m.PRESENCE_EVENTS == ("login", "logout", "timeout", "lost")
+def test_presence_events_are_the_specified_six():
+    assert m.PRESENCE_EVENTS == ("login", "logout", "timeout", "lost", "busy", "available")
 
 
 ALL_EVENTS = [
