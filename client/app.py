@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 from zmq_chat.client import view
+from zmq_chat.client.completion import ChatCompleter
 from zmq_chat.client.connection import Connection
 from zmq_chat.client.core import BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, SessionEnded
 from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
@@ -68,6 +69,7 @@ class ChatSession(Sender):
         self.session = conn.core.session
         self.me = self.session.user
         self.brokers = brokers if brokers is not None and len(brokers) > 1 else None
+        self.names = prompter.completer if isinstance(prompter.completer, ChatCompleter) else ChatCompleter()
         self.busy = False
         self.busy_text = ""
         self.hidden = False
@@ -217,6 +219,7 @@ class ChatSession(Sender):
             await self._send(list(cmd.to), cmd.text)
         elif isinstance(cmd, Last):
             reply = await self.conn.request(m.Last, minutes=cmd.minutes)
+            self._note_users(reply)
             self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r.users, self.me)}")
         elif isinstance(cmd, Busy):
             reply = await self.conn.request(m.Busy, text=cmd.text)
@@ -233,6 +236,7 @@ class ChatSession(Sender):
             say(f"you are logged in as {self.me}; use dereg first", "error")
         elif word == "who":
             reply = await self.conn.request(m.Who)
+            self._note_users(reply)
             self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me)}")
         elif word == "idle":
             await self._idle()
@@ -253,6 +257,10 @@ class ChatSession(Sender):
             print("logged out" if word == "logout" else "logged out; back to the login prompt")
             return 0 if word == "logout" else None
         return _CONTINUE
+
+    def _note_users(self, reply: Reply) -> None:
+        """Learn the names of a `who` / `last` reply for Tab completion."""
+        self.names.note(getattr(reply, "users", None) or [])
 
     @staticmethod
     def _show(reply: Reply, ok_line: Callable[[Any], str]) -> None:
@@ -292,6 +300,7 @@ class ChatSession(Sender):
     def _show_item(self, item: Any) -> None:
         """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
         if isinstance(item, MessageReceived):
+            self.names.note([item.message.sender, *view.group_of(item.message)])
             prefix = view.CATCHUP_PREFIX if item.message.ts < self.session.since_ts else ""
             say(prefix + view.private_line(item.message), view.message_kind(item.message))
         elif isinstance(item, EventReceived):
@@ -309,6 +318,7 @@ class ChatSession(Sender):
 
     def _show_event(self, item: EventReceived) -> None:
         event = item.event
+        self.names.note([event.user])
         if event.user == self.me and event.kind == "presence":
             return  # your own presence
         if event.kind == "bcast" and event.user == self.me and event.cid in self._sent_ids:
@@ -328,7 +338,7 @@ async def run_app(conn: Connection, preset_user: str | None = None, brokers: Bro
 
     Returns the exit status: 0 normal end, 1 broker lost. Never raises for broker trouble.
     """
-    prompter = Prompter()
+    prompter = Prompter(ChatCompleter())
     flow = LoginFlow(conn, prompter, preset_user)
     switch: SwitchUser | None = None
     while True:

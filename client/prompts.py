@@ -31,6 +31,7 @@ class Prompter:
     an empty line."""
 
     def __init__(self, completer: Completer | None = None) -> None:
+        self.completer = completer  # Tab completion of command lines (client.completion), or None
         self.history = SafeHistory()
         self._lines: PromptSession[str] = PromptSession(history=self.history, completer=completer,
                                                          complete_while_typing=False)

@@ -50,3 +50,22 @@ def test_command_words_hold_seed_commands_and_aliases():
     words = command_words()
     assert {"send", "who", "/msg", "/me", "/quit", "/help", "/who"} <= set(words)
     assert len(words) == len(set(words))
+
+
+def _complete(completer, text):
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+    return [c.text for c in completer.get_completions(Document(text), CompleteEvent(completion_requested=True))]
+
+
+def test_tab_completes_commands_and_known_users():
+    from zmq_chat.client.completion import ChatCompleter
+    completer = ChatCompleter()
+    completer.note(["bob", "bobby", "carol"])
+    assert _complete(completer, "sta") == ["status "]
+    assert "/msg " in _complete(completer, "/m")
+    assert _complete(completer, "send bo") == ["bob", "bobby"]
+    assert _complete(completer, "/msg ca") == ["carol"]
+    assert _complete(completer, "send (bob ca") == ["carol"]
+    assert _complete(completer, "send bob ca") == []  # message text
+    assert _complete(completer, "broadcast bo") == []

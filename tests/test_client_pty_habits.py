@@ -147,3 +147,22 @@ def test_colours_per_kind_and_plain_for_no_color_and_dumb(broker, spawn):  # noq
     for child in (a, b, c, d):
         child.sendline("logout")
         assert wait_exit(child) == 0
+
+
+def test_tab_completes_commands_and_names_from_who_and_presence(broker, clients):  # noqa: F811
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    a = new_account(clients, broker, alice, term="xterm")
+    b = new_account(clients, broker, bob)
+    a.expect_exact(f"* {bob} logged in")  # presence teaches alice the name
+    a.send(f"send {bob[:5]}\t")  # completion runs in the background: wait until it shows
+    a.expect_exact(bob[5:])
+    a.send(" hello by tab\r")
+    a.expect_exact(f"you to {bob}: hello by tab")
+    b.expect_exact("hello by tab")
+    a.send("sta\t")  # the command word
+    a.expect_exact("tus")
+    a.send("\r")
+    a.expect_exact("logged in since")
+    for child in (a, b):
+        child.sendline("logout")
+        assert wait_exit(child) == 0
