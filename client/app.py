@@ -76,6 +76,7 @@ class ChatSession(Sender):
         self._switches = 0  # failovers done in this session
         self._recovery: asyncio.Task[bool] | None = None  # the failover under way, or the one that failed
         self._held: list[m.Event] = []  # broadcasts that arrived while busy
+        self._deferred: list[MessageReceived] | None = None  # messages kept back while `idle` runs
         self._sent_ids: set[str] = set()
         self._stop: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
@@ -271,17 +272,30 @@ class ChatSession(Sender):
             say(ok_line(reply))
 
     async def _idle(self) -> None:
+        """End busy: the header, then the held private messages (pushed right after the reply,
+        kept back until the header is out), then the held broadcasts."""
+        self._deferred, ok = [], False
+        try:
+            ok = await self._idle_request()
+        finally:
+            deferred, self._deferred = self._deferred, None
+            for item in deferred:
+                self._show_item(item)
+        held_events, self._held = (self._held, []) if ok else ([], self._held)
+        for event in held_events:
+            say(view.event_line(event), view.event_kind(event))
+
+    async def _idle_request(self) -> bool:
+        """Ask `idle`; say the header. Returns True when the broker said yes."""
         reply = await self.conn.request(m.Idle)
         if isinstance(reply, ErrorReply):
             say(view.error_line(reply), "error")
-            return
+            return False
         assert isinstance(reply, IdleReply)  # the ok reply to `idle` (protocol.replies.REPLY_TYPES)
         self.busy = False
         held = reply.held
         print(f"you are available; {held} held private message(s) follow" if held else "you are available")
-        held_events, self._held = self._held, []
-        for event in held_events:
-            say(view.event_line(event), view.event_kind(event))
+        return True
 
     async def _print_events(self) -> None:
         """Print what arrives; end the session on SessionEnded / BrokerLost (fail over instead
@@ -299,7 +313,9 @@ class ChatSession(Sender):
 
     def _show_item(self, item: Any) -> None:
         """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
-        if isinstance(item, MessageReceived):
+        if isinstance(item, MessageReceived) and self._deferred is not None:
+            self._deferred.append(item)
+        elif isinstance(item, MessageReceived):
             self.names.note([item.message.sender, *view.group_of(item.message)])
             prefix = view.CATCHUP_PREFIX if item.message.ts < self.session.since_ts else ""
             say(prefix + view.private_line(item.message), view.message_kind(item.message))

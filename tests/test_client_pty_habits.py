@@ -166,3 +166,23 @@ def test_tab_completes_commands_and_names_from_who_and_presence(broker, clients)
     for child in (a, b):
         child.sendline("logout")
         assert wait_exit(child) == 0
+
+
+def test_idle_header_comes_before_the_held_messages(broker, clients):  # noqa: F811
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    a = new_account(clients, broker, alice)
+    b = new_account(clients, broker, bob)
+    a.sendline("busy in a meeting")
+    a.expect_exact("you are busy")
+    for n in (1, 2):
+        b.sendline(f"send {alice} held number {n}")
+        b.expect_exact(f"you to {alice}: held number {n}")
+        if n == 1:
+            b.expect_exact(f"{alice} is busy: in a meeting")  # the auto-reply, once
+    a.sendline("idle")
+    a.expect_exact("you are available; 2 held private message(s) follow")
+    a.expect(rf"{TIME} {bob}: held number 1")
+    a.expect(rf"{TIME} {bob}: held number 2")
+    for child in (a, b):
+        child.sendline("logout")
+        assert wait_exit(child) == 0
