@@ -20,7 +20,7 @@ from zmq_chat.client.connection import Connection
 from zmq_chat.client.core import BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, SessionEnded
 from zmq_chat.client.errors import ConnectionClosed, RequestTimeout
 from zmq_chat.client.failover import BrokerSet, FailoverOutcome
-from zmq_chat.client.lines import expand_alias
+from zmq_chat.client.lines import ALIASES_HELP, expand_alias
 from zmq_chat.client.login import LoginFlow
 from zmq_chat.client.paint import say
 from zmq_chat.client.prompts import Interrupted, Prompter
@@ -252,7 +252,7 @@ class ChatSession(Sender):
                 self.busy = reply.busy
             self._show(reply, view.status_line)
         elif word == "help":
-            print(help_text())
+            print(help_text() + "\n" + ALIASES_HELP)
         elif word in ("logout", "dereg"):
             await self.conn.logout()
             print("logged out" if word == "logout" else "logged out; back to the login prompt")

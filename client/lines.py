@@ -16,6 +16,13 @@ ALIASES: dict[str, str] = {"/msg": "send", "/query": "send", "/quit": "logout", 
 SECRET_WORDS = frozenset({"login", "newuser"})
 """Command words whose line carries a password."""
 
+ALIASES_HELP = """\
+  /msg <user> <message>      IRC habits: /msg = send, /who, /quit = logout, /help
+  /me <action>               broadcast an action, shown as "* you <action>"
+  /<command> ...             any command above may start with /
+  Tab                        completes commands and user names"""
+"""The lines `help` adds for the aliases."""
+
 ACTION_PREFIX = "/me "
 """Start of a broadcast text sent with `/me` (an action)."""
 

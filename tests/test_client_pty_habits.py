@@ -186,3 +186,23 @@ def test_idle_header_comes_before_the_held_messages(broker, clients):  # noqa: F
     for child in (a, b):
         child.sendline("logout")
         assert wait_exit(child) == 0
+
+
+def test_irc_aliases(broker, clients):  # noqa: F811
+    alice, bob = fresh_name("alice"), fresh_name("bob")
+    a = new_account(clients, broker, alice)
+    b = new_account(clients, broker, bob)
+    a.sendline(f"/msg {bob} irc style")
+    a.expect_exact(f"you to {bob}: irc style")
+    b.expect(rf"{TIME} {alice}: irc style")
+    a.sendline("/who")
+    a.expect_exact("online: ")
+    a.sendline("/me waves")
+    a.expect(rf"{TIME} \* you waves")
+    b.expect(rf"{TIME} \* {alice} waves")
+    a.sendline("/help")
+    a.expect_exact("send <user> <message>")
+    a.sendline("/quit")
+    assert wait_exit(a) == 0
+    b.sendline("logout")
+    assert wait_exit(b) == 0
