@@ -51,6 +51,9 @@ async def handle(session: WebSession, data: dict[str, Any]) -> None:
         await session.emit(notice("the chat server did not answer in time", "error"))
     except ConnectionClosed:
         pass  # the session ended meanwhile: the page was told why
+    except Exception:  # noqa: BLE001 - a request that failed must not close the page's WebSocket
+        log.exception("chat-web: a %r request failed", kind)
+        await session.emit(notice("that did not work; the chat server may be restarting", "error"))
 
 
 async def login(session: WebSession, data: dict[str, Any]) -> None:
@@ -93,6 +96,7 @@ async def refresh(session: WebSession) -> None:
     who = await session.conn.request(m.Who)
     if isinstance(who, UsersReply):
         session.online = set(who.users) | {session.user}
+        session.busy_marks = {u: session.busy_marks.get(u, "") for u in who.busy if u != session.user}
     last = await session.conn.request(m.Last, minutes=RECENT_MINUTES)
     if isinstance(last, UsersReply):
         session.recent = [u for u in last.users if u != session.user]

@@ -64,7 +64,7 @@ class WebSession:
         self.ws: web.WebSocketResponse | None = None
         self.online: set[str] = set()
         self.recent: list[str] = []
-        self.busy_marks: dict[str, str] = {}  # user -> auto-reply text, learned from send replies
+        self.busy_marks: dict[str, str] = {}  # user -> auto-reply text ("" unknown): who, presence, send replies
         self.me_busy, self.me_busy_text, self.me_hidden = False, "", False
         self.ended = ""  # why the last session ended, for a page that comes back
         self.sent: set[str] = set()  # send ids of this session's own messages
@@ -191,7 +191,11 @@ class WebSession:
         if event.kind == "presence":
             if item.catchup or event.user == self.user:
                 return  # the catch-up's joins and quits: `who` says who is online now
-            if event.event == "login":
+            if event.event == "busy":  # (busy and available: the user stays online)
+                self.busy_marks.setdefault(event.user, "")
+            elif event.event == "available":
+                self.busy_marks.pop(event.user, None)
+            elif event.event == "login":
                 self.online.add(event.user)
                 self.busy_marks.pop(event.user, None)
             else:

@@ -180,18 +180,24 @@
     addLine(conv("room"), line(b.ts, b.user, b.text, "bcast"), true, b.away);
   }
 
-  const PRESENCE = { login: "logged in", logout: "logged out", timeout: "timed out", lost: "lost the connection" };
+  const PRESENCE = { login: "logged in", logout: "logged out", timeout: "timed out", lost: "lost the connection",
+                     busy: "is busy", available: "is available again" };
 
   function onPresence(p) {
     if (!once(`e:${p.seq}`)) return;
-    if (p.event === "login") {
+    if (p.event === "busy") {  // busy and available: the user stays online
+      if (!(p.user in st.busy)) st.busy[p.user] = "";
+    } else if (p.event === "available") {
+      delete st.busy[p.user];
+    } else if (p.event === "login") {
       if (!st.online.includes(p.user)) st.online.push(p.user);
       st.recent = st.recent.filter((u) => u !== p.user);
+      delete st.busy[p.user];
     } else {
       st.online = st.online.filter((u) => u !== p.user);
       st.recent = [p.user, ...st.recent.filter((u) => u !== p.user)];
+      delete st.busy[p.user];
     }
-    delete st.busy[p.user];
     renderPeople();
     const li = el("li", "presence");
     li.append(el("span", "time", timeText(p.ts)), el("span", "", `${p.user} ${PRESENCE[p.event] || p.event}`));
