@@ -1,7 +1,8 @@
 """Reading a line or a hidden password from the terminal with prompt_toolkit (asyncio).
 
 On a full terminal the input line is redrawn below messages printed under `patch_stdout()`; a
-password shows one "*" per character. On a dumb terminal (TERM=dumb, e.g. an editor shell or a test
+password shows one "*" per character. Ctrl+Z at the command line suspends the client (SIGTSTP, as
+in a shell's job control); `fg` resumes it and prompt_toolkit redraws the input line. On a dumb terminal (TERM=dumb, e.g. an editor shell or a test
 harness) prompt_toolkit would echo each typed character, so passwords are read with no output at
 all instead.
 """
@@ -34,7 +35,7 @@ class Prompter:
         self.completer = completer  # Tab completion of command lines (client.completion), or None
         self.history = SafeHistory()
         self._lines: PromptSession[str] = PromptSession(history=self.history, completer=completer,
-                                                         complete_while_typing=False)
+                                                         complete_while_typing=False, enable_suspend=True)
 
     async def line(self, message: str, remember: bool = True) -> str:
         """Show `message` and return the typed line (str, without the newline). It is kept in the

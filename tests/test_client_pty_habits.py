@@ -206,3 +206,38 @@ def test_irc_aliases(broker, clients):  # noqa: F811
     assert wait_exit(a) == 0
     b.sendline("logout")
     assert wait_exit(b) == 0
+
+
+def test_ctrl_z_suspends_and_fg_resumes(broker, tmp_path):  # noqa: F811
+    """In an interactive bash (job control), as a user would: Ctrl+Z stops the client, `fg` brings
+    it back with its input line, and it goes on working."""
+    import os
+    import shlex
+    import sys
+
+    user = fresh_name("zed")
+    env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "PS1": "$ ",
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("NO_COLOR", None)
+    argv = [sys.executable, "-m", "zmq_chat.client", "--host", "127.0.0.1", "--port", str(broker.port),
+            *broker.key_args()]
+    shell = pexpect.spawn("bash", ["--norc", "--noprofile", "-i"], env=env, encoding="utf-8", timeout=15,
+                          dimensions=(50, 200))
+    try:
+        shell.sendline(shlex.join(argv))
+        shell.expect_exact("new user? [y/N]")
+        shell.sendline(f"newuser {user} secret123")
+        shell.expect_exact(f"logged in as {user}")
+        shell.expect_exact(">")
+        shell.sendcontrol("z")
+        shell.expect("Stopped")
+        shell.sendline("fg")
+        shell.expect_exact(">")  # the input line is drawn again
+        shell.sendline("status")
+        shell.expect_exact("logged in since")
+        shell.sendline("logout")
+        shell.expect_exact("logged out")
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close(force=True)
