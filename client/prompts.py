@@ -4,8 +4,8 @@ On a full terminal the input line is redrawn below messages printed under `patch
 password shows one "*" per character. Ctrl+Z at the command line suspends the client (SIGTSTP, as
 in a shell's job control); `fg` resumes it and prompt_toolkit redraws the input line.
 
-On a dumb terminal (TERM=dumb, e.g. an editor shell or a test harness) prompt_toolkit would echo each typed character, so passwords are read with no output at
-all instead.
+On a dumb terminal (TERM=dumb, e.g. an editor shell or a test harness) prompt_toolkit would echo
+each typed character, so passwords are read with no output at all instead.
 """
 
 from __future__ import annotations
