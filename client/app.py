@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 from zmq_chat.client import view
+from zmq_chat.client.catchup import WAIT_SECONDS, CatchUpSummary, is_catchup
 from zmq_chat.client.completion import ChatCompleter
 from zmq_chat.client.connection import Connection
 from zmq_chat.client.core import BrokerLost, EpochChanged, EventReceived, EventsMissed, MessageReceived, SessionEnded
@@ -77,6 +78,7 @@ class ChatSession(Sender):
         self._recovery: asyncio.Task[bool] | None = None  # the failover under way, or the one that failed
         self._held: list[m.Event] = []  # broadcasts that arrived while busy
         self._deferred: list[MessageReceived] | None = None  # messages kept back while `idle` runs
+        self._summary: CatchUpSummary | None = CatchUpSummary()  # the login's catch-up, until shown
         self._sent_ids: set[str] = set()
         self._stop: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
 
@@ -97,6 +99,7 @@ class ChatSession(Sender):
             with contextlib.suppress(_Stop, RequestTimeout):
                 status = await self._race(self.conn.request(m.Status))
                 self.busy = isinstance(status, StatusReply) and status.busy
+                await self._race(self._catch_up())
             return await self._loop()
         except _Stop as stop:
             if stop.result == 0 and self.conn.core.session is not None:
@@ -113,6 +116,22 @@ class ChatSession(Sender):
                         await task
             for item in self.conn.drain_events():  # the session's last words, e.g. presence
                 self._show_item(item)
+
+    async def _catch_up(self) -> None:
+        """The login's catch-up as one summary with who is online now (client.catchup)."""
+        try:
+            reply = await self.conn.request(m.Who)
+            self._note_users(reply)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_SECONDS
+            while not self.conn.core.caught_up and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # a UI wait for the history reply, bounded
+            for item in self.conn.drain_events():
+                self._show_item(item)
+        finally:
+            summary, self._summary = self._summary, None
+        assert summary is not None
+        summary.show(getattr(reply, "users", None), self.me)
 
     def _finish(self, result: int | None) -> None:
         if not self._stop.done():
@@ -313,6 +332,13 @@ class ChatSession(Sender):
 
     def _show_item(self, item: Any) -> None:
         """Print one event of the connection; SessionEnded / BrokerLost stop the session."""
+        if is_catchup(item, self.session.since_ts):
+            self.names.note([item.message.sender] if isinstance(item, MessageReceived) else [item.event.user])
+            if self._summary is not None:
+                self._summary.add(item)
+                return
+            if isinstance(item, EventReceived) and item.event.kind != "bcast":
+                return  # presence of the past: condensed into "online now"
         if isinstance(item, MessageReceived) and self._deferred is not None:
             self._deferred.append(item)
         elif isinstance(item, MessageReceived):

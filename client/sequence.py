@@ -153,6 +153,15 @@ class EventSequence:
         return self._seq.history_req
 
     @property
+    def caught_up(self) -> bool:
+        """True once the login's catch-up is over: its `history` was asked and answered up to the
+        login seq (events that were gone count as done); also True without a session."""
+        st = self._seq
+        if st is None:
+            return True
+        return st.caught_up and st.history_req is None and st.retry_at is None and st.last >= st.login_seq
+
+    @property
     def last_seq(self) -> int | None:
         """The last event seq delivered in order (or skipped as gone); None without a session."""
         return self._seq.last if self._seq else None
