@@ -241,3 +241,19 @@ def test_ctrl_z_suspends_and_fg_resumes(broker, tmp_path):  # noqa: F811
         shell.expect(pexpect.EOF)
     finally:
         shell.close(force=True)
+
+
+def test_group_message_names_the_other_recipients(broker, clients):  # noqa: F811
+    alice, bob, carol = fresh_name("alice"), fresh_name("bob"), fresh_name("carol")
+    a = new_account(clients, broker, alice)
+    b = new_account(clients, broker, bob)
+    c = new_account(clients, broker, carol)
+    a.sendline(f"send ({bob} {carol}) team meeting")
+    a.expect_exact(f"you to {bob}, {carol}: team meeting")
+    for child in (b, c):
+        child.expect(rf"{TIME} {alice} to {bob}, {carol}: team meeting")
+    a.sendline(f"send {bob} just you")
+    b.expect(rf"{TIME} {alice}: just you")
+    for child in (a, b, c):
+        child.sendline("logout")
+        assert wait_exit(child) == 0
