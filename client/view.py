@@ -21,6 +21,8 @@ PRESENCE_WORDS = {
     "logout": "logged out",
     "timeout": "timed out (idle)",
     "lost": "lost the connection",
+    "busy": "is busy",
+    "available": "is available again",
 }
 CATCHUP_PREFIX = "(while you were away) "
 EPOCH_LOST = "the chat server lost its event history; events since you were last here are gone"
