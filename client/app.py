@@ -240,7 +240,7 @@ class ChatSession(Sender):
         elif isinstance(cmd, Last):
             reply = await self.conn.request(m.Last, minutes=cmd.minutes)
             self._note_users(reply)
-            self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r.users, self.me)}")
+            self._show(reply, lambda r: f"in the last {cmd.minutes} min: {view.users_line(r.users, self.me, r.busy)}")
         elif isinstance(cmd, Busy):
             reply = await self.conn.request(m.Busy, text=cmd.text)
             if reply.ok:
@@ -257,7 +257,7 @@ class ChatSession(Sender):
         elif word == "who":
             reply = await self.conn.request(m.Who)
             self._note_users(reply)
-            self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me)}")
+            self._show(reply, lambda r: f"online: {view.users_line(r.users, self.me, r.busy)}")
         elif word == "idle":
             await self._idle()
         elif word in ("hide", "appear"):

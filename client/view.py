@@ -119,9 +119,12 @@ def partly_sent_line(ts: float, got: list[str], text: str, unknown: list[str], f
     return f"{sent_line(ts, got, text)} ({why})" if got else f"not sent: {why}"
 
 
-def users_line(users: Iterable[str], me: str) -> str:
-    """Names separated by ", ", yourself marked with "*" (e.g. "alice*, bob"); "(nobody)" if empty."""
+def users_line(users: Iterable[str], me: str, busy: Iterable[str] = ()) -> str:
+    """Names separated by ", ", yourself marked with "*" and the busy with " (busy)" (e.g.
+    "alice*, bob (busy)"); "(nobody)" if empty."""
+    users, busy = list(users), set(busy)
     names = [f"{u}*" if u == me else u for u in users]
+    names = [f"{n} (busy)" if u in busy else n for n, u in zip(names, users)] if busy else names
     return ", ".join(names) if names else "(nobody)"
 
 

@@ -41,3 +41,8 @@ def test_paint_colours_each_kind_or_nothing():
 def test_no_color_wins(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     assert paint.wanted() is False
+
+
+def test_the_who_line_marks_yourself_and_the_busy():
+    assert view.users_line(["alice", "bob", "carol"], "alice", ["bob"]) == "alice*, bob (busy), carol"
+    assert view.users_line([], "alice") == "(nobody)"

@@ -314,7 +314,11 @@
 
   function line(ts, from, text, cls) {
     const li = el("li", cls);
-    li.append(el("span", "time", timeText(ts)), el("span", "from", from), el("span", "text", text));
+    if (text.startsWith("/me ")) {  // an action, as IRC clients and chat-client show it: "* alice waves"
+      li.append(el("span", "time", timeText(ts)), el("span", "text action", `* ${from} ${text.slice(4)}`));
+    } else {
+      li.append(el("span", "time", timeText(ts)), el("span", "from", from), el("span", "text", text));
+    }
     li.title = new Date(ts * 1000).toLocaleString();
     return li;
   }
