@@ -123,8 +123,7 @@ def users_line(users: Iterable[str], me: str, busy: Iterable[str] = ()) -> str:
     """Names separated by ", ", yourself marked with "*" and the busy with " (busy)" (e.g.
     "alice*, bob (busy)"); "(nobody)" if empty."""
     users, busy = list(users), set(busy)
-    names = [f"{u}*" if u == me else u for u in users]
-    names = [f"{n} (busy)" if u in busy else n for n, u in zip(names, users)] if busy else names
+    names = [(f"{u}*" if u == me else u) + (" (busy)" if u in busy else "") for u in users]
     return ", ".join(names) if names else "(nobody)"
 
 
