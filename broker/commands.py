@@ -7,13 +7,13 @@ its helpers (`_ok`, `_err`, `_push`, `_publish`); nothing here touches a socket.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import msgspec
 
 from zmq_chat.broker.feed import OnlineNotice
 from zmq_chat.broker.reads import ReadJob, SharedReads
+from zmq_chat.broker.sendrules import content_digest, refusal
 from zmq_chat.broker.session import Session
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol import wire
@@ -35,29 +35,6 @@ MAX_WAITING = 8
 
 ACK_IDS_PER_TOKEN = 100
 """An `ack` of up to 100 ids is free of flood control; a bigger one takes a token per 100 ids."""
-
-def content_digest(to: list[str], text: str) -> int:
-    """CRC-32 of a send's recipients and text: tells a retry (same id, same content) from a reused id."""
-    return zlib.crc32("\x00".join([*to, text]).encode("utf-8", "surrogatepass"))
-
-
-def _refusal(unknown: list[str], full: list[str], sent: list[str]) -> tuple[ErrorCode, str]:
-    """The code and message of a send that some recipients did not get: E_UNKNOWN_USER when a
-    name has no account (it takes precedence), else E_MAILBOX_FULL."""
-    parts = []
-    if unknown:
-        parts.append(f"no such user: {_names(unknown)}")
-    if full:
-        parts.append(f"mailbox full: {_names(full)}")
-    message = "; ".join(parts) + (f" (sent to {_names(sent)})" if sent else "")
-    return (ErrorCode.UNKNOWN_USER if unknown else ErrorCode.MAILBOX_FULL), message
-
-
-def _names(names: list[str], most: int = 5) -> str:
-    """Up to `most` names for a message, then how many more (the lists are in the reply)."""
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
 
 class Commands(SharedReads):
     """Session command handlers; mixed into BrokerCore (the state they use: broker.corebase.CoreBase;
@@ -195,7 +172,7 @@ class Commands(SharedReads):
             busy = [BusyRecipient(rs.user, rs.busy_text[:share]) for rs in busy_now]
         fields: dict[str, Any] = {"ids": ids, "ts": now, "busy": busy}
         if unknown or full:
-            code, message = _refusal(unknown, full, known)
+            code, message = refusal(unknown, full, known)
             fields.update(unknown=unknown, full=full)
             record = {"status": "error", "code": code.value, "message": message, "digest": digest, **fields}
         else:
@@ -230,7 +207,7 @@ class Commands(SharedReads):
         if self.sends.get(s.user, r.id) is not None:
             self._replay(s, r.req, r.id, digest)
             return
-        code, message = _refusal(unknown, full, [])
+        code, message = refusal(unknown, full, [])
         self._err(s.rid, ErrorReply(req=r.req, code=code, message=message, ids={}, busy=[], unknown=unknown,
                                     full=full, dup=False))
 

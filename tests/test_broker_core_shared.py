@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.core_harness import PASSWORD, CoreRig, _verifies, fast_hash
-from zmq_chat.broker.commands import content_digest
+from zmq_chat.broker.sendrules import content_digest
 from zmq_chat.broker.feed import DupNotice, FeedLost, LogEvent, MailNotice, OfflineNotice, OnlineNotice, UserNotice
 from zmq_chat.broker.memstore import MemoryStore
 from zmq_chat.broker.reads import run_read
