@@ -352,7 +352,7 @@ class ChatSession(Sender):
         elif isinstance(item, EventsMissed):
             say(f"(events {item.after + 1} to {item.resumed - 1} are no longer available)", "error")
         elif isinstance(item, SessionEnded):
-            print(item.message or f"session ended ({item.reason})")
+            print(view.safe(item.message or f"session ended ({item.reason})"))
             self._finish(None if item.reason == "not_logged_in" else 0)
         elif isinstance(item, BrokerLost):
             say(LOST, "error")

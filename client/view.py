@@ -91,7 +91,7 @@ def event_line(event: m.Event, catchup: bool = False) -> str:
 
 def sent_line(ts: float, to: Iterable[str] | None, text: str) -> str:
     """What you sent: "[HH:MM:SS] you to bob, carol: text"; `to` None means a broadcast ("all")."""
-    names = "all" if to is None else ", ".join(to)
+    names = "all" if to is None else safe(", ".join(to))
     action = action_text("you", text) if to is None else None
     if action:
         return f"[{clock(ts)}] {action}"
@@ -123,7 +123,7 @@ def users_line(users: Iterable[str], me: str, busy: Iterable[str] = ()) -> str:
     """Names separated by ", ", yourself marked with "*" and the busy with " (busy)" (e.g.
     "alice*, bob (busy)"); "(nobody)" if empty."""
     users, busy = list(users), set(busy)
-    names = [(f"{u}*" if u == me else u) + (" (busy)" if u in busy else "") for u in users]
+    names = [safe(u) + ("*" if u == me else "") + (" (busy)" if u in busy else "") for u in users]
     return ", ".join(names) if names else "(nobody)"
 
 

@@ -219,3 +219,23 @@ def test_cli_refuses_other_hosts_without_tls_or_insecure_http(capsys):
     assert "--insecure-http" in capsys.readouterr().err
     args = parse_args(["--broker", "127.0.0.1:4119", "--listen", "0.0.0.0", "--insecure-http"])
     assert args.insecure_http and args.address.port == 4119
+
+
+def test_a_page_under_another_host_name_cannot_open_the_websocket_of_a_loopback_server(broker):
+    async def body(client: TestClient) -> None:  # (a DNS-rebinding site names its own domain)
+        rebound = await client.get("/ws", headers={"Host": "evil.example:8080", "Origin": "http://evil.example:8080"})
+        assert rebound.status == 403
+        page = Page(client)
+        assert (await page.open())["user"] == ""  # 127.0.0.1 is fine
+    run(broker, body)
+
+
+def test_a_browser_session_that_does_not_log_in_is_closed(broker):
+    async def body(client: TestClient) -> None:
+        page = Page(client)
+        await page.open()
+        async with asyncio.timeout(10) if hasattr(asyncio, "timeout") else _deadline(10):
+            while not page.ws.closed:
+                await page.ws.receive()  # the server closes it after login_seconds
+        assert not client.server.app[server.SESSIONS]
+    run(broker, body, login_seconds=0.2)

@@ -125,7 +125,8 @@ async def serve(args: argparse.Namespace) -> int:
     choice = probe.key_choice
     settings = Settings(host=args.address.host, port=args.address.port, server_key=choice.key if choice else None,
                         insecure=args.insecure, key_port=args.key_port, known=probe.known,
-                        resume_seconds=args.resume_seconds, max_sessions=args.max_sessions)
+                        resume_seconds=args.resume_seconds, max_sessions=args.max_sessions,
+                        loopback_only=loopback(args.listen))
     tls = None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

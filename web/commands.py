@@ -59,6 +59,17 @@ async def handle(session: WebSession, data: dict[str, Any]) -> None:
 async def login(session: WebSession, data: dict[str, Any]) -> None:
     """Connect, register first when `new`, log in; the page gets the hello of the new session or a
     `login_failed` item with one sentence."""
+    if session.logging_in:  # (a page that reconnected while its login runs: one login at a time)
+        await session.emit(notice("a login is already in progress", "error"))
+        return
+    session.logging_in = True
+    try:
+        await _login(session, data)
+    finally:
+        session.logging_in = False
+
+
+async def _login(session: WebSession, data: dict[str, Any]) -> None:
     user = str(data.get("user", "")).strip()
     password = str(data.get("password", ""))
     data.pop("password", None)

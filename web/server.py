@@ -67,6 +67,17 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def loopback_host(request: web.Request) -> bool:
+    """True when the request's Host names this machine by a loopback name (a page that a
+    DNS-rebinding site loads names its own domain instead)."""
+    host = request.host.lower()
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name in LOOPBACK_NAMES
+
+
 def same_origin(request: web.Request) -> bool:
     """True when the request has no Origin header (not a browser page) or one naming this server."""
     origin = request.headers.get("Origin")
@@ -80,6 +91,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """The WebSocket of one page (see the module docstring)."""
     if not same_origin(request):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
+    if request.app[SETTINGS].loopback_only and not loopback_host(request):
+        raise web.HTTPForbidden(text="served on a loopback address: open it as localhost or 127.0.0.1")
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_FRAME)
     await ws.prepare(request)
     session: WebSession | None = None
@@ -119,6 +132,7 @@ async def _greet(app: web.Application, ws: web.WebSocketResponse, data: dict) ->
             return None
         session = WebSession(app[SETTINGS], lambda gone: _forget(sessions, gone))
         sessions[session.token] = session
+        session.expect_login()
         after = 0
     elif data.get("epoch") != session.epoch:
         after = 0

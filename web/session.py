@@ -36,7 +36,10 @@ class Settings:
     """How chat-web reaches the broker: host, port (ROUTER), server_key (Z85 bytes pinned at start,
     None with insecure), insecure (NULL mechanism), key_port (None: port + 2), known (the
     known-brokers file), resume_seconds (how long a session waits for its page to come back),
-    transcript (items kept per session for replay), max_sessions (browser sessions at once)."""
+    transcript (items kept per session for replay), max_sessions (browser sessions at once),
+    loopback_only (the page is served on a loopback address: WebSockets must name a loopback Host,
+    so a DNS-rebinding page cannot use this server), login_seconds (how long a new browser session
+    may stay without logging in before it is closed, so idle pages cannot use up max_sessions)."""
 
     host: str
     port: int
@@ -47,6 +50,8 @@ class Settings:
     resume_seconds: float = 60.0
     transcript: int = 2000
     max_sessions: int = 100
+    loopback_only: bool = True
+    login_seconds: float = 120.0
 
 
 class WebSession:
@@ -75,6 +80,7 @@ class WebSession:
         self.gate.set()
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False
+        self.logging_in = False  # a login request is running (commands.login runs one at a time)
 
     # ---- the page -------------------------------------------------------------------------
 
@@ -94,6 +100,13 @@ class WebSession:
             for item in list(self.items):
                 if item["n"] > after:
                     await self._send_locked(item)
+
+    def expect_login(self) -> None:
+        """Close this session unless it logged in within settings.login_seconds (a new session)."""
+        def check() -> None:
+            if self.conn is None and not self.closed:
+                asyncio.ensure_future(self.close())
+        asyncio.get_running_loop().call_later(self.settings.login_seconds, check)
 
     def detach(self, ws: web.WebSocketResponse) -> None:
         """The page's WebSocket closed: wait `resume_seconds` for it to come back, then close."""
