@@ -60,3 +60,18 @@ def client_factory(config_dir: Path) -> Iterator[Callable[..., pexpect.spawn]]:
             if child.isalive():
                 child.kill(signal.SIGKILL)
             child.close(force=True)
+
+
+def wait_exit(child: pexpect.spawn, timeout: float = 10) -> int:
+    """Wait for the program to end; returns its exit status."""
+    child.expect(pexpect.EOF, timeout=timeout)
+    child.close()
+    assert child.exitstatus is not None, f"killed by signal {child.signalstatus}"
+    return child.exitstatus
+
+
+def logout_all(*children: pexpect.spawn) -> None:
+    """Type `logout` in each client and check each exits with status 0."""
+    for child in children:
+        child.sendline("logout")
+        assert wait_exit(child) == 0

@@ -173,3 +173,11 @@ def running_redis(directory: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def bcast_body(user: str, cid: str, ts: float = 1_800_000_000.0) -> bytes:
+    """The Event JSON of a broadcast "hello" as the core puts it in a shared store's batch (seq 0)."""
+    from zmq_chat.protocol import messages as m
+    from zmq_chat.protocol.wire import encode_json
+
+    return encode_json(m.Event(0, ts, "bcast", user, text="hello", cid=cid))

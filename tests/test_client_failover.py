@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from tests.harness import Broker, Peer
-from tests.pty_client import client_factory, transcript
+from tests.pty_client import client_factory, transcript, wait_exit
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -207,9 +207,7 @@ def test_a_broker_that_does_not_answer_at_start_is_skipped(broker, spawn):
     a.expect_exact(f"connected to {live} (encrypted)")
     a.expect_exact("new user? [y/N]")
     a.sendline("logout")
-    a.expect(pexpect.EOF, timeout=10)
-    a.close()
-    assert a.exitstatus == 0
+    assert wait_exit(a) == 0
 
 
 def test_no_broker_answering_at_start_exits_2(spawn):
@@ -229,9 +227,7 @@ def test_each_broker_key_is_recorded_under_its_own_host_and_port(broker, spawn, 
     a.expect_exact(f"recorded the key of {second}")
     a.expect_exact("new user? [y/N]")
     a.sendline("logout")
-    a.expect(pexpect.EOF, timeout=10)
-    a.close()
-    assert a.exitstatus == 0
+    assert wait_exit(a) == 0
     lines = (Path(tmp_path) / "config" / "zmq-chat" / "known_brokers").read_text().split("\n")
     key = broker.server_key.decode()
     assert f"{first} {key}" in lines and f"{second} {key}" in lines

@@ -16,7 +16,7 @@ from zmq_chat.broker.launch import LaunchedBroker
 from zmq_chat.client.trust import key_fingerprint
 from zmq_chat.protocol import wire
 from tests.harness import FakeRouter
-from tests.pty_client import client_factory, transcript
+from tests.pty_client import client_factory, transcript, wait_exit
 from zmq_chat.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,14 +49,6 @@ def clients(tmp_path):
     with client_factory(tmp_path / "config") as make:
         yield lambda port, term="dumb", host="127.0.0.1", *flags: make(
             ["--host", host, "--port", str(port), *flags], term)
-
-
-def wait_exit(child: pexpect.spawn, timeout: float = 10) -> int:
-    """Wait for the program to end; returns its exit status."""
-    child.expect(pexpect.EOF, timeout=timeout)
-    child.close()
-    assert child.exitstatus is not None, f"killed by signal {child.signalstatus}"
-    return child.exitstatus
 
 
 def fresh_name(prefix: str) -> str:

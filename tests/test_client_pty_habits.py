@@ -8,8 +8,9 @@ import re
 import pexpect
 import pytest
 
-from tests.pty_client import client_factory, transcript
-from tests.test_client_pty import broker, clients, fresh_name, wait_exit  # noqa: F401 (fixtures)
+from tests.pty_client import client_factory, logout_all, transcript
+from tests.pty_client import wait_exit
+from tests.test_client_pty import broker, clients, fresh_name  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,9 +94,7 @@ def test_errors_speak_human_and_codes_show_at_debug(broker, clients):  # noqa: F
     d.expect_exact("password:")
     d.sendline("not-the-password")
     d.expect(r"error: .+ \[E_BAD_CREDENTIALS\]")
-    for child in (a, b):
-        child.sendline("logout")
-        assert wait_exit(child) == 0
+    logout_all(a, b)
 
 
 def _sgr_before(text: str, line_re: str) -> str:
@@ -163,9 +162,7 @@ def test_tab_completes_commands_and_names_from_who_and_presence(broker, clients)
     a.expect_exact("tus")
     a.send("\r")
     a.expect_exact("logged in since")
-    for child in (a, b):
-        child.sendline("logout")
-        assert wait_exit(child) == 0
+    logout_all(a, b)
 
 
 def test_idle_header_comes_before_the_held_messages(broker, clients):  # noqa: F811
@@ -183,9 +180,7 @@ def test_idle_header_comes_before_the_held_messages(broker, clients):  # noqa: F
     a.expect_exact("you are available; 2 held private message(s) follow")
     a.expect(rf"{TIME} {bob}: held number 1")
     a.expect(rf"{TIME} {bob}: held number 2")
-    for child in (a, b):
-        child.sendline("logout")
-        assert wait_exit(child) == 0
+    logout_all(a, b)
 
 
 def test_irc_aliases(broker, clients):  # noqa: F811

@@ -21,7 +21,8 @@ from zmq_chat.broker.feed import (
 from zmq_chat.broker.redisstore import RedisStore
 from zmq_chat.broker.storage import SendRecord, UserRecord, WriteBatch
 from zmq_chat.protocol import messages as m
-from zmq_chat.protocol.wire import decode_stored_event, encode_json
+from zmq_chat.protocol.wire import decode_stored_event
+from tests.redis_server import bcast_body
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,10 +75,6 @@ def brokers(redis_server):
         b.close()
 
 
-def _bcast(user: str, cid: str) -> bytes:
-    return encode_json(m.Event(0, T0, "bcast", user, text="hello", cid=cid))
-
-
 def _kinds(db, stream: str) -> list[tuple[bytes, bytes]]:
     """(kind, origin broker id) of each entry of a feed stream, oldest first."""
     return [(f[b"k"], f[b"o"]) for _, f in db.xrange(stream)]
@@ -98,18 +95,18 @@ def test_a_broker_reads_the_others_log_in_seq_order_and_their_notices_but_not_it
     mail = m.PrivateMessage(a.snap.last_mail_id + 1, "alice", "bob", T0, "hi bob", "p1")
     first.mail += [mail, m.PrivateMessage(a.snap.last_mail_id + 2, "alice", "carol", T0, "hi carol", "p1")]
     first.sends.append(SendRecord("alice", "p1", T0, REPLY, mail.id))
-    first.events += [(0, _bcast("alice", "b1")), (0, _bcast("alice", "b2"))]
+    first.events += [(0, bcast_body("alice", "b1")), (0, bcast_body("alice", "b2"))]
     first.notices.append(OnlineNotice("alice", a.id, T0, False))
     a.store.commit(first)
     own = WriteBatch()  # b's own commit: its event is in the log for everyone, its notices are not for b
-    own.events.append((0, _bcast("bob", "b3")))
+    own.events.append((0, bcast_body("bob", "b3")))
     own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 1, "bob", "alice", T0, "hi alice", "p2"))
     own.mail.append(m.PrivateMessage(b.snap.last_mail_id + 2, "alice", "bob", T0, "retried", "p1"))
     own.sends.append(SendRecord("bob", "p2", T0, REPLY, b.snap.last_mail_id + 1))
     own.sends.append(SendRecord("alice", "p1", T0, REPLY, b.snap.last_mail_id + 2))  # a's send id: a dup for b
     b.store.commit(own)
     later = WriteBatch()
-    later.events.append((0, _bcast("alice", "b4")))
+    later.events.append((0, bcast_body("alice", "b4")))
     later.mail.append(m.PrivateMessage(a.snap.last_mail_id + 3, "bob", "alice", T0, "to a's own session", "p3"))
     later.acks.append(("bob", [mail.id]))
     later.last_seen.append(("alice", T0 + 9, False, 4))
@@ -150,7 +147,7 @@ def test_a_backplane_that_fell_behind_a_short_stream_reports_each_lost_stream_on
         for i in range(first, first + 50):
             batch.mail.append(m.PrivateMessage(base + i + 1, "alice", "bob", T0, f"m{i}", f"c{i}"))
             batch.users.append(UserRecord(f"user{i}", "$u", T0))
-            batch.events.append((0, _bcast("alice", f"b{i}")))
+            batch.events.append((0, bcast_body("alice", f"b{i}")))
         batch.prune = (10, 0.0)  # the log keeps 10 events
         writer.store.commit(batch)
     db = redis_server.client()
@@ -168,7 +165,7 @@ def test_a_backplane_that_fell_behind_a_short_stream_reports_each_lost_stream_on
     more = WriteBatch()
     more.mail.append(m.PrivateMessage(base + total + 1, "alice", "bob", T0, "after", "c-after"))
     more.users.append(UserRecord("late", "$l", T0))
-    more.events.append((0, _bcast("alice", "after")))
+    more.events.append((0, bcast_body("alice", "after")))
     writer.store.commit(more)
     reader.poll_until(lambda items: reader.of(MailNotice)[-1].msg.text == "after" and len(reader.of(LogEvent)) == 11
                       and reader.of(UserNotice)[-1].record.name == "late")
@@ -272,7 +269,7 @@ def test_a_changed_epoch_is_reported_once_and_the_new_log_is_never_read(redis_se
     new = brokers()  # a broker on a new log
     assert new.snap.epoch not in ("another", old.snap.epoch)
     batch = WriteBatch()
-    batch.events.append((0, _bcast("alice", "new log")))
+    batch.events.append((0, bcast_body("alice", "new log")))
     new.store.commit(batch)
     new.poll_until(lambda items: len(new.of(LogEvent)) == 1)
     old.items += old.backplane.drain()
@@ -289,7 +286,7 @@ def test_a_lost_epoch_is_reported(redis_server, brokers):
 def test_the_backplane_reconnects_after_redis_restarts(redis_server, brokers):
     reader, writer = brokers(), brokers()
     first = WriteBatch()
-    first.events.append((0, _bcast("alice", "before")))
+    first.events.append((0, bcast_body("alice", "before")))
     writer.store.commit(first)
     reader.poll_until(lambda items: len(items) == 1)
     db = redis_server.client()
@@ -297,7 +294,7 @@ def test_the_backplane_reconnects_after_redis_restarts(redis_server, brokers):
     _wait(lambda: reader.backplane.outages == 1, "the reader to notice")
     redis_server.start()
     second = WriteBatch()
-    second.events.append((0, _bcast("alice", "after")))
+    second.events.append((0, bcast_body("alice", "after")))
     writer.store.commit(second)  # (a commit meeting the dead connection retries by itself)
     reader.poll_until(lambda items: len(items) == 2)  # read on from where it was: nothing twice
     assert [(x.seq, decode_stored_event(x.body).cid) for x in reader.of(LogEvent)] == [(1, "before"), (2, "after")]

@@ -22,6 +22,7 @@ from zmq_chat.broker.storage import SendRecord, StoreError, UserRecord, WriteBat
 from zmq_chat.protocol import messages as m
 from zmq_chat.protocol.wire import decode_stored_event, encode_json
 from tests.redis_server import free_port
+from tests.redis_server import bcast_body
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,10 +45,6 @@ def stores(redis_server):
     yield make
     for s in made:
         s.close()
-
-
-def _bcast(user: str, cid: str) -> bytes:
-    return encode_json(m.Event(0, T0, "bcast", user, text="hello", cid=cid))
 
 
 def test_a_redis_without_fsync_at_every_write_is_refused_unless_weak_durability_is_accepted(redis_server, caplog):
@@ -93,7 +90,7 @@ def test_a_store_whose_epoch_is_gone_writes_nothing(redis_server, stores):
     new = stores()  # makes a new epoch
     batch = WriteBatch()
     batch.users.append(UserRecord("alice", "$a", T0))
-    batch.events.append((0, _bcast("alice", "c1")))
+    batch.events.append((0, bcast_body("alice", "c1")))
     with pytest.raises(StoreError, match="another epoch"):
         old.commit(batch)
     with pytest.raises(StoreError, match="another epoch"):
@@ -130,7 +127,7 @@ def test_two_brokers_committing_at_once_get_one_gapless_sequence(stores):
     def commit_all(store: RedisStore, tag: str) -> None:
         for r in range(rounds):
             batch = WriteBatch()
-            batch.events += [(0, _bcast(tag, f"{tag}{r}-{k}")) for k in range(per_batch)]
+            batch.events += [(0, bcast_body(tag, f"{tag}{r}-{k}")) for k in range(per_batch)]
             store.commit(batch)
 
     threads = [threading.Thread(target=commit_all, args=(s, f"user{i}")) for i, s in enumerate(brokers)]
@@ -159,7 +156,7 @@ def test_refresh_reads_the_others_state_again_without_a_lease_and_leaves_the_pos
     batch.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
     batch.mail += [m.PrivateMessage(base + i, "alice", "bob", T0, f"m{i}", f"c{i}") for i in (1, 2)]
     batch.sends.append(SendRecord("alice", "c1", T0, REPLY, base + 1))
-    batch.events.append((0, _bcast("alice", "b1")))
+    batch.events.append((0, bcast_body("alice", "b1")))
     batch.last_seen.append(("alice", T0 + 5, True, 1))
     batch.notices.append(OnlineNotice("carol", a.broker_id, T0 + 1, True))
     a.commit(batch)
@@ -215,7 +212,7 @@ def test_what_a_commit_acknowledged_survives_kill_9_of_redis(redis_server, store
             batch.users += [UserRecord("alice", "$a", T0), UserRecord("bob", "$b", T0)]
         batch.mail.append(m.PrivateMessage(base + i, "alice", "bob", T0 + i, f"message {i}", f"c{i}"))
         batch.sends.append(SendRecord("alice", f"c{i}", T0 + i, REPLY, base + i))
-        batch.events.append((0, _bcast("alice", f"b{i}")))
+        batch.events.append((0, bcast_body("alice", f"b{i}")))
         if i % 10 == 0:
             batch.acks.append(("bob", [base + i - 1]))
         store.commit(batch)  # returned: acknowledged
@@ -237,7 +234,7 @@ def _mail_batch(store: RedisStore, i: int, base: int) -> WriteBatch:
     batch = WriteBatch()
     batch.mail.append(m.PrivateMessage(base + i, "alice", "bob", T0 + i, f"message {i}", f"c{i}"))
     batch.sends.append(SendRecord("alice", f"c{i}", T0 + i, REPLY, base + i))
-    batch.events.append((0, _bcast("alice", f"b{i}")))
+    batch.events.append((0, bcast_body("alice", f"b{i}")))
     batch.events.append((0, encode_json(m.Event(0, T0, "presence", "carol", event="login"))))
     return batch
 
